@@ -1,0 +1,1 @@
+//! Building SIF images (filled in by the images issue).

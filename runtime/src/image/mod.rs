@@ -1,0 +1,1 @@
+//! Opening images of every supported format.

@@ -1,0 +1,1 @@
+//! Helpers for Slipway's integration tests.
