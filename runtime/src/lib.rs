@@ -4,8 +4,10 @@
 //! - [`image`]: opening an image of any supported format (SIF, squashfs, directory) and
 //!   reading its Apptainer metadata.
 //! - [`build`]: building SIF images from directories, Docker archives and OCI layouts.
+//! - [`policy`]: the admin policy file.
 #![warn(missing_docs)]
 
 pub mod build;
 pub mod image;
+pub mod policy;
 pub mod sif;

@@ -1,0 +1,195 @@
+//! The admin policy (`/etc/slipway/policy.toml`): which images may run, how they are mounted,
+//! what is bound in, and how the environment is filtered.
+//!
+//! CONTRACT (shared by the policy and exec work): the field names and meanings below are the
+//! policy file's schema. Loading (line numbers in errors, ownership checks, glob matching by
+//! path component) is implemented in this module's submodules.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Default location of the policy file.
+pub const DEFAULT_POLICY_PATH: &str = "/etc/slipway/policy.toml";
+
+/// The whole policy. Every section and key has a safe default, used when the file omits it
+/// (and, for every section, when there is no policy file at all).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Policy {
+    /// `[images]`: which images may run and how they are mounted.
+    pub images: Images,
+    /// `[mounts]`: what is bound into every container and what users may bind.
+    pub mounts: Mounts,
+    /// `[tmp]`: how `/tmp` and `/var/tmp` are provided.
+    pub tmp: Tmp,
+    /// `[env]`: environment filtering.
+    pub env: Env,
+    /// `[gpu]`: GPU support (filled in by the GPU/fabric issue).
+    pub gpu: Gpu,
+    /// `[fabric]`: InfiniBand/Omni-Path support (filled in by the GPU/fabric issue).
+    pub fabric: Fabric,
+}
+
+/// When the kernel may mount an image's squashfs (a loop device, as root).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum KernelMount {
+    /// Never: squashfuse is always used.
+    Never,
+    /// Only images inside `images.trusted_dirs` (root-owned, not writable by others, all the
+    /// way up), whose files are owned by root and not writable by others.
+    #[default]
+    Trusted,
+    /// Always (the kernel's squashfs parser then sees user-supplied images).
+    Always,
+}
+
+/// An image format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// A SIF file with a squashfs primary partition.
+    Sif,
+    /// A bare squashfs file.
+    Squashfs,
+    /// A directory holding a root filesystem.
+    Dir,
+}
+
+/// `[images]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Images {
+    /// Absolute path globs an image must match, matched one path component at a time (`*`
+    /// never crosses `/`, so `/apps/*` does not admit `/apps2/x` nor `/apps/a/b`; `**` matches
+    /// any number of components). Empty list: any path.
+    pub allowed: Vec<String>,
+    /// Owners an image file (or directory) must have: user names, numeric uids, or `"user"`
+    /// for the user running it. Empty list: any owner.
+    pub owners: Vec<String>,
+    /// Formats that may run.
+    pub formats: Vec<Format>,
+    /// When the kernel may mount an image (privileged mode only).
+    pub kernel_mount: KernelMount,
+    /// Directories whose images count as trusted for `kernel_mount = "trusted"`.
+    pub trusted_dirs: Vec<PathBuf>,
+}
+
+impl Default for Images {
+    fn default() -> Self {
+        Images {
+            allowed: Vec::new(),
+            owners: Vec::new(),
+            formats: vec![Format::Sif, Format::Squashfs, Format::Dir],
+            kernel_mount: KernelMount::Trusted,
+            trusted_dirs: Vec::new(),
+        }
+    }
+}
+
+/// `[mounts]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Mounts {
+    /// Binds added to every container, in `SRC[:DST[:ro|rw]]` form. A missing source is
+    /// skipped (and reported by `explain`), since nodes differ.
+    pub system: Vec<String>,
+    /// Host trees users may bind from (`--bind`); empty list: users may not bind anything.
+    /// Matched by path component after resolving symlinks on the host.
+    pub user_allowed: Vec<PathBuf>,
+    /// Bind the user's home directory at the same path.
+    pub home: bool,
+    /// Bind the current working directory at the same path (when it is not already inside a
+    /// bound tree).
+    pub cwd: bool,
+}
+
+impl Default for Mounts {
+    fn default() -> Self {
+        Mounts {
+            system: vec![
+                "/etc/hosts".into(),
+                "/etc/resolv.conf".into(),
+                "/etc/localtime".into(),
+            ],
+            user_allowed: vec!["/home".into(), "/tmp".into(), "/var/tmp".into()],
+            home: true,
+            cwd: true,
+        }
+    }
+}
+
+/// How `/tmp` and `/var/tmp` are provided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TmpMode {
+    /// Bind the host's `/tmp` and `/var/tmp` (needed by PMIx, which keeps rendezvous files
+    /// in `/tmp`).
+    #[default]
+    Host,
+    /// A private tmpfs, mode 1777.
+    Private,
+}
+
+/// `[tmp]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tmp {
+    /// Host bind or private tmpfs.
+    pub mode: TmpMode,
+    /// Size limit of a private tmpfs, as mount(8) takes it (`"1g"`, `"50%"`).
+    pub size: String,
+}
+
+impl Default for Tmp {
+    fn default() -> Self {
+        Tmp {
+            mode: TmpMode::Host,
+            size: "50%".into(),
+        }
+    }
+}
+
+/// `[env]`: environment rules. Without `--cleanenv` the host environment passes except names
+/// matching `deny`; with `--cleanenv` only names matching `pass` do. `set` always applies,
+/// last. Patterns are names with `*` wildcards (`SLURM_*`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Env {
+    /// Names passed even with `--cleanenv` (the scheduler and MPI wiring).
+    pub pass: Vec<String>,
+    /// Names never passed from the host.
+    pub deny: Vec<String>,
+    /// Variables forced inside every container.
+    pub set: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for Env {
+    fn default() -> Self {
+        Env {
+            pass: [
+                "SLURM_*", "PMIX_*", "PMI_*", "OMPI_*", "PRTE_*", "UCX_*", "HOME", "USER",
+                "LOGNAME", "TERM", "LANG", "LC_*", "TZ",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+            deny: ["LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT", "PYTHONPATH"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            set: Default::default(),
+        }
+    }
+}
+
+/// `[gpu]`: reserved for the GPU/fabric issue; no key is accepted yet.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Gpu {}
+
+/// `[fabric]`: reserved for the GPU/fabric issue; no key is accepted yet.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Fabric {}
