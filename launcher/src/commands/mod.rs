@@ -5,6 +5,8 @@ use std::process::ExitCode;
 use clap::Subcommand;
 
 mod build;
+mod exec;
+mod explain;
 mod inspect;
 
 /// The verbs.
@@ -14,6 +16,14 @@ pub enum Command {
     Build(build::Args),
     /// Show what an image holds: SIF header and objects, environment, runscript, labels.
     Inspect(inspect::Args),
+    /// Run a command inside an image.
+    Exec(exec::ExecArgs),
+    /// Run an image's runscript.
+    Run(exec::RunArgs),
+    /// Start a shell inside an image.
+    Shell(exec::ShellArgs),
+    /// Show everything `exec` would do, and why, without doing it.
+    Explain(explain::Args),
 }
 
 /// Runs a verb; `Ok` carries the exit status to return.
@@ -21,5 +31,9 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
     match cmd {
         Command::Build(a) => build::run(a),
         Command::Inspect(a) => inspect::run(a),
+        Command::Exec(a) => exec::run_exec(a),
+        Command::Run(a) => exec::run_run(a),
+        Command::Shell(a) => exec::run_shell(a),
+        Command::Explain(a) => explain::run(a),
     }
 }

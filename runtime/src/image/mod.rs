@@ -5,6 +5,7 @@
 //! and records where the squashfs lies inside the file, so the mount code can hand the kernel
 //! (loop device with offset and size limit) or squashfuse (`-o offset=`) the right bytes.
 
+pub mod envfile;
 mod inspect;
 
 use std::fs::File;

@@ -1,0 +1,212 @@
+//! `slipway exec`, `slipway run`, `slipway shell`: build the plan, prepare the container,
+//! become the user, exec the command (no fork: the command's exit status, or its death by a
+//! signal, is slipway's).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use slipway_runtime::exec::{self, sys::Linux};
+use slipway_runtime::host::HostFacts;
+use slipway_runtime::image::{envfile, Image};
+use slipway_runtime::plan::policy_shim::LoadedPolicy;
+use slipway_runtime::plan::{self, bind, Plan, RealFs, Request};
+
+/// Options shared by `exec`, `run`, `shell` and `explain` (as Apptainer's).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct Opts {
+    /// Bind a host path: SRC[:DST[:ro|rw]], comma-separated lists, `\,` and `\:` escapes
+    /// (also from $SLIPWAY_BIND, $APPTAINER_BIND, $SINGULARITY_BIND).
+    #[arg(short = 'B', long = "bind", value_name = "SPEC")]
+    pub bind: Vec<String>,
+    /// Working directory inside the container.
+    #[arg(long, value_name = "DIR")]
+    pub pwd: Option<PathBuf>,
+    /// Pass only the host variables the policy's env.pass lists.
+    #[arg(short = 'e', long)]
+    pub cleanenv: bool,
+    /// Set a variable inside: K=V (repeatable, or a comma-separated list).
+    #[arg(long = "env", value_name = "K=V")]
+    pub env: Vec<String>,
+    /// Read variables from a file (`export K=V` lines).
+    #[arg(long, value_name = "FILE")]
+    pub env_file: Option<PathBuf>,
+    /// Bind nothing from the host's home, working directory or /tmp.
+    #[arg(short = 'c', long)]
+    pub contain: bool,
+    /// Do not bind the home directory.
+    #[arg(long)]
+    pub no_home: bool,
+    /// A tmpfs overlay over the image: writes succeed and are lost at exit.
+    #[arg(long)]
+    pub writable_tmpfs: bool,
+    /// Policy file (default /etc/slipway/policy.toml; built-in defaults if it is missing).
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// (root only) Run as this uid with its groups, as the SPANK plugin does.
+    #[arg(long, hide = true, value_name = "UID")]
+    pub as_user: Option<u32>,
+}
+
+/// Arguments of `slipway exec`.
+#[derive(clap::Args, Debug)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    pub opts: Opts,
+    /// A SIF, a squashfs file or a directory.
+    pub image: PathBuf,
+    /// The command and its arguments.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+/// Arguments of `slipway run`.
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub opts: Opts,
+    /// A SIF, a squashfs file or a directory.
+    pub image: PathBuf,
+    /// Arguments for the runscript.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub args: Vec<String>,
+}
+
+/// Arguments of `slipway shell`.
+#[derive(clap::Args, Debug)]
+pub struct ShellArgs {
+    #[command(flatten)]
+    pub opts: Opts,
+    /// A SIF, a squashfs file or a directory.
+    pub image: PathBuf,
+}
+
+/// The runscript `slipway run` executes.
+pub const RUNSCRIPT: &str = "/.singularity.d/runscript";
+
+/// Splits `--env` values: `A=1,B=2`, where a piece without `=` belongs to the previous value.
+fn split_env(items: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for item in items {
+        for piece in item.split(',') {
+            match piece.split_once('=') {
+                Some((k, v)) if envfile::valid_name(k) => out.push((k.into(), v.into())),
+                _ => match out.last_mut() {
+                    Some(last) => {
+                        last.1.push(',');
+                        last.1.push_str(piece);
+                    }
+                    None => anyhow::bail!("--env {item}: expected K=V"),
+                },
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Builds the plan for a command (shared with `explain`).
+pub fn build_plan(
+    opts: &Opts,
+    image: &Path,
+    command: Vec<String>,
+    shell: bool,
+) -> anyhow::Result<(Plan, HostFacts)> {
+    // SAFETY: geteuid has no preconditions.
+    let euid = libc_geteuid();
+    if opts.as_user.is_some() && euid != 0 {
+        anyhow::bail!("--as-user is for root only");
+    }
+    let host = HostFacts::gather(opts.as_user).context("host facts")?;
+    let policy = LoadedPolicy::load(opts.policy.as_deref(), euid == 0)?;
+    let image = Image::open(image)?;
+    let mut binds = Vec::new();
+    for var in ["SINGULARITY_BIND", "APPTAINER_BIND", "SLIPWAY_BIND"] {
+        if let Ok(v) = std::env::var(var) {
+            binds.extend(bind::parse_list(&v).map_err(|e| anyhow::anyhow!("${var}: {e}"))?);
+        }
+    }
+    for b in &opts.bind {
+        binds.extend(bind::parse_list(b).map_err(|e| anyhow::anyhow!("--bind {e}"))?);
+    }
+    let env_file = match &opts.env_file {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("--env-file {}", p.display()))?;
+            Some((p.clone(), envfile::parse(&p.display().to_string(), &text)))
+        }
+        None => None,
+    };
+    let req = Request {
+        command,
+        shell,
+        binds,
+        pwd: opts.pwd.clone(),
+        cleanenv: opts.cleanenv,
+        env: split_env(&opts.env)?,
+        env_file,
+        contain: opts.contain,
+        no_home: opts.no_home,
+        writable_tmpfs: opts.writable_tmpfs,
+    };
+    let plan = plan::build(&req, &policy, &host, &image, &RealFs)?;
+    Ok((plan, host))
+}
+
+fn libc_geteuid() -> u32 {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() }
+}
+
+/// Prepares and enters the container, then execs; returns only on failure.
+fn launch(plan: Plan, host: HostFacts) -> anyhow::Result<ExitCode> {
+    plan.check()?;
+    let prepared = exec::prepare(&plan, &host.env, &Linux, Path::new(exec::STAGING))?;
+    for w in &prepared.warnings {
+        eprintln!("slipway: warning: {w}");
+    }
+    exec::drop_identity(&plan)?;
+    if let Some(w) = exec::chdir(&plan)? {
+        eprintln!("slipway: warning: {w}");
+    }
+    let e = exec::exec(&plan, &prepared.env);
+    Err(e.into())
+}
+
+/// Runs `slipway exec`.
+pub fn run_exec(a: ExecArgs) -> anyhow::Result<ExitCode> {
+    let (plan, host) = build_plan(&a.opts, &a.image, a.command, false)?;
+    launch(plan, host)
+}
+
+/// Runs `slipway run`.
+pub fn run_run(a: RunArgs) -> anyhow::Result<ExitCode> {
+    let mut cmd = vec![RUNSCRIPT.to_string()];
+    cmd.extend(a.args);
+    let (plan, host) = build_plan(&a.opts, &a.image, cmd, false)?;
+    launch(plan, host)
+}
+
+/// Runs `slipway shell`.
+pub fn run_shell(a: ShellArgs) -> anyhow::Result<ExitCode> {
+    let (plan, host) = build_plan(&a.opts, &a.image, vec!["/bin/bash".into()], true)?;
+    launch(plan, host)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_lists() {
+        let v = split_env(&["A=1,B=2".into(), "C=x,y".into()]).unwrap();
+        assert_eq!(
+            v,
+            vec![
+                ("A".into(), "1".into()),
+                ("B".into(), "2".into()),
+                ("C".into(), "x,y".into())
+            ]
+        );
+        assert!(split_env(&["nope".into()]).is_err());
+    }
+}

@@ -1,0 +1,42 @@
+//! `slipway explain [exec options] IMAGE [COMMAND...]`: the whole plan, as text or JSON,
+//! without running anything. Exits 1 when the launch would be refused.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use super::exec::{build_plan, Opts, RUNSCRIPT};
+
+/// Arguments of `slipway explain`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    pub opts: Opts,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// A SIF, a squashfs file or a directory.
+    pub image: PathBuf,
+    /// The command (default: the runscript, as `slipway run`).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+/// Runs `slipway explain`.
+pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let command = if a.command.is_empty() {
+        vec![RUNSCRIPT.to_string()]
+    } else {
+        a.command
+    };
+    let (plan, _) = build_plan(&a.opts, &a.image, command, false)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&plan)?);
+    } else {
+        print!("{}", plan.render());
+    }
+    Ok(if plan.refused.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

@@ -1,0 +1,130 @@
+//! Loop devices for the kernel's squashfs: `LOOP_CTL_GET_FREE`, then `LOOP_CONFIGURE` (offset,
+//! size limit, read-only, autoclear) in one call. Autoclear detaches the device when its last
+//! user goes (the mount, when the container's mount namespace dies), so nothing is left behind
+//! even when Slipway is killed. Concurrent launches race for the same free device; `EBUSY`
+//! means another process configured it first, so ask again (loop(4)).
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use super::ExecError;
+use crate::image::Span;
+
+const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
+const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
+const LO_FLAGS_READ_ONLY: u32 = 1;
+const LO_FLAGS_AUTOCLEAR: u32 = 4;
+
+#[repr(C)]
+struct LoopInfo64 {
+    lo_device: u64,
+    lo_inode: u64,
+    lo_rdevice: u64,
+    lo_offset: u64,
+    lo_sizelimit: u64,
+    lo_number: u32,
+    lo_encrypt_type: u32,
+    lo_encrypt_key_size: u32,
+    lo_flags: u32,
+    lo_file_name: [u8; 64],
+    lo_crypt_name: [u8; 64],
+    lo_encrypt_key: [u8; 32],
+    lo_init: [u64; 2],
+}
+
+#[repr(C)]
+struct LoopConfig {
+    fd: u32,
+    block_size: u32,
+    info: LoopInfo64,
+    reserved: [u64; 8],
+}
+
+fn sys_err(syscall: &'static str, path: &Path) -> ExecError {
+    ExecError::Sys {
+        syscall,
+        path: path.to_path_buf(),
+        source: std::io::Error::last_os_error(),
+    }
+}
+
+/// Attaches `image[span]` to a free loop device, read-only with autoclear. Returns the open
+/// device (close it once mounted) and its path.
+pub fn attach(
+    image: &File,
+    image_path: &Path,
+    span: Span,
+) -> Result<(OwnedFd, PathBuf), ExecError> {
+    let ctl_path = Path::new("/dev/loop-control");
+    let ctl = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(ctl_path)
+        .map_err(|source| ExecError::Sys {
+            syscall: "open",
+            path: ctl_path.into(),
+            source,
+        })?;
+    let mut name = [0u8; 64];
+    let b = image_path.as_os_str().as_encoded_bytes();
+    let n = b.len().min(63);
+    name[..n].copy_from_slice(&b[..n]);
+    for _ in 0..64 {
+        // SAFETY: LOOP_CTL_GET_FREE takes no argument.
+        let num = unsafe { libc::ioctl(ctl.as_raw_fd(), LOOP_CTL_GET_FREE) };
+        if num < 0 {
+            return Err(sys_err("ioctl(LOOP_CTL_GET_FREE)", ctl_path));
+        }
+        let dev_path = PathBuf::from(format!("/dev/loop{num}"));
+        let dev = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&dev_path)
+            .map_err(|source| ExecError::Sys {
+                syscall: "open",
+                path: dev_path.clone(),
+                source,
+            })?;
+        let cfg = LoopConfig {
+            fd: image.as_raw_fd() as u32,
+            block_size: 0,
+            info: LoopInfo64 {
+                lo_device: 0,
+                lo_inode: 0,
+                lo_rdevice: 0,
+                lo_offset: span.offset,
+                lo_sizelimit: span.size,
+                lo_number: 0,
+                lo_encrypt_type: 0,
+                lo_encrypt_key_size: 0,
+                lo_flags: LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR,
+                lo_file_name: name,
+                lo_crypt_name: [0; 64],
+                lo_encrypt_key: [0; 32],
+                lo_init: [0; 2],
+            },
+            reserved: [0; 8],
+        };
+        // SAFETY: cfg is a valid loop_config that lives across the call.
+        let rc = unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_CONFIGURE, &cfg as *const LoopConfig) };
+        if rc == 0 {
+            return Ok((dev.into(), dev_path));
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EBUSY) {
+            return Err(ExecError::Sys {
+                syscall: "ioctl(LOOP_CONFIGURE)",
+                path: dev_path,
+                source: e,
+            });
+        }
+    }
+    Err(ExecError::Sys {
+        syscall: "ioctl(LOOP_CONFIGURE)",
+        path: ctl_path.into(),
+        source: std::io::Error::from_raw_os_error(libc::EBUSY),
+    })
+}

@@ -1,0 +1,767 @@
+//! Carrying a plan out, in two halves that the SPANK plugin reuses:
+//!
+//! - [`prepare`] builds the container's mount namespace once (namespaces, image mount, the
+//!   tmpfs root, every mount of the plan, `pivot_root`) and returns a [`Prepared`] that holds
+//!   the namespace fds (mount, and user in unprivileged mode), the container environment and
+//!   what teardown needs.
+//! - Entering is a set of steps a caller can take piecemeal: [`enter_namespace`] (`setns`,
+//!   for a task that did not prepare), [`drop_identity`], [`apply_env`] or [`environ`],
+//!   [`chdir`], and [`exec`]. `slipway exec` does all of them in one process; Slurm execs the
+//!   task itself after the first four.
+//!
+//! On failure nothing is left in the host namespace: every mount is made in the private mount
+//! namespace (gone with the process), loop devices are autoclear, squashfuse is killed.
+
+pub mod fuse;
+pub mod loopdev;
+pub mod rootfs;
+pub mod sys;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::CString;
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Child;
+
+use crate::image::envfile::{self, EnvScript};
+use crate::plan::{ImageMount, Mode, MountKind, Plan, PlanError, IMAGE_ENV_DIR};
+use sys::{
+    Sys, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY, RESOLVE_IN_ROOT,
+    RESOLVE_NO_MAGICLINKS,
+};
+
+/// Where the staging tmpfs is mounted inside the new (private) mount namespace. `/tmp`
+/// exists on every host; mounting over it in our namespace changes nothing on the host, and
+/// every host path the container needs is opened before.
+pub const STAGING: &str = "/tmp";
+
+/// Errors from preparing or entering a container.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// A system call failed.
+    #[error("{syscall} {}: {source}", path.display())]
+    Sys {
+        /// The call.
+        syscall: &'static str,
+        /// The path it was about.
+        path: PathBuf,
+        /// The errno.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A mount point cannot be made.
+    #[error("mount point {}: {why}", dest.display())]
+    MountPoint {
+        /// Container path.
+        dest: PathBuf,
+        /// Why.
+        why: String,
+    },
+    /// The plan refuses the launch.
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    /// A helper program could not be started.
+    #[error("cannot start {program}: {source}")]
+    Spawn {
+        /// The program.
+        program: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The command could not be executed.
+    #[error("{}: {source}", command)]
+    Exec {
+        /// The command as given.
+        command: String,
+        /// The errno.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn sys_err(syscall: &'static str, path: impl AsRef<Path>) -> ExecError {
+    ExecError::Sys {
+        syscall,
+        path: path.as_ref().to_path_buf(),
+        source: std::io::Error::last_os_error(),
+    }
+}
+
+fn io_err(syscall: &'static str, path: impl AsRef<Path>, source: std::io::Error) -> ExecError {
+    ExecError::Sys {
+        syscall,
+        path: path.as_ref().to_path_buf(),
+        source,
+    }
+}
+
+/// A prepared container: its namespaces and what is needed to enter and tear it down.
+#[derive(Debug)]
+pub struct Prepared {
+    /// The container's mount namespace (`/proc/self/ns/mnt` after `pivot_root`).
+    pub mnt_ns: OwnedFd,
+    /// The user namespace, in unprivileged mode.
+    pub user_ns: Option<OwnedFd>,
+    /// The container's environment (image scripts applied).
+    pub env: BTreeMap<String, String>,
+    /// Environment lines that were not applied (reported, never silently dropped).
+    pub warnings: Vec<String>,
+    /// Number of mounts made.
+    pub mounts: usize,
+    squashfuse: Option<Child>,
+}
+
+impl Prepared {
+    /// Ends what outlives the namespace's users (squashfuse). Mounts and loop devices go
+    /// with the mount namespace when its last process and fd are gone.
+    pub fn teardown(mut self) {
+        kill(&mut self.squashfuse);
+    }
+}
+
+fn kill(c: &mut Option<Child>) {
+    if let Some(mut c) = c.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+/// Kills squashfuse if preparing fails half-way.
+struct Guard(Option<Child>);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        kill(&mut self.0);
+    }
+}
+
+/// Runs `f` with the file-system identity of the container user (privileged mode), so host
+/// paths are looked up with the user's permissions: a bind cannot reach what the user
+/// could not reach on the host.
+fn as_user<T>(plan: &Plan, f: impl FnOnce() -> Result<T, ExecError>) -> Result<T, ExecError> {
+    let id = &plan.identity;
+    if plan.mode != Mode::Privileged || id.uid == 0 {
+        return f();
+    }
+    let mut saved = vec![0 as libc::gid_t; 65536];
+    // SAFETY: saved has room for the count given.
+    let n = unsafe { libc::getgroups(saved.len() as i32, saved.as_mut_ptr()) };
+    if n < 0 {
+        return Err(sys_err("getgroups", "/"));
+    }
+    saved.truncate(n as usize);
+    // SAFETY: plain credential calls with valid pointers.
+    unsafe {
+        if libc::setgroups(id.groups.len(), id.groups.as_ptr()) < 0 {
+            return Err(sys_err("setgroups", "/"));
+        }
+        libc::setfsgid(id.gid);
+        libc::setfsuid(id.uid);
+    }
+    let r = f();
+    // SAFETY: as above; back to root.
+    unsafe {
+        libc::setfsuid(0);
+        libc::setfsgid(0);
+        if libc::setgroups(saved.len(), saved.as_ptr()) < 0 {
+            return Err(sys_err("setgroups", "/"));
+        }
+    }
+    r
+}
+
+/// Builds the container's mount namespace and moves the calling process into its root.
+/// Must be called single-threaded (user namespaces require it).
+pub fn prepare(
+    plan: &Plan,
+    host_env: &[(String, String)],
+    sys: &dyn Sys,
+    staging: &Path,
+) -> Result<Prepared, ExecError> {
+    plan.check()?;
+    let privileged = plan.mode == Mode::Privileged;
+    let id = &plan.identity;
+    let flags = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
+
+    // The image, opened as the user (they must be able to read it).
+    let image_file = match plan.image.mount {
+        ImageMount::Directory => None,
+        _ => Some(as_user(plan, || {
+            File::open(&plan.image.path).map_err(|e| io_err("open", &plan.image.path, e))
+        })?),
+    };
+
+    // Namespaces.
+    if privileged {
+        sys.unshare(libc::CLONE_NEWNS)?;
+    } else {
+        sys.unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS)?;
+        sys.write_proc(Path::new("/proc/self/setgroups"), "deny")?;
+        sys.write_proc(
+            Path::new("/proc/self/uid_map"),
+            &format!("{0} {0} 1\n", id.uid),
+        )?;
+        sys.write_proc(
+            Path::new("/proc/self/gid_map"),
+            &format!("{0} {0} 1\n", id.gid),
+        )?;
+    }
+    // Nothing we mount may propagate back to the host.
+    sys.mount(
+        "none",
+        Path::new("/"),
+        None,
+        libc::MS_REC | libc::MS_PRIVATE,
+        None,
+    )?;
+
+    // Host sources, opened in the new namespace (binds must come from it) and before the
+    // staging tmpfs covers /tmp. User-chosen ones are looked up as the user.
+    let mut sources: Vec<Option<OwnedFd>> = Vec::new();
+    for m in &plan.mounts {
+        sources.push(match &m.kind {
+            MountKind::Bind { source, .. } => Some(if m.as_user {
+                as_user(plan, || rootfs::open_path(source))?
+            } else {
+                rootfs::open_path(source)?
+            }),
+            _ => None,
+        });
+    }
+    let image_dir_fd = match plan.image.mount {
+        ImageMount::Directory => Some(as_user(plan, || rootfs::open_path(&plan.image.path))?),
+        _ => None,
+    };
+
+    // Staging: a tmpfs holding the image mount point, the container root and the generated
+    // files.
+    sys.mount(
+        "tmpfs",
+        staging,
+        Some("tmpfs"),
+        libc::MS_NOSUID | libc::MS_NODEV,
+        Some("mode=0755"),
+    )?;
+    let img = staging.join("image");
+    let root = staging.join("root");
+    let files = staging.join("files");
+    for d in [&img, &root, &files] {
+        mkdir(d)?;
+    }
+
+    // The image.
+    let mut guard = Guard(None);
+    match plan.image.mount {
+        ImageMount::Directory => {
+            let fd = image_dir_fd.as_ref().expect("opened above");
+            let t = sys.clone_tree(fd.as_fd(), false, &plan.image.path)?;
+            sys.set_attr(
+                t.as_fd(),
+                false,
+                MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+                &plan.image.path,
+            )?;
+            let to = rootfs::open_path(&img)?;
+            sys.move_mount(t.as_fd(), to.as_fd(), &img)?;
+        }
+        ImageMount::KernelLoop { span } => {
+            let f = image_file.as_ref().expect("opened above");
+            let (dev, path) = loopdev::attach(f, &plan.image.path, span)?;
+            sys.mount(
+                &path.display().to_string(),
+                &img,
+                Some("squashfs"),
+                flags,
+                None,
+            )?;
+            // The mount holds the device now; autoclear frees it when the mount goes.
+            drop(dev);
+        }
+        ImageMount::Squashfuse { span } => {
+            let f = image_file.as_ref().expect("opened above");
+            guard.0 = Some(fuse::mount(sys, f, span, &img, privileged, id.uid, id.gid)?);
+        }
+    }
+    drop(image_file);
+    let mut img_dir = img.clone();
+    if plan.image.writable_tmpfs {
+        let ovl = staging.join("overlay");
+        mkdir(&ovl)?;
+        sys.mount(
+            "tmpfs",
+            &ovl,
+            Some("tmpfs"),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            Some("mode=0755"),
+        )?;
+        let (upper, work, merged) = (ovl.join("upper"), ovl.join("work"), staging.join("merged"));
+        for d in [&upper, &work, &merged] {
+            mkdir(d)?;
+        }
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={}{}",
+            img.display(),
+            upper.display(),
+            work.display(),
+            if privileged { "" } else { ",userxattr" }
+        );
+        sys.mount(
+            "overlay",
+            &merged,
+            Some("overlay"),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            Some(&opts),
+        )?;
+        img_dir = merged;
+    }
+    let img_fd = rootfs::open_path(&img_dir)?;
+
+    // The container root: a tmpfs with the image's entries bound in.
+    sys.mount(
+        "tmpfs",
+        &root,
+        Some("tmpfs"),
+        libc::MS_NOSUID | libc::MS_NODEV,
+        Some("mode=0755"),
+    )?;
+    let dests = image_dests(plan);
+    let replicate = rootfs::replicas(&img_dir, &dests)?;
+    let mut count = rootfs::populate(sys, &img_dir, &img_fd, &root, &replicate)?;
+    let root_fd = rootfs::open_path(&root)?;
+    let mut ours = vec![dev_of(&root)?];
+    if plan.image.writable_tmpfs {
+        ours.push(dev_of(&img_dir)?);
+    }
+
+    // The generated passwd and group.
+    let (passwd, group) = identity_files(plan, &img_dir)?;
+    write_file(&files.join("passwd"), &passwd)?;
+    write_file(&files.join("group"), &group)?;
+
+    // Every mount of the plan, in order.
+    for (m, src) in plan.mounts.iter().zip(&sources) {
+        let gen_fd;
+        let src_fd = match (&m.kind, src) {
+            (MountKind::Generated { file }, _) => {
+                gen_fd = rootfs::open_path(&files.join(file))?;
+                Some(&gen_fd)
+            }
+            (_, s) => s.as_ref(),
+        };
+        let is_dir = match (&m.kind, src_fd) {
+            (MountKind::Tmpfs { .. }, _) => true,
+            (MountKind::Generated { .. }, _) => false,
+            (_, Some(fd)) => fd_is_dir(fd)?,
+            (_, None) => false,
+        };
+        let canon = rootfs::mount_point(&root, &m.dest, is_dir, &ours)?;
+        let rel = canon.strip_prefix("/").unwrap_or(&canon).to_path_buf();
+        let to = sys.open_in(
+            root_fd.as_fd(),
+            &rel,
+            RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+        )?;
+        let mut attrs = 0;
+        if m.readonly {
+            attrs |= MOUNT_ATTR_RDONLY;
+        }
+        if m.nosuid {
+            attrs |= MOUNT_ATTR_NOSUID;
+        }
+        if m.nodev {
+            attrs |= MOUNT_ATTR_NODEV;
+        }
+        match &m.kind {
+            MountKind::Tmpfs { mode, size } => {
+                let mut data = format!("mode={mode:o}");
+                if let Some(s) = size {
+                    data.push_str(&format!(",size={s}"));
+                }
+                let mut fl = 0;
+                if m.nosuid {
+                    fl |= libc::MS_NOSUID;
+                }
+                if m.nodev {
+                    fl |= libc::MS_NODEV;
+                }
+                let target = PathBuf::from(format!("/proc/self/fd/{}", to.as_raw_fd()));
+                sys.mount("tmpfs", &target, Some("tmpfs"), fl, Some(&data))?;
+                ours.push(dev_of(&root.join(&rel))?);
+            }
+            MountKind::Bind { .. } | MountKind::Generated { .. } => {
+                let recursive = matches!(
+                    m.kind,
+                    MountKind::Bind {
+                        recursive: true,
+                        ..
+                    }
+                );
+                let fd = src_fd.expect("bind source opened");
+                let t = sys.clone_tree(fd.as_fd(), recursive, &m.dest)?;
+                if attrs != 0 {
+                    sys.set_attr(t.as_fd(), recursive, attrs, &m.dest)?;
+                }
+                sys.move_mount(t.as_fd(), to.as_fd(), &m.dest)?;
+            }
+        }
+        count += 1;
+    }
+    for l in &plan.links {
+        let parent = l.dest.parent().unwrap_or(Path::new("/"));
+        let r = rootfs::resolve(&root, parent)?;
+        let host = root.join(r.path.strip_prefix("/").unwrap_or(&r.path));
+        if r.existing.is_some() || !ours.contains(&dev_of(&host)?) {
+            return Err(ExecError::MountPoint {
+                dest: l.dest.clone(),
+                why: "parent is not a Slipway tmpfs".into(),
+            });
+        }
+        let name = l.dest.file_name().unwrap_or_default();
+        std::os::unix::fs::symlink(&l.target, host.join(name))
+            .map_err(|e| io_err("symlink", &l.dest, e))?;
+    }
+
+    // The root stays read-only unless --writable-tmpfs.
+    if !plan.image.writable_tmpfs {
+        sys.set_attr(
+            root_fd.as_fd(),
+            false,
+            MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+            Path::new("/"),
+        )?;
+    }
+    drop(root_fd);
+    drop(img_fd);
+    drop(sources);
+
+    // Into the container's root (and the old root, with the staging tmpfs, detached).
+    sys.pivot_root(&root)?;
+
+    // The environment, with the image's scripts.
+    let scripts = read_env_scripts(Path::new("/"));
+    let (env, leftovers) = plan.environment(host_env, &scripts);
+    let warnings = leftovers
+        .iter()
+        .map(|l| format!("{}:{}: not applied ({}): {}", l.file, l.line, l.why, l.text))
+        .collect();
+
+    let mnt_ns = open_ro("/proc/self/ns/mnt")?;
+    let user_ns = if privileged {
+        None
+    } else {
+        Some(open_ro("/proc/self/ns/user")?)
+    };
+    Ok(Prepared {
+        mnt_ns,
+        user_ns,
+        env,
+        warnings,
+        mounts: count,
+        squashfuse: guard.0.take(),
+    })
+}
+
+/// Destinations that are checked against the image (for replication): those not below an
+/// earlier mount of the plan (a mount point below a tmpfs step is made on that tmpfs; below
+/// a bind it must already exist).
+fn image_dests(plan: &Plan) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut done: Vec<&Path> = Vec::new();
+    for m in &plan.mounts {
+        if !done.iter().any(|d| m.dest.starts_with(d) && m.dest != *d) {
+            out.push(m.dest.clone());
+        }
+        done.push(&m.dest);
+    }
+    out
+}
+
+fn mkdir(p: &Path) -> Result<(), ExecError> {
+    std::fs::create_dir(p).map_err(|e| io_err("mkdir", p, e))
+}
+
+fn dev_of(p: &Path) -> Result<u64, ExecError> {
+    Ok(std::fs::metadata(p)
+        .map_err(|e| io_err("stat", p, e))?
+        .dev())
+}
+
+fn fd_is_dir(fd: &OwnedFd) -> Result<bool, ExecError> {
+    // SAFETY: stat is plain old data; fstat fills it.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fd is open; st is valid.
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } < 0 {
+        return Err(sys_err("fstat", format!("fd {}", fd.as_raw_fd())));
+    }
+    Ok(st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+}
+
+fn open_ro(p: &str) -> Result<OwnedFd, ExecError> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(p)
+        .map(OwnedFd::from)
+        .map_err(|e| io_err("open", p, e))
+}
+
+fn write_file(p: &Path, text: &str) -> Result<(), ExecError> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(p)
+        .map_err(|e| io_err("create", p, e))?;
+    f.write_all(text.as_bytes())
+        .map_err(|e| io_err("write", p, e))
+}
+
+/// Reads a file of the image, resolving it inside the image.
+fn read_image_file(img: &Path, path: &str) -> Option<String> {
+    let r = rootfs::resolve(img, Path::new(path)).ok()?;
+    if r.existing.is_some() {
+        return None;
+    }
+    std::fs::read_to_string(img.join(r.path.strip_prefix("/").ok()?)).ok()
+}
+
+/// The image's `/etc/passwd` and `/etc/group` with the user's entries (replacing any of the
+/// same id or name).
+fn identity_files(plan: &Plan, img: &Path) -> Result<(String, String), ExecError> {
+    let id = &plan.identity;
+    let mut line: Vec<String> = id.passwd_line.split(':').map(String::from).collect();
+    // A shell the image lacks would make login shells fail: use /bin/sh.
+    if let Some(shell) = line.get(6) {
+        let r = rootfs::resolve(img, Path::new(shell)).ok();
+        if shell.is_empty() || r.map_or(true, |r| r.existing.is_some()) {
+            line[6] = "/bin/sh".into();
+        }
+    }
+    let ours = line.join(":");
+    let merge = |base: Option<String>, add: &[String]| {
+        let keys: BTreeSet<(String, String)> = add
+            .iter()
+            .map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                (f[0].to_string(), f.get(2).unwrap_or(&"").to_string())
+            })
+            .collect();
+        let mut out = String::new();
+        for l in base.unwrap_or_default().lines() {
+            let f: Vec<&str> = l.split(':').collect();
+            let clash = keys
+                .iter()
+                .any(|(n, i)| f.first() == Some(&n.as_str()) || f.get(2) == Some(&i.as_str()));
+            if !clash && !l.trim().is_empty() {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        for l in add {
+            out.push_str(l);
+            out.push('\n');
+        }
+        out
+    };
+    Ok((
+        merge(read_image_file(img, "/etc/passwd"), &[ours]),
+        merge(read_image_file(img, "/etc/group"), &id.group_lines),
+    ))
+}
+
+/// Reads and parses `/.singularity.d/env/*.sh` under `root`, in name order.
+pub fn read_env_scripts(root: &Path) -> Vec<EnvScript> {
+    let dir = root.join(IMAGE_ENV_DIR.trim_start_matches('/'));
+    let mut names: Vec<PathBuf> = match std::fs::read_dir(&dir) {
+        Ok(d) => d
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "sh"))
+            .collect(),
+        Err(_) => return Vec::new(),
+    };
+    names.sort();
+    names
+        .iter()
+        .filter_map(|p| {
+            let text = std::fs::read_to_string(p).ok()?;
+            let name = format!(
+                "{IMAGE_ENV_DIR}/{}",
+                p.file_name().unwrap_or_default().to_string_lossy()
+            );
+            Some(envfile::parse(&name, &text))
+        })
+        .collect()
+}
+
+/// Joins a prepared container's namespaces (user first, then mount), for a process that did
+/// not prepare it (a Slurm task).
+pub fn enter_namespace(p: &Prepared) -> Result<(), ExecError> {
+    if let Some(u) = &p.user_ns {
+        // SAFETY: setns with an owned namespace fd.
+        if unsafe { libc::setns(u.as_raw_fd(), libc::CLONE_NEWUSER) } < 0 {
+            return Err(sys_err("setns", "user namespace"));
+        }
+    }
+    // SAFETY: as above.
+    if unsafe { libc::setns(p.mnt_ns.as_raw_fd(), libc::CLONE_NEWNS) } < 0 {
+        return Err(sys_err("setns", "mount namespace"));
+    }
+    Ok(())
+}
+
+/// Becomes the container user for good: empty capability bounding set, the user's groups
+/// (privileged mode), gid, uid, no capabilities, `no_new_privs`.
+pub fn drop_identity(plan: &Plan) -> Result<(), ExecError> {
+    let id = &plan.identity;
+    let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse::<libc::c_ulong>().ok())
+        .unwrap_or(40);
+    for cap in 0..=last {
+        // SAFETY: prctl with integer arguments.
+        if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } < 0 {
+            return Err(sys_err("prctl(PR_CAPBSET_DROP)", format!("cap {cap}")));
+        }
+    }
+    // SAFETY: credential calls with valid arguments.
+    unsafe {
+        if plan.mode == Mode::Privileged && libc::setgroups(id.groups.len(), id.groups.as_ptr()) < 0
+        {
+            return Err(sys_err("setgroups", &id.user));
+        }
+        if libc::setresgid(id.gid, id.gid, id.gid) < 0 {
+            return Err(sys_err("setresgid", &id.user));
+        }
+        if libc::setresuid(id.uid, id.uid, id.uid) < 0 {
+            return Err(sys_err("setresuid", &id.user));
+        }
+    }
+    // capset(2) with version 3 and all sets empty.
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    let hdr = Header {
+        version: 0x2008_0522,
+        pid: 0,
+    };
+    let data = [Data {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    // SAFETY: header and two data structs, as capset v3 takes.
+    if unsafe { libc::syscall(libc::SYS_capset, &hdr as *const Header, data.as_ptr()) } < 0 {
+        return Err(sys_err("capset", &id.user));
+    }
+    // SAFETY: prctl with integer arguments.
+    unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        );
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
+            return Err(sys_err("prctl(PR_SET_NO_NEW_PRIVS)", &id.user));
+        }
+    }
+    Ok(())
+}
+
+/// Replaces the process environment with `env` (for a caller that execs by itself).
+pub fn apply_env(env: &BTreeMap<String, String>) {
+    let old: Vec<_> = std::env::vars_os().map(|(k, _)| k).collect();
+    for k in old {
+        std::env::remove_var(k);
+    }
+    for (k, v) in env {
+        std::env::set_var(k, v);
+    }
+}
+
+/// `K=V` strings for `execve`.
+pub fn environ(env: &BTreeMap<String, String>) -> Vec<CString> {
+    env.iter()
+        .filter_map(|(k, v)| CString::new(format!("{k}={v}")).ok())
+        .collect()
+}
+
+/// Changes to the plan's working directory. A `--pwd` that does not exist is an error; a
+/// derived one falls back to `/` (returned as a warning).
+pub fn chdir(plan: &Plan) -> Result<Option<String>, ExecError> {
+    let p = &plan.cwd.path;
+    match std::env::set_current_dir(p) {
+        Ok(()) => Ok(None),
+        Err(e) if plan.cwd.rule != "--pwd" => {
+            std::env::set_current_dir("/").map_err(|e| io_err("chdir", "/", e))?;
+            Ok(Some(format!("cannot enter {}: {e}; using /", p.display())))
+        }
+        Err(e) => Err(io_err("chdir", p, e)),
+    }
+}
+
+/// Executes the plan's command with `env` (searching the container's `PATH` for a bare
+/// name). Returns only on failure.
+pub fn exec(plan: &Plan, env: &BTreeMap<String, String>) -> ExecError {
+    let envp = environ(env);
+    let mut envp_ptrs: Vec<*const libc::c_char> = envp.iter().map(|c| c.as_ptr()).collect();
+    envp_ptrs.push(std::ptr::null());
+    let argv: Vec<CString> = plan
+        .command
+        .iter()
+        .filter_map(|a| CString::new(a.as_bytes()).ok())
+        .collect();
+    let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|c| c.as_ptr()).collect();
+    argv_ptrs.push(std::ptr::null());
+    let cmd = &plan.command[0];
+    let mut candidates: Vec<PathBuf> = if cmd.contains('/') {
+        vec![PathBuf::from(cmd)]
+    } else {
+        env.get("PATH")
+            .map(String::as_str)
+            .unwrap_or(crate::plan::DEFAULT_PATH)
+            .split(':')
+            .filter(|d| !d.is_empty())
+            .map(|d| Path::new(d).join(cmd))
+            .collect()
+    };
+    if plan.shell_fallback {
+        candidates.push("/bin/sh".into());
+    }
+    let mut err = std::io::Error::from_raw_os_error(libc::ENOENT);
+    for c in candidates {
+        let Ok(path) = CString::new(c.as_os_str().as_bytes()) else {
+            continue;
+        };
+        // SAFETY: path, argv and envp are NUL-terminated arrays of valid C strings.
+        unsafe { libc::execve(path.as_ptr(), argv_ptrs.as_ptr(), envp_ptrs.as_ptr()) };
+        let e = std::io::Error::last_os_error();
+        // Keep the most telling error (EACCES over ENOENT), as execvp does.
+        if e.raw_os_error() != Some(libc::ENOENT) {
+            err = e;
+        }
+    }
+    ExecError::Exec {
+        command: cmd.clone(),
+        source: err,
+    }
+}
+
+#[cfg(test)]
+mod tests;

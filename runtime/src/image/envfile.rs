@@ -1,0 +1,365 @@
+//! Parser for the image environment scripts `/.singularity.d/env/*.sh`.
+//!
+//! Apptainer sources these scripts with a shell. Slipway starts no shell (the launch must be
+//! fast and must not depend on the image having one), so it understands the forms that
+//! Apptainer's and Slipway's builders write and reports everything else as a warning, with the
+//! file and line, instead of dropping it silently:
+//!
+//! - `export K=V`, `export K="V"`, `export K='V'`, and the same without `export`;
+//! - `export K="${K:-"V"}"` (keep the value from the host, else `V`), `${K:-V}`, `${K}`, `$K`
+//!   references inside unquoted and double-quoted words;
+//! - comments, blank lines and the `#!/bin/sh` line.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+/// One part of a word: literal text or a variable reference.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum Part {
+    /// Literal text.
+    Lit(String),
+    /// `$K` or `${K}`.
+    Var(String),
+    /// `${K:-WORD}`: the value of K when set and not empty, else WORD.
+    Default(String, Vec<Part>),
+}
+
+/// An assignment `K=WORD` found in a script.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Assignment {
+    /// Variable name.
+    pub name: String,
+    /// Value template, expanded against the environment built so far.
+    pub value: Vec<Part>,
+    /// Line number (1-based).
+    pub line: usize,
+}
+
+/// A line that was not understood (and so not applied).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Leftover {
+    /// File name as given to [`parse`].
+    pub file: String,
+    /// Line number (1-based).
+    pub line: usize,
+    /// The line's text.
+    pub text: String,
+    /// Why it was not applied.
+    pub why: String,
+}
+
+/// A parsed environment script.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct EnvScript {
+    /// Assignments in order.
+    pub assignments: Vec<Assignment>,
+    /// Lines that were not understood.
+    pub leftovers: Vec<Leftover>,
+}
+
+/// Parses one script. `file` names it in leftovers.
+pub fn parse(file: &str, text: &str) -> EnvScript {
+    let mut out = EnvScript::default();
+    let lines: Vec<&str> = text.lines().collect();
+    let mut i = 0;
+    while i < lines.len() {
+        let lineno = i + 1;
+        let raw = lines[i];
+        i += 1;
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let left = |why: &str| Leftover {
+            file: file.to_string(),
+            line: lineno,
+            text: raw.to_string(),
+            why: why.to_string(),
+        };
+        match parse_assignment(line) {
+            Ok(Some((name, value))) => out.assignments.push(Assignment {
+                name,
+                value,
+                line: lineno,
+            }),
+            Ok(None) => {}
+            Err(why) => out.leftovers.push(left(why)),
+        }
+    }
+    out
+}
+
+/// Parses `[export ]K=WORD` (or a bare `export K`, which changes nothing for us: `Ok(None)`).
+fn parse_assignment(line: &str) -> Result<Option<(String, Vec<Part>)>, &'static str> {
+    let rest = match line.strip_prefix("export") {
+        Some(r) if r.starts_with([' ', '\t']) => r.trim_start(),
+        _ => line,
+    };
+    let name_end = rest
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .unwrap_or(rest.len());
+    let name = &rest[..name_end];
+    if !valid_name(name) {
+        return Err("not an assignment (only `export K=V` forms are understood)");
+    }
+    let after = &rest[name_end..];
+    if after.trim().is_empty() && rest.len() != line.len() {
+        return Ok(None); // `export K`
+    }
+    let Some(word) = after.strip_prefix('=') else {
+        return Err("not an assignment (only `export K=V` forms are understood)");
+    };
+    let (value, rest) = parse_word(word)?;
+    let rest = rest.trim_start();
+    if !(rest.is_empty() || rest.starts_with('#')) {
+        return Err("more than one word or command on the line");
+    }
+    Ok(Some((name.to_string(), value)))
+}
+
+/// Whether `name` is a valid environment variable name.
+pub fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Parses one shell word up to unquoted whitespace; returns the parts and what follows.
+fn parse_word(s: &str) -> Result<(Vec<Part>, &str), &'static str> {
+    let mut parts = Vec::new();
+    let mut lit = String::new();
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b' ' | b'\t' => break,
+            b';' | b'&' | b'|' | b'(' | b')' | b'<' | b'>' | b'`' => {
+                return Err("shell syntax other than an assignment")
+            }
+            b'\'' => {
+                let end = s[i + 1..].find('\'').ok_or("unterminated single quote")?;
+                lit.push_str(&s[i + 1..i + 1 + end]);
+                i += end + 2;
+            }
+            b'"' => {
+                i += 1;
+                loop {
+                    if i >= b.len() {
+                        return Err("unterminated double quote");
+                    }
+                    match b[i] {
+                        b'"' => {
+                            i += 1;
+                            break;
+                        }
+                        b'\\' if i + 1 < b.len() && b"\"\\$`".contains(&b[i + 1]) => {
+                            lit.push(b[i + 1] as char);
+                            i += 2;
+                        }
+                        b'`' => return Err("command substitution"),
+                        b'$' => {
+                            let (p, n) = parse_dollar(&s[i..])?;
+                            flush(&mut parts, &mut lit);
+                            parts.push(p);
+                            i += n;
+                        }
+                        _ => {
+                            let c = s[i..].chars().next().unwrap_or('\0');
+                            lit.push(c);
+                            i += c.len_utf8();
+                        }
+                    }
+                }
+            }
+            b'\\' if i + 1 < b.len() => {
+                let c = s[i + 1..].chars().next().unwrap_or('\0');
+                lit.push(c);
+                i += 1 + c.len_utf8();
+            }
+            b'$' => {
+                let (p, n) = parse_dollar(&s[i..])?;
+                flush(&mut parts, &mut lit);
+                parts.push(p);
+                i += n;
+            }
+            _ => {
+                let c = s[i..].chars().next().unwrap_or('\0');
+                lit.push(c);
+                i += c.len_utf8();
+            }
+        }
+    }
+    flush(&mut parts, &mut lit);
+    Ok((parts, &s[i..]))
+}
+
+fn flush(parts: &mut Vec<Part>, lit: &mut String) {
+    if !lit.is_empty() {
+        parts.push(Part::Lit(std::mem::take(lit)));
+    }
+}
+
+/// Parses `$K`, `${K}` or `${K:-WORD}` at the start of `s`; returns the part and its length.
+fn parse_dollar(s: &str) -> Result<(Part, usize), &'static str> {
+    let b = s.as_bytes();
+    if b.get(1) == Some(&b'{') {
+        let inner = &s[2..];
+        let name_end = inner
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .ok_or("unterminated ${")?;
+        let name = &inner[..name_end];
+        if !valid_name(name) {
+            return Err("unsupported parameter expansion");
+        }
+        let after = &inner[name_end..];
+        if after.starts_with('}') {
+            return Ok((Part::Var(name.into()), 2 + name_end + 1));
+        }
+        if let Some(def) = after.strip_prefix(":-") {
+            // The default is a word that ends at the matching `}`, quotes allowed.
+            let (parts, used) = parse_default(def)?;
+            return Ok((
+                Part::Default(name.into(), parts),
+                2 + name_end + 2 + used + 1,
+            ));
+        }
+        Err("unsupported parameter expansion (only ${K}, ${K:-V})")
+    } else {
+        let name_end = s[1..]
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(s.len() - 1);
+        let name = &s[1..1 + name_end];
+        if !valid_name(name) {
+            return Err("unsupported `$` expansion");
+        }
+        Ok((Part::Var(name.into()), 1 + name_end))
+    }
+}
+
+/// Parses the WORD of `${K:-WORD}` up to the closing `}`; returns parts and bytes used (not
+/// counting the `}`).
+fn parse_default(s: &str) -> Result<(Vec<Part>, usize), &'static str> {
+    let mut parts = Vec::new();
+    let mut lit = String::new();
+    let b = s.as_bytes();
+    let mut i = 0;
+    loop {
+        if i >= b.len() {
+            return Err("unterminated ${K:-...}");
+        }
+        match b[i] {
+            b'}' => break,
+            b'"' => {
+                let end = s[i + 1..].find('"').ok_or("unterminated double quote")?;
+                let (inner, _) = parse_word(&format!("\"{}\"", &s[i + 1..i + 1 + end]))?;
+                flush(&mut parts, &mut lit);
+                parts.extend(inner);
+                i += end + 2;
+            }
+            b'\'' => {
+                let end = s[i + 1..].find('\'').ok_or("unterminated single quote")?;
+                lit.push_str(&s[i + 1..i + 1 + end]);
+                i += end + 2;
+            }
+            b'$' => {
+                let (p, n) = parse_dollar(&s[i..])?;
+                flush(&mut parts, &mut lit);
+                parts.push(p);
+                i += n;
+            }
+            b'`' => return Err("command substitution"),
+            _ => {
+                let c = s[i..].chars().next().unwrap_or('\0');
+                lit.push(c);
+                i += c.len_utf8();
+            }
+        }
+    }
+    flush(&mut parts, &mut lit);
+    Ok((parts, i))
+}
+
+/// Expands a value template against `env`.
+pub fn expand(parts: &[Part], env: &BTreeMap<String, String>) -> String {
+    let mut s = String::new();
+    for p in parts {
+        match p {
+            Part::Lit(l) => s.push_str(l),
+            Part::Var(v) => s.push_str(env.get(v).map(String::as_str).unwrap_or("")),
+            Part::Default(v, def) => match env.get(v) {
+                Some(x) if !x.is_empty() => s.push_str(x),
+                _ => s.push_str(&expand(def, env)),
+            },
+        }
+    }
+    s
+}
+
+impl EnvScript {
+    /// Applies the assignments, in order, to `env`.
+    pub fn apply(&self, env: &mut BTreeMap<String, String>) {
+        for a in &self.assignments {
+            let v = expand(&a.value, env);
+            env.insert(a.name.clone(), v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(text: &str, start: &[(&str, &str)]) -> (BTreeMap<String, String>, Vec<Leftover>) {
+        let s = parse("t.sh", text);
+        let mut env: BTreeMap<String, String> = start
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        s.apply(&mut env);
+        (env, s.leftovers)
+    }
+
+    #[test]
+    fn every_form() {
+        let text = r#"#!/bin/sh
+# comment
+export A=plain
+export B="double \"q\" \$x"
+export C='single $x'
+D=noexport
+export E="${E:-"default value"}"
+export F="${F:-"unused"}"
+export G=${G:-bare}
+export PATH="/opt/bin:$PATH"
+export H="${A}-$A" # trailing comment
+export I
+export J=""
+"#;
+        let (env, left) = run(text, &[("F", "host"), ("PATH", "/usr/bin")]);
+        assert!(left.is_empty(), "{left:?}");
+        let get = |k: &str| env.get(k).cloned().unwrap_or_else(|| "<unset>".into());
+        assert_eq!(get("A"), "plain");
+        assert_eq!(get("B"), "double \"q\" $x");
+        assert_eq!(get("C"), "single $x");
+        assert_eq!(get("D"), "noexport");
+        assert_eq!(get("E"), "default value");
+        assert_eq!(get("F"), "host");
+        assert_eq!(get("G"), "bare");
+        assert_eq!(get("PATH"), "/opt/bin:/usr/bin");
+        assert_eq!(get("H"), "plain-plain");
+        assert_eq!(get("I"), "<unset>");
+        assert_eq!(get("J"), "");
+    }
+
+    #[test]
+    fn leftovers_are_reported() {
+        let text = "if [ -z \"$X\" ]; then\nexport A=$(date)\nexport B=`id`\nexport C=\"open\nexport D=a b\nalias ll='ls -l'\nexport E=${E#x}\nexport OK=1\n";
+        let s = parse("99-base.sh", text);
+        let lines: Vec<usize> = s.leftovers.iter().map(|l| l.line).collect();
+        assert_eq!(lines, vec![1, 2, 3, 4, 5, 6, 7], "{:?}", s.leftovers);
+        assert_eq!(s.assignments.len(), 1);
+        assert_eq!(s.leftovers[0].file, "99-base.sh");
+        assert_eq!(s.leftovers[0].text, "if [ -z \"$X\" ]; then");
+    }
+}

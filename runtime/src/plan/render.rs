@@ -1,0 +1,158 @@
+//! The plan as text, for `slipway explain`. The output is stable: tests compare it.
+
+use std::fmt::Write;
+
+use super::{EnvAction, ImageMount, MountKind, Plan, IMAGE_ENV_DIR};
+
+/// Renders the plan.
+pub fn text(p: &Plan) -> String {
+    let mut s = String::new();
+    let w = &mut s;
+    let _ = writeln!(w, "mode: {} ({})", mode(p), p.mode_reason);
+    let _ = writeln!(w, "policy: {}", p.policy);
+    let i = &p.image;
+    let _ = writeln!(w, "image: {} ({:?})", i.path.display(), i.format);
+    let how = match i.mount {
+        ImageMount::Directory => "directory, bind-mounted read-only, nosuid, nodev".to_string(),
+        ImageMount::KernelLoop { span } => format!(
+            "kernel squashfs on a loop device (offset {}, size {}; read-only, autoclear), \
+             nosuid, nodev",
+            span.offset, span.size
+        ),
+        ImageMount::Squashfuse { span } => format!(
+            "squashfuse_ll -o offset={} (size {}), nosuid, nodev",
+            span.offset, span.size
+        ),
+    };
+    let _ = writeln!(w, "  mount: {how}");
+    let _ = writeln!(w, "  because: {} [{}]", i.reason, i.rule);
+    let _ = writeln!(
+        w,
+        "  root: {}",
+        if i.writable_tmpfs {
+            "overlay of the image with a tmpfs upper layer (--writable-tmpfs: writes are lost \
+             at exit), under a tmpfs holding the mount points"
+        } else {
+            "read-only tmpfs holding the image's top-level entries (bound in) and the mount \
+             points"
+        }
+    );
+    let _ = writeln!(w, "mounts:");
+    for m in &p.mounts {
+        let what = match &m.kind {
+            MountKind::Bind { source, recursive } => format!(
+                "{} {}",
+                if *recursive { "rbind" } else { "bind" },
+                source.display()
+            ),
+            MountKind::Tmpfs { mode, size } => match size {
+                Some(sz) => format!("tmpfs mode={mode:o},size={sz}"),
+                None => format!("tmpfs mode={mode:o}"),
+            },
+            MountKind::Generated { file } => format!("generated {file}"),
+        };
+        let _ = writeln!(
+            w,
+            "  {} <- {} ({}) [{}]",
+            m.dest.display(),
+            what,
+            m.flags(),
+            m.rule
+        );
+    }
+    for l in &p.links {
+        let _ = writeln!(
+            w,
+            "  {} -> {} (symlink) [{}]",
+            l.dest.display(),
+            l.target,
+            l.rule
+        );
+    }
+    let id = &p.identity;
+    let _ = writeln!(w, "identity:");
+    let _ = writeln!(
+        w,
+        "  user: {} uid={} gid={} groups={}",
+        id.user,
+        id.uid,
+        id.gid,
+        id.groups
+            .iter()
+            .map(|g| g.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let _ = writeln!(w, "  how: {}", id.groups_note);
+    let _ = writeln!(w, "  passwd += {}", id.passwd_line);
+    for g in &id.group_lines {
+        let _ = writeln!(w, "  group += {g}");
+    }
+    let _ = writeln!(w, "environment:");
+    for d in &p.env.decisions {
+        match d.action {
+            EnvAction::Pass | EnvAction::Drop => {
+                let _ = writeln!(
+                    w,
+                    "  {} {} ({}) [{}]",
+                    if d.action == EnvAction::Pass {
+                        "pass"
+                    } else {
+                        "drop"
+                    },
+                    d.name,
+                    d.origin,
+                    d.rule
+                );
+            }
+            EnvAction::Set => {
+                let v = match &d.value {
+                    Some(v) => format!("={v}"),
+                    None => String::new(),
+                };
+                let _ = writeln!(w, "  set {}{v} ({}) [{}]", d.name, d.origin, d.rule);
+                if d.origin == "slipway" && d.name == "SLIPWAY_CONTAINER" {
+                    let _ = writeln!(
+                        w,
+                        "  image {IMAGE_ENV_DIR}/*.sh applied here, in name order (unknown \
+                         forms reported)"
+                    );
+                }
+            }
+        }
+    }
+    for l in &p.env.env_file_leftovers {
+        let _ = writeln!(
+            w,
+            "  not applied: {}:{}: {} ({})",
+            l.file, l.line, l.text, l.why
+        );
+    }
+    let _ = writeln!(w, "cwd: {} [{}]", p.cwd.path.display(), p.cwd.rule);
+    let _ = writeln!(
+        w,
+        "command: {}{}",
+        p.command.join(" "),
+        if p.shell_fallback {
+            " (or /bin/sh if missing)"
+        } else {
+            ""
+        }
+    );
+    for (title, list) in [("skipped", &p.skipped), ("refused", &p.refused)] {
+        if !list.is_empty() {
+            let _ = writeln!(w, "{title}:");
+            for k in list {
+                let _ = writeln!(w, "  {}: {} [{}]", k.what, k.why, k.rule);
+            }
+        }
+    }
+    s
+}
+
+fn mode(p: &Plan) -> &'static str {
+    match p.mode {
+        super::Mode::Privileged => "privileged",
+        super::Mode::Unprivileged => "unprivileged",
+    }
+}
