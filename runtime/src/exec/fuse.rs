@@ -43,10 +43,10 @@ pub fn mount(
         .write(true)
         .custom_flags(libc::O_CLOEXEC)
         .open(dev)
-        .map_err(|source| ExecError::Sys {
+        .map_err(|err| ExecError::Sys {
             syscall: "open",
             path: dev.into(),
-            source,
+            err,
         })?
         .into();
     let (mu, mg) = if privileged { (0, 0) } else { (uid, gid) };
@@ -89,10 +89,9 @@ pub fn mount(
             Ok(())
         });
     }
-    let child = cmd.spawn().map_err(|source| ExecError::Spawn {
-        program: prog,
-        source,
-    })?;
+    let child = cmd
+        .spawn()
+        .map_err(|err| ExecError::Spawn { program: prog, err })?;
     // Our copy of the device fd must go: if squashfuse dies, accesses then fail (ENOTCONN)
     // instead of hanging.
     drop(fuse);

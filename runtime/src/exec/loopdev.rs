@@ -46,7 +46,7 @@ fn sys_err(syscall: &'static str, path: &Path) -> ExecError {
     ExecError::Sys {
         syscall,
         path: path.to_path_buf(),
-        source: std::io::Error::last_os_error(),
+        err: std::io::Error::last_os_error(),
     }
 }
 
@@ -63,10 +63,10 @@ pub fn attach(
         .write(true)
         .custom_flags(libc::O_CLOEXEC)
         .open(ctl_path)
-        .map_err(|source| ExecError::Sys {
+        .map_err(|err| ExecError::Sys {
             syscall: "open",
             path: ctl_path.into(),
-            source,
+            err,
         })?;
     let mut name = [0u8; 64];
     let b = image_path.as_os_str().as_encoded_bytes();
@@ -83,10 +83,10 @@ pub fn attach(
             .read(true)
             .custom_flags(libc::O_CLOEXEC)
             .open(&dev_path)
-            .map_err(|source| ExecError::Sys {
+            .map_err(|err| ExecError::Sys {
                 syscall: "open",
                 path: dev_path.clone(),
-                source,
+                err,
             })?;
         let cfg = LoopConfig {
             fd: image.as_raw_fd() as u32,
@@ -118,13 +118,13 @@ pub fn attach(
             return Err(ExecError::Sys {
                 syscall: "ioctl(LOOP_CONFIGURE)",
                 path: dev_path,
-                source: e,
+                err: e,
             });
         }
     }
     Err(ExecError::Sys {
         syscall: "ioctl(LOOP_CONFIGURE)",
         path: ctl_path.into(),
-        source: std::io::Error::from_raw_os_error(libc::EBUSY),
+        err: std::io::Error::from_raw_os_error(libc::EBUSY),
     })
 }

@@ -43,15 +43,14 @@ pub const STAGING: &str = "/tmp";
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
     /// A system call failed.
-    #[error("{syscall} {}: {source}", path.display())]
+    #[error("{syscall} {}: {err}", path.display())]
     Sys {
         /// The call.
         syscall: &'static str,
         /// The path it was about.
         path: PathBuf,
-        /// The errno.
-        #[source]
-        source: std::io::Error,
+        /// The errno (in the message, not chained, so it is printed once).
+        err: std::io::Error,
     },
     /// A mount point cannot be made.
     #[error("mount point {}: {why}", dest.display())]
@@ -65,22 +64,20 @@ pub enum ExecError {
     #[error(transparent)]
     Plan(#[from] PlanError),
     /// A helper program could not be started.
-    #[error("cannot start {program}: {source}")]
+    #[error("cannot start {program}: {err}")]
     Spawn {
         /// The program.
         program: String,
         /// The error.
-        #[source]
-        source: std::io::Error,
+        err: std::io::Error,
     },
     /// The command could not be executed.
-    #[error("{}: {source}", command)]
+    #[error("{command}: {err}")]
     Exec {
         /// The command as given.
         command: String,
-        /// The errno.
-        #[source]
-        source: std::io::Error,
+        /// The errno (in the message, not chained, so it is printed once).
+        err: std::io::Error,
     },
 }
 
@@ -88,15 +85,15 @@ fn sys_err(syscall: &'static str, path: impl AsRef<Path>) -> ExecError {
     ExecError::Sys {
         syscall,
         path: path.as_ref().to_path_buf(),
-        source: std::io::Error::last_os_error(),
+        err: std::io::Error::last_os_error(),
     }
 }
 
-fn io_err(syscall: &'static str, path: impl AsRef<Path>, source: std::io::Error) -> ExecError {
+fn io_err(syscall: &'static str, path: impl AsRef<Path>, err: std::io::Error) -> ExecError {
     ExecError::Sys {
         syscall,
         path: path.as_ref().to_path_buf(),
-        source,
+        err,
     }
 }
 
@@ -759,7 +756,7 @@ pub fn exec(plan: &Plan, env: &BTreeMap<String, String>) -> ExecError {
     }
     ExecError::Exec {
         command: cmd.clone(),
-        source: err,
+        err,
     }
 }
 

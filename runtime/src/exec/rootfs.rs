@@ -42,11 +42,11 @@ pub struct Resolved {
     pub kind: Option<Kind>,
 }
 
-fn io_err(syscall: &'static str, path: &Path, source: std::io::Error) -> ExecError {
+fn io_err(syscall: &'static str, path: &Path, err: std::io::Error) -> ExecError {
     ExecError::Sys {
         syscall,
         path: path.to_path_buf(),
-        source,
+        err,
     }
 }
 

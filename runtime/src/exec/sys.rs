@@ -45,7 +45,7 @@ fn cstr(p: &Path) -> Result<CString, ExecError> {
     CString::new(p.as_os_str().as_bytes()).map_err(|_| ExecError::Sys {
         syscall: "path",
         path: p.to_path_buf(),
-        source: std::io::Error::from_raw_os_error(libc::EINVAL),
+        err: std::io::Error::from_raw_os_error(libc::EINVAL),
     })
 }
 
@@ -54,7 +54,7 @@ fn check(rc: libc::c_long, syscall: &'static str, path: &Path) -> Result<libc::c
         Err(ExecError::Sys {
             syscall,
             path: path.to_path_buf(),
-            source: std::io::Error::last_os_error(),
+            err: std::io::Error::last_os_error(),
         })
     } else {
         Ok(rc)
@@ -116,10 +116,10 @@ impl Sys for Linux {
     }
 
     fn write_proc(&self, path: &Path, data: &str) -> Result<(), ExecError> {
-        std::fs::write(path, data).map_err(|source| ExecError::Sys {
+        std::fs::write(path, data).map_err(|err| ExecError::Sys {
             syscall: "write",
             path: path.to_path_buf(),
-            source,
+            err,
         })
     }
 

@@ -17,13 +17,12 @@ pub enum HostError {
         uid: u32,
     },
     /// A system call failed.
-    #[error("{syscall}: {source}")]
+    #[error("{syscall}: {err}")]
     Sys {
         /// The call.
         syscall: &'static str,
-        /// The errno.
-        #[source]
-        source: std::io::Error,
+        /// The errno (in the message, not chained, so it is printed once).
+        err: std::io::Error,
     },
 }
 
@@ -90,9 +89,9 @@ impl HostFacts {
                 name: group_name(gid).unwrap_or_else(|| gid.to_string()),
             })
             .collect();
-        let cwd = std::env::current_dir().map_err(|source| HostError::Sys {
+        let cwd = std::env::current_dir().map_err(|err| HostError::Sys {
             syscall: "getcwd",
-            source,
+            err,
         })?;
         let env = std::env::vars_os()
             .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
@@ -119,7 +118,7 @@ pub fn lookup_user(uid: u32) -> Result<UserInfo, HostError> {
     if rc != 0 {
         return Err(HostError::Sys {
             syscall: "getpwuid_r",
-            source: std::io::Error::from_raw_os_error(rc),
+            err: std::io::Error::from_raw_os_error(rc),
         });
     }
     if res.is_null() {
@@ -164,7 +163,7 @@ fn own_groups(primary: u32) -> Result<Vec<u32>, HostError> {
     if n < 0 {
         return Err(HostError::Sys {
             syscall: "getgroups",
-            source: std::io::Error::last_os_error(),
+            err: std::io::Error::last_os_error(),
         });
     }
     list.truncate(n as usize);

@@ -1,0 +1,919 @@
+//! `slipway exec/run/explain` for real: namespaces, mounts, loop devices, squashfuse, as root
+//! and as an unprivileged user. A static probe program inside the images reports what it sees
+//! (uid, groups, cwd, env, mounts, /dev, writability) and the tests assert on that report.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use serde_json::Value;
+use slipway_runtime::sif::{ObjectSpec, SifWriter};
+use slipway_tests::{have, is_root, run, run_ok, skip, slipway_bin};
+
+const USER: &str = "sliptest";
+
+/// Test images and policies, made once per run.
+struct Fx {
+    /// Root of the fixtures (root-owned, 0755 all the way up: a trusted directory).
+    root: PathBuf,
+    dir: PathBuf,
+    sqfs: PathBuf,
+    sif: PathBuf,
+    hostile: PathBuf,
+    /// A host directory users may bind.
+    data: PathBuf,
+    uid: u32,
+    gid: u32,
+    groups: Vec<u32>,
+    home: PathBuf,
+}
+
+fn write(p: &Path, text: &str) {
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, text).unwrap();
+}
+
+fn chmod(p: &Path, mode: u32) {
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn make_image_tree(dir: &Path, probe: &Path) {
+    // No /home, no /tmp, no /dev, no passwd entry for the test user: slipway must cope.
+    std::fs::create_dir_all(dir.join("bin")).unwrap();
+    std::fs::create_dir_all(dir.join("usr/share")).unwrap();
+    std::fs::copy(probe, dir.join("bin/probe")).unwrap();
+    std::fs::copy(probe, dir.join("bin/probe-suid")).unwrap();
+    chmod(&dir.join("bin/probe-suid"), 0o4755);
+    std::fs::copy(probe, dir.join(".singularity.d/runscript")).ok();
+    write(&dir.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n");
+    write(&dir.join("etc/group"), "root:x:0:\n");
+    write(
+        &dir.join(".singularity.d/env/10-docker2singularity.sh"),
+        "#!/bin/sh\nexport PATH=\"${PATH:-\"/usr/bin\"}\"\nexport FROM_IMAGE=\"${FROM_IMAGE:-\"image-default\"}\"\n",
+    );
+    write(
+        &dir.join(".singularity.d/env/90-environment.sh"),
+        "#!/bin/sh\nexport PATH=\"/opt/tool/bin:$PATH\"\nexport IMAGE_VAR=\"from image\"\nif [ -n \"$X\" ]; then echo; fi\n",
+    );
+    std::fs::copy(probe, dir.join(".singularity.d/runscript")).unwrap();
+}
+
+fn user_ids() -> (u32, u32, Vec<u32>, PathBuf) {
+    if run(Command::new("id").arg(USER)).status.code() != Some(0) {
+        run_ok(Command::new("useradd").args(["-m", USER]));
+    }
+    let num = |args: &[&str]| -> Vec<u32> {
+        run_ok(Command::new("id").args(args).arg(USER))
+            .split_whitespace()
+            .map(|s| s.parse().unwrap())
+            .collect()
+    };
+    let home = run_ok(Command::new("getent").args(["passwd", USER]))
+        .trim()
+        .split(':')
+        .nth(5)
+        .unwrap()
+        .to_string();
+    std::fs::create_dir_all(&home).unwrap();
+    (num(&["-u"])[0], num(&["-g"])[0], num(&["-G"]), home.into())
+}
+
+fn fx() -> Option<&'static Fx> {
+    static FX: OnceLock<Option<Fx>> = OnceLock::new();
+    FX.get_or_init(|| {
+        if !is_root() {
+            return None;
+        }
+        for p in ["gcc", "mksquashfs", "squashfuse_ll", "setpriv", "losetup"] {
+            if !have(p) {
+                eprintln!("missing {p}");
+                return None;
+            }
+        }
+        // On a real node /dev/fuse is 0666 (udev); here nothing sets it.
+        chmod(Path::new("/dev/fuse"), 0o666);
+        let (uid, gid, groups, home) = user_ids();
+        let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("exec-fixtures");
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        for p in [root.as_path(), root.parent().unwrap()] {
+            chmod(p, 0o755);
+        }
+        let probe = root.join("probe");
+        let src = slipway_tests::workspace().join("tests/probe/probe.c");
+        run_ok(Command::new("gcc").args(["-static", "-O2", "-o"]).arg(&probe).arg(&src));
+        let dir = root.join("dir-image");
+        make_image_tree(&dir, &probe);
+        let sqfs = root.join("image.sqfs");
+        run_ok(
+            Command::new("mksquashfs")
+                .arg(&dir)
+                .arg(&sqfs)
+                .args(["-quiet", "-noappend", "-all-root", "-no-progress"]),
+        );
+        let sif = root.join("image.sif");
+        let mut w = SifWriter::new(0);
+        w.add_bytes(ObjectSpec::primary_squashfs("amd64"), std::fs::read(&sqfs).unwrap())
+            .unwrap();
+        let f = std::fs::File::create(&sif).unwrap();
+        w.finish(&f, &sif).unwrap();
+        // Hostile: symlinks that point out of the root or through each other.
+        let hostile = root.join("hostile");
+        std::fs::create_dir_all(hostile.join("bin")).unwrap();
+        std::fs::create_dir_all(hostile.join("var")).unwrap();
+        std::fs::create_dir_all(hostile.join("a/b")).unwrap();
+        std::fs::copy(&probe, hostile.join("bin/probe")).unwrap();
+        std::os::unix::fs::symlink("/host-etc", hostile.join("etc")).unwrap();
+        std::os::unix::fs::symlink("/etc", hostile.join("var/etc")).unwrap();
+        std::os::unix::fs::symlink("../../..", hostile.join("a/b/link")).unwrap();
+        let data = root.join("data");
+        write(&data.join("hello.txt"), "hello\n");
+        write(
+            &root.join("trusted.toml"),
+            &format!(
+                "[images]\nkernel_mount = \"trusted\"\ntrusted_dirs = [\"{}\"]\n\n[mounts]\nuser_allowed = [\"{}\", \"/home\", \"/tmp\"]\n",
+                root.display(),
+                root.display()
+            ),
+        );
+        write(
+            &root.join("never.toml"),
+            &format!(
+                "[images]\nkernel_mount = \"never\"\n\n[mounts]\nuser_allowed = [\"{}\", \"/home\", \"/tmp\"]\n",
+                root.display()
+            ),
+        );
+        write(
+            &root.join("private-tmp.toml"),
+            "[tmp]\nmode = \"private\"\nsize = \"16m\"\n\n[env]\nset = { FORCED = \"by-policy\" }\n",
+        );
+        Some(Fx {
+            root,
+            dir,
+            sqfs,
+            sif,
+            hostile,
+            data,
+            uid,
+            gid,
+            groups,
+            home,
+        })
+    })
+    .as_ref()
+}
+
+/// Held by every test: the leak checks look at the whole host, so launches must not overlap.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn need() -> Option<&'static Fx> {
+    let f = fx();
+    if f.is_none() {
+        skip("needs root, gcc (static glibc), mksquashfs, squashfuse_ll, setpriv, losetup");
+    }
+    f
+}
+
+/// Runs slipway as root (with `--as-user` the test user, as the SPANK plugin would).
+fn slipway_root(fx: &Fx, args: &[&str]) -> Output {
+    let mut c = Command::new(slipway_bin());
+    c.args(args).current_dir(&fx.root);
+    run(&mut c)
+}
+
+/// Runs slipway as the unprivileged test user.
+fn slipway_user(fx: &Fx, args: &[&str]) -> Output {
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid", USER, "--regid", USER, "--init-groups"])
+        .arg(slipway_bin())
+        .args(args)
+        .current_dir(&fx.root);
+    run(&mut c)
+}
+
+fn report(out: &Output) -> Value {
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "slipway failed ({}):\nstdout: {text}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("bad probe output {e}: {text}"))
+}
+
+fn mount<'a>(r: &'a Value, target: &str) -> Option<&'a Value> {
+    // The last mount on a target is the visible one.
+    r["mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|m| m["target"] == target)
+}
+
+fn opts(m: &Value) -> Vec<String> {
+    m["options"]
+        .as_str()
+        .unwrap()
+        .split(',')
+        .map(String::from)
+        .collect()
+}
+
+fn u32s(v: &Value) -> Vec<u32> {
+    let mut x: Vec<u32> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g.as_u64().unwrap() as u32)
+        .collect();
+    x.sort();
+    x
+}
+
+/// What every container must look like, whatever the mode.
+fn assert_common(fx: &Fx, r: &Value, image_fs: Option<&str>) {
+    assert_eq!(r["uid"], fx.uid, "{r}");
+    assert_eq!(r["euid"], fx.uid);
+    assert_eq!(r["gid"], fx.gid);
+    let root = mount(r, "/").expect("root mount");
+    assert_eq!(root["fstype"], "tmpfs");
+    assert!(opts(root).contains(&"ro".to_string()), "{root}");
+    assert_eq!(r["root_writable"], false);
+    let bin = mount(r, "/bin").expect("/bin from the image");
+    if let Some(fs) = image_fs {
+        assert_eq!(bin["fstype"], fs, "{bin}");
+    }
+    for o in ["ro", "nosuid", "nodev"] {
+        assert!(opts(bin).contains(&o.to_string()), "{bin}");
+    }
+    assert_eq!(mount(r, "/proc").unwrap()["fstype"], "proc");
+    let sys = mount(r, "/sys").unwrap();
+    assert!(opts(sys).contains(&"ro".to_string()));
+    assert_eq!(mount(r, "/dev").unwrap()["fstype"], "tmpfs");
+    let dev: Vec<&str> = r["dev"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap())
+        .collect();
+    for d in [
+        "null", "zero", "full", "random", "urandom", "tty", "pts", "ptmx", "shm", "fd",
+    ] {
+        assert!(dev.contains(&d), "/dev/{d} missing: {dev:?}");
+    }
+    // The image has no /home and no /tmp: the mount points were made.
+    assert!(mount(r, fx.home.to_str().unwrap()).is_some(), "home bound");
+    assert!(mount(r, "/tmp").is_some());
+    // The image's passwd has no entry for the user: one was added.
+    let passwd = r["reads"]["/etc/passwd"].as_str().unwrap();
+    assert!(passwd.starts_with("root:x:0:0:"), "{passwd}");
+    assert!(
+        passwd.contains(&format!("{USER}:x:{}:{}:", fx.uid, fx.gid)),
+        "{passwd}"
+    );
+    // Environment: image scripts applied, host PATH replaced, identity set.
+    let env = &r["env"];
+    assert_eq!(env["IMAGE_VAR"], "from image");
+    assert_eq!(env["FROM_IMAGE"], "image-default");
+    assert_eq!(
+        env["PATH"],
+        "/opt/tool/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    );
+    assert_eq!(env["HOME"], fx.home.to_str().unwrap());
+    assert_eq!(env["USER"], USER);
+    // The working directory (the fixture dir) is bound and entered.
+    assert_eq!(r["cwd"], fx.root.to_str().unwrap());
+}
+
+const PROBE: [&str; 3] = ["/bin/probe", "--read", "/etc/passwd"];
+
+fn args<'a>(pre: &[&'a str], image: &'a Path, post: &[&'a str]) -> Vec<&'a str> {
+    let mut v = pre.to_vec();
+    v.push(image.to_str().unwrap());
+    v.extend_from_slice(post);
+    v
+}
+
+#[test]
+fn root_directory_image() {
+    let _serial = serial();
+    let Some(fx) = need() else { return };
+    let uid = fx.uid.to_string();
+    let r = report(&slipway_root(
+        fx,
+        &args(&["exec", "--as-user", &uid], &fx.dir, &PROBE),
+    ));
+    assert_common(fx, &r, None);
+    // Privileged mode keeps the user's supplementary groups.
+    assert_eq!(u32s(&r["groups"]), sorted(&fx.groups));
+    // A setuid-root binary in the image gains nothing (nosuid, no_new_privs).
+    let r = report(&slipway_root(
+        fx,
+        &args(&["exec", "--as-user", &uid], &fx.dir, &["/bin/probe-suid"]),
+    ));
+    assert_eq!(
+        (r["uid"].clone(), r["euid"].clone()),
+        (fx.uid.into(), fx.uid.into())
+    );
+}
+
+fn sorted(v: &[u32]) -> Vec<u32> {
+    let mut v = v.to_vec();
+    v.sort();
+    v
+}
+
+fn policy(fx: &Fx, name: &str) -> String {
+    fx.root.join(name).display().to_string()
+}
+
+#[test]
+fn root_squashfs_and_sif_kernel_mount_in_trusted_dir() {
+    let _serial = serial();
+    let Some(fx) = need() else { return };
+    let uid = fx.uid.to_string();
+    let pol = policy(fx, "trusted.toml");
+    for image in [&fx.sqfs, &fx.sif] {
+        let a = args(
+            &["exec", "--policy", &pol, "--as-user", &uid],
+            image,
+            &PROBE,
+        );
+        let r = report(&slipway_root(fx, &a));
+        assert_common(fx, &r, Some("squashfs"));
+        let r = report(&slipway_root(
+            fx,
+            &args(
+                &["exec", "--policy", &pol, "--as-user", &uid],
+                image,
+                &["/bin/probe-suid"],
+            ),
+        ));
+        assert_eq!(r["euid"], fx.uid, "setuid bit honoured: {r}");
+    }
+    assert_clean(fx);
+}
+
+#[test]
+fn root_squashfuse_when_policy_says_never() {
+    let _serial = serial();
+    let Some(fx) = need() else { return };
+    let uid = fx.uid.to_string();
+    let pol = policy(fx, "never.toml");
+    for image in [&fx.sqfs, &fx.sif] {
+        let a = args(
+            &["exec", "--policy", &pol, "--as-user", &uid],
+            image,
+            &PROBE,
+        );
+        let r = report(&slipway_root(fx, &a));
+        assert_common(fx, &r, Some("fuse.squashfuse"));
+    }
+    assert_clean(fx);
+}
+
+#[test]
+fn root_as_root_has_no_capabilities() {
+    let _serial = serial();
+    let Some(fx) = need() else { return };
+    let pol = policy(fx, "trusted.toml");
+    let out = slipway_root(
+        fx,
+        &args(
+            &["exec", "--policy", &pol],
+            &fx.sif,
+            &["/bin/probe", "--write", "/bin/x"],
+        ),
+    );
+    let r = report(&out);
+    assert_eq!(r["uid"], 0);
+    // Root without capabilities cannot write the read-only image nor the root.
+    assert_eq!(r["writes"]["/bin/x"], "Read-only file system");
+    assert_eq!(r["root_writable"], false);
+}
+
+#[test]
+fn unprivileged_directory_squashfs_and_sif() {
+    let _serial = serial();
+    let Some(fx) = need() else { return };
+    let pol = policy(fx, "never.toml");
+    for (image, fs) in [
+        (&fx.dir, None),
+        (&fx.sqfs, Some("fuse.squashfuse")),
+        (&fx.sif, Some("fuse.squashfuse")),
+    ] {
+        let out = slipway_user(fx, &args(&["exec", "--policy", &pol], image, &PROBE));
+        let r = report(&out);
+        assert_common(fx, &r, fs);
+        let r = report(&slipway_user(
+            fx,
+            &args(&["exec"], image, &["/bin/probe-suid"]),
+        ));
+        assert_eq!(r["euid"], fx.uid, "setuid bit honoured: {r}");
+    }
+    assert_clean(fx);
+}
+
+#[test]
+fn user_binds_and_options() {
+    let _serial = serial();
+    let Some(fx) = need() else { return };
+    let pol = policy(fx, "never.toml");
+    let bind = format!(
+        "{}:/data:ro,{}:/scratch\\:x",
+        fx.data.display(),
+        fx.data.display()
+    );
+    for unpriv in [false, true] {
+        let uid = fx.uid.to_string();
+        let mut pre = vec![
+            "exec",
+            "--policy",
+            &pol,
+            "-B",
+            &bind,
+            "--pwd",
+            "/data",
+            "--env",
+            "A=1,B=2,3",
+        ];
+        if !unpriv {
+            pre.extend(["--as-user", &uid]);
+        }
+        let a = args(
+            &pre,
+            &fx.sif,
+            &[
+                "/bin/probe",
+                "--read",
+                "/data/hello.txt",
+                "--write",
+                "/data/new",
+                "--write",
+                "/scratch:x/new",
+            ],
+        );
+        let r = report(&if unpriv {
+            slipway_user(fx, &a)
+        } else {
+            slipway_root(fx, &a)
+        });
+        assert_eq!(r["cwd"], "/data");
+        assert_eq!(r["reads"]["/data/hello.txt"], "hello\n");
+        assert_eq!(r["writes"]["/data/new"], "Read-only file system");
+        // rw bind, but the directory belongs to root: the user's own permissions apply.
+        assert_eq!(r["writes"]["/scratch:x/new"], "Permission denied");
+        assert_eq!(r["env"]["A"], "1");
+        assert_eq!(r["env"]["B"], "2,3");
+        let m = mount(&r, "/data").unwrap();
+        assert!(opts(m).contains(&"nosuid".to_string()) && opts(m).contains(&"nodev".to_string()));
+    }
+}
+
+#[test]
+fn environment_rules() {
+    let _serial = serial();
+    let Some(fx) = need() else { return };
+    let envf = fx.root.join("envfile");
+    write(
+        &envf,
+        "export FROM_FILE=\"file value\"\nexport FROM_IMAGE=overridden\n",
+    );
+    let mut c = Command::new(slipway_bin());
+    c.current_dir(&fx.root)
+        .env("PYTHONPATH", "/denied")
+        .env("SLURM_JOB_ID", "42")
+        .env("RANDOM_HOST_VAR", "x")
+        .env("FROM_IMAGE", "host wins over ${:-} defaults")
+        .args([
+            "exec",
+            "--env-file",
+            envf.to_str().unwrap(),
+            "--env",
+            "CLI=1",
+        ])
+        .arg(&fx.dir)
+        .arg("/bin/probe");
+    let r = report(&run(&mut c));
+    let env = &r["env"];
+    assert_eq!(env["SLURM_JOB_ID"], "42");
+    assert_eq!(env["RANDOM_HOST_VAR"], "x");
+    assert!(env.get("PYTHONPATH").is_none(), "denied by policy");
+    assert_eq!(env["FROM_FILE"], "file value");
+    assert_eq!(env["FROM_IMAGE"], "overridden");
+    assert_eq!(env["CLI"], "1");
+    // --cleanenv: only env.pass names.
+    c.arg("--cleanenv");
+    let mut c = Command::new(slipway_bin());
+    c.current_dir(&fx.root)
+        .env("SLURM_JOB_ID", "42")
+        .env("RANDOM_HOST_VAR", "x")
+        .args(["exec", "--cleanenv"])
+        .arg(&fx.dir)
+        .arg("/bin/probe");
+    let out = run(&mut c);
+    let r = report(&out);
+    assert_eq!(r["env"]["SLURM_JOB_ID"], "42");
+    assert!(r["env"].get("RANDOM_HOST_VAR").is_none());
+    // The unknown shell line of the image is reported, not dropped silently.
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("90-environment.sh:4: not applied"),
+        "stderr: {err}"
+    );
+}
+
+#[test]
+fn contain_private_tmp_and_writable_tmpfs() {
+    let _serial = serial();
+    let Some(fx) = need() else { return };
+    let uid = fx.uid.to_string();
+    let pol = policy(fx, "private-tmp.toml");
+    let r = report(&slipway_root(
+        fx,
+        &args(
+            &["exec", "--contain", "--as-user", &uid],
+            &fx.sqfs,
+            &["/bin/probe", "--write", "/tmp/x"],
+        ),
+    ));
+    assert_eq!(mount(&r, "/tmp").unwrap()["fstype"], "tmpfs");
+    assert!(mount(&r, fx.home.to_str().unwrap()).is_none());
+    assert_eq!(r["cwd"], "/");
+    assert_eq!(r["writes"]["/tmp/x"], "ok");
+    let r = report(&slipway_root(
+        fx,
+        &args(
+            &["exec", "--policy", &pol, "--as-user", &uid],
+            &fx.dir,
+            &["/bin/probe"],
+        ),
+    ));
+    assert_eq!(mount(&r, "/var/tmp").unwrap()["fstype"], "tmpfs");
+    assert_eq!(r["env"]["FORCED"], "by-policy");
+    // --writable-tmpfs: writes anywhere succeed and vanish.
+    for unpriv in [false, true] {
+        let a = args(
+            &["exec", "--writable-tmpfs"],
+            &fx.sqfs,
+            &["/bin/probe", "--write", "/usr/new", "--write", "/newtop"],
+        );
+        let r = report(&if unpriv {
+            slipway_user(fx, &a)
+        } else {
+            slipway_root(fx, &a)
+        });
+        if unpriv {
+            // The image's directories belong to (unmapped) root: the user cannot write
+            // there, only at the top level (the tmpfs).
+            assert_eq!(r["writes"]["/usr/new"], "Permission denied", "{r}");
+        } else {
+            assert_eq!(r["writes"]["/usr/new"], "ok", "{r}");
+        }
+        assert_eq!(r["writes"]["/newtop"], "ok", "{r}");
+    }
+    assert_clean(fx);
+}
+
+#[test]
+fn run_executes_the_runscript() {
+    let _serial = serial();
+    let Some(fx) = need() else { return };
+    let r = report(&slipway_user(
+        fx,
+        &["run", fx.sif.to_str().unwrap(), "a", "b c"],
+    ));
+    assert_eq!(
+        r["argv"],
+        serde_json::json!(["/.singularity.d/runscript", "a", "b c"])
+    );
+}
+
+#[test]
+fn exit_status_and_signals() {
+    let _serial = serial();
+    let Some(fx) = need() else { return };
+    let out = slipway_user(
+        fx,
+        &[
+            "exec",
+            fx.sif.to_str().unwrap(),
+            "/bin/probe",
+            "--exit",
+            "3",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(3));
+    // The command replaces slipway (no fork), so its death by a signal is slipway's: the
+    // shell reports 128+N.
+    let out = slipway_user(
+        fx,
+        &[
+            "exec",
+            fx.sif.to_str().unwrap(),
+            "/bin/probe",
+            "--signal",
+            "15",
+        ],
+    );
+    assert_eq!(out.status.signal(), Some(15));
+    let script = format!(
+        "{} exec {} /bin/probe --signal 15 >/dev/null; echo $?",
+        slipway_bin().display(),
+        fx.dir.display()
+    );
+    let out = run(Command::new("sh")
+        .arg("-c")
+        .arg(&script)
+        .current_dir(&fx.root));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "143");
+    assert_clean(fx);
+}
+
+fn assert_failure(out: &Output, needle: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(255), "stderr: {err}");
+    // Warnings may come first; the failure itself is one line, the last.
+    let errors: Vec<&str> = err
+        .lines()
+        .filter(|l| !l.starts_with("slipway: warning: "))
+        .collect();
+    assert_eq!(errors.len(), 1, "one line: {err}");
+    assert!(errors[0].starts_with("slipway: error: "), "{err}");
+    assert!(err.contains(needle), "{needle:?} not in {err}");
+}
+
+#[test]
+fn failures_exit_255_with_one_line() {
+    let _serial = serial();
+    let Some(fx) = need() else { return };
+    let sif = fx.sif.to_str().unwrap();
+    let pol = policy(fx, "never.toml");
+    assert_failure(
+        &slipway_user(fx, &["exec", "/nonexistent.sif", "true"]),
+        "No such file",
+    );
+    assert_failure(
+        &slipway_user(fx, &["exec", "-B", "/no/such/dir:/x", sif, "/bin/probe"]),
+        "source does not exist",
+    );
+    assert_failure(
+        &slipway_user(fx, &["exec", "-B", "/etc:/x", sif, "/bin/probe"]),
+        "user_allowed",
+    );
+    assert_failure(
+        &slipway_user(fx, &["exec", "-B", "relative:/x", sif, "/bin/probe"]),
+        "absolute",
+    );
+    assert_failure(
+        &slipway_user(
+            fx,
+            &[
+                "exec",
+                "--policy",
+                &pol,
+                "-B",
+                &format!("{}:/a/../../x", fx.data.display()),
+                sif,
+                "/bin/probe",
+            ],
+        ),
+        "..",
+    );
+    assert_failure(
+        &slipway_user(fx, &["exec", sif, "/bin/nonexistent"]),
+        "No such file",
+    );
+    // A failure in the middle of preparing (after squashfuse started): a mount point
+    // inside the bound home that does not exist is never created on the host.
+    let dest = format!(
+        "{}:{}/no-such-dir-xyz",
+        fx.data.display(),
+        fx.home.display()
+    );
+    for f in [
+        slipway_user(
+            fx,
+            &["exec", "--policy", &pol, "-B", &dest, sif, "/bin/probe"],
+        ),
+        slipway_root(
+            fx,
+            &[
+                "exec",
+                "--policy",
+                &pol,
+                "--as-user",
+                &fx.uid.to_string(),
+                "-B",
+                &dest,
+                sif,
+                "/bin/probe",
+            ],
+        ),
+    ] {
+        assert_failure(&f, "not a Slipway tmpfs");
+    }
+    assert!(!fx.home.join("no-such-dir-xyz").exists());
+    assert_clean(fx);
+}
+
+#[test]
+fn hostile_symlinks_stay_inside() {
+    let _serial = serial();
+    let Some(fx) = need() else { return };
+    let pol = policy(fx, "never.toml");
+    let data = fx.data.display().to_string();
+    let bind = format!("{data}:/a/b/link/escaped,{data}:/var/etc/through,{data}:/etc/inside");
+    for unpriv in [false, true] {
+        let uid = fx.uid.to_string();
+        let mut pre = vec!["exec", "--policy", &pol, "-B", &bind];
+        if !unpriv {
+            pre.extend(["--as-user", &uid]);
+        }
+        let a = args(
+            &pre,
+            &fx.hostile,
+            &[
+                "/bin/probe",
+                "--read",
+                "/escaped/hello.txt",
+                "--read",
+                "/host-etc/through/hello.txt",
+            ],
+        );
+        let r = report(&if unpriv {
+            slipway_user(fx, &a)
+        } else {
+            slipway_root(fx, &a)
+        });
+        // Each destination was resolved inside the container root.
+        assert!(mount(&r, "/escaped").is_some(), "{r}");
+        assert!(mount(&r, "/host-etc/through").is_some());
+        assert!(mount(&r, "/host-etc/inside").is_some());
+        assert!(
+            mount(&r, "/host-etc/hosts").is_some(),
+            "system bind through /etc symlink"
+        );
+        assert_eq!(r["reads"]["/escaped/hello.txt"], "hello\n");
+        assert_eq!(r["reads"]["/host-etc/through/hello.txt"], "hello\n");
+    }
+    // Nothing appeared on the host.
+    for p in ["/escaped", "/host-etc", "/etc/inside", "/etc/through"] {
+        assert!(!Path::new(p).exists(), "{p} created on the host");
+    }
+    assert_clean(fx);
+}
+
+#[test]
+fn explain_shows_the_plan() {
+    let _serial = serial();
+    let Some(fx) = need() else { return };
+    let pol = policy(fx, "trusted.toml");
+    let out = slipway_user(
+        fx,
+        &[
+            "explain",
+            "--policy",
+            &pol,
+            fx.sif.to_str().unwrap(),
+            "/bin/probe",
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.starts_with("mode: unprivileged"), "{text}");
+    assert!(text.contains("  mount: squashfuse_ll -o offset="), "{text}");
+    let out = slipway_root(
+        fx,
+        &[
+            "explain",
+            "--json",
+            "--policy",
+            &pol,
+            fx.sif.to_str().unwrap(),
+        ],
+    );
+    let j: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["mode"], "privileged");
+    assert_eq!(j["image"]["mount"]["how"], "kernel_loop");
+    assert_eq!(
+        j["command"],
+        serde_json::json!(["/.singularity.d/runscript"])
+    );
+    if !Path::new("/etc/slipway/policy.toml").exists() {
+        let out = slipway_user(fx, &["explain", fx.sif.to_str().unwrap()]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("policy: built-in defaults (no policy file at /etc/slipway/policy.toml)"),
+            "{text}"
+        );
+    }
+    // A refused bind is shown, and explain exits 1.
+    let out = slipway_user(fx, &["explain", "-B", "/etc:/x", fx.sif.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("refused:\n  bind /etc:/x:"));
+}
+
+/// The host is as before: no mounts of the fixtures, no loop devices on them, no
+/// squashfuse serving them, no files left in $TMPDIR.
+fn assert_clean(fx: &Fx) {
+    let root = fx.root.to_str().unwrap();
+    // squashfuse is killed when its parent goes and the loop device is cleared when the
+    // namespace's mounts are released: both happen just after the process exits.
+    for _ in 0..100 {
+        let loops = run_ok(Command::new("losetup").arg("-a"));
+        if squashfuse_on(fx).is_empty() && !loops.contains(root) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(
+        squashfuse_on(fx),
+        Vec::<u32>::new(),
+        "squashfuse left running"
+    );
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    for l in mi.lines() {
+        assert!(
+            !l.contains(root) && !l.contains("squashfuse") && !l.contains(" squashfs "),
+            "mount left on the host: {l}"
+        );
+    }
+    let loops = run_ok(Command::new("losetup").arg("-a"));
+    assert!(!loops.contains(root), "loop device left: {loops}");
+}
+
+/// squashfuse processes that hold one of the fixture images open.
+fn squashfuse_on(fx: &Fx) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+        if !comm.starts_with("squashfuse") {
+            continue;
+        }
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        if stat.contains(") Z ") {
+            continue; // a zombie holds nothing
+        }
+        let Ok(fds) = std::fs::read_dir(e.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if let Ok(t) = std::fs::read_link(fd.path()) {
+                if t.starts_with(&fx.root) {
+                    out.push(pid);
+                }
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+#[test]
+fn no_temp_files_left() {
+    let _serial = serial();
+    let Some(fx) = need() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    chmod(tmp.path(), 0o1777);
+    let uid = fx.uid.to_string();
+    for ok in [true, false] {
+        let cmd = if ok { "/bin/probe" } else { "/bin/missing" };
+        for mut c in [Command::new(slipway_bin()), Command::new("setpriv")] {
+            if c.get_program() == "setpriv" {
+                c.args(["--reuid", USER, "--regid", USER, "--init-groups"])
+                    .arg(slipway_bin());
+                c.args(["exec", fx.sqfs.to_str().unwrap(), cmd]);
+            } else {
+                c.args(["exec", "--as-user", &uid, fx.sqfs.to_str().unwrap(), cmd]);
+            }
+            c.env("TMPDIR", tmp.path()).current_dir(&fx.root);
+            let out = run(&mut c);
+            assert_eq!(
+                out.status.success(),
+                ok,
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert_clean(fx);
+    let _ = fx.root.metadata().map(|m| m.uid());
+}
