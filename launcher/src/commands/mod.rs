@@ -6,6 +6,7 @@ use clap::Subcommand;
 
 mod build;
 mod inspect;
+mod policy;
 
 /// The verbs.
 #[derive(Subcommand)]
@@ -14,6 +15,8 @@ pub enum Command {
     Build(build::Args),
     /// Show what an image holds: SIF header and objects, environment, runscript, labels.
     Inspect(inspect::Args),
+    /// Check the admin policy file (`policy check [FILE]`).
+    Policy(policy::Args),
 }
 
 /// Runs a verb; `Ok` carries the exit status to return.
@@ -21,5 +24,6 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
     match cmd {
         Command::Build(a) => build::run(a),
         Command::Inspect(a) => inspect::run(a),
+        Command::Policy(a) => policy::run(a),
     }
 }
