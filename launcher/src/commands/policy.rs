@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use slipway_runtime::policy::{running_as_root, LoadedPolicy, PolicySource, DEFAULT_POLICY_PATH};
+use slipway_runtime::policy::{
+    running_as_root, LoadedPolicy, PolicyError, PolicySource, DEFAULT_POLICY_PATH,
+};
 
 /// Arguments of `slipway policy`.
 #[derive(clap::Args)]
@@ -31,8 +33,21 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
 }
 
 fn check(file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    // The same check a root-run slipway makes before it believes the file.
-    let loaded = LoadedPolicy::load(file.as_deref(), running_as_root())?;
+    // The same checks a root-run slipway makes before it believes the file.
+    let loaded = match LoadedPolicy::load(file.as_deref(), running_as_root()) {
+        Ok(l) => l,
+        Err(e) => {
+            if matches!(e, PolicyError::Insecure { .. })
+                && LoadedPolicy::load(file.as_deref(), false).is_ok()
+            {
+                eprintln!(
+                    "slipway: note: the policy's content is valid; only where it lies is refused"
+                );
+            }
+            // The message already holds the cause (errno included): no chain to repeat it.
+            anyhow::bail!("{e}");
+        }
+    };
     match &loaded.source {
         PolicySource::File(p) => println!("{}: ok", p.display()),
         PolicySource::BuiltIn => {
