@@ -738,3 +738,21 @@ fn packaged_example_passes() {
         "the example should set something"
     );
 }
+
+#[test]
+fn admin_guide_covers_every_key_and_its_defaults() {
+    let doc = include_str!("../../../docs/policy.md");
+    for (section, key) in load::schema_keys() {
+        assert!(
+            doc.contains(&format!("### `{section}.{key}`")),
+            "docs/policy.md has no heading for {section}.{key}"
+        );
+    }
+    let defaults = doc
+        .split("## All defaults together")
+        .nth(1)
+        .and_then(|s| s.split("```toml\n").nth(1))
+        .and_then(|s| s.split("```").next())
+        .expect("a toml block under \"All defaults together\"");
+    assert_eq!(ok(defaults).policy, Policy::default());
+}
