@@ -96,12 +96,22 @@ impl LoadedPolicy {
         }
     }
 
+    /// `mounts.system`, parsed (the loader has checked every entry).
+    pub fn system_binds(&self) -> Vec<super::Bind> {
+        self.policy
+            .mounts
+            .system
+            .iter()
+            .filter_map(|s| super::parse_bind(s).ok())
+            .collect()
+    }
+
     /// May `user` run `image`? Checks `images.formats`, then `images.allowed` (component-wise
     /// glob on the canonical `image.path`), then `images.owners` (`"user"` = the running user,
     /// names, uids).
     pub fn check_image(&self, image: &Image, user: &User) -> Result<(), Refusal> {
         let rules = &self.policy.images;
-        let path = image.path.display();
+        let path = show(&image.path);
         if !rules.formats.contains(&image.format) {
             let list: Vec<&str> = rules.formats.iter().map(|f| format_name(*f)).collect();
             return Err(self.refusal(
@@ -188,7 +198,7 @@ impl LoadedPolicy {
                         format!(
                             "image is root-owned, not writable by others, and inside trusted \
                              directory {}",
-                            dir.display()
+                            show(&dir)
                         ),
                     ),
                     Err(why) => decide(false, key, format!("{why}: squashfuse mounts it")),
@@ -211,24 +221,21 @@ impl LoadedPolicy {
         let Some(dir) = inside else {
             return Err(format!(
                 "image {} is not inside images.trusted_dirs ({})",
-                image.path.display(),
-                dirs.iter()
-                    .map(|d| d.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                show(&image.path),
+                dirs.iter().map(|d| show(d)).collect::<Vec<_>>().join(", ")
             ));
         };
         if image.uid != 0 {
             return Err(format!(
                 "image {} is owned by uid {}, not root",
-                image.path.display(),
+                show(&image.path),
                 image.uid
             ));
         }
         if image.mode & 0o022 != 0 {
             return Err(format!(
                 "image {} is writable by group or others (mode {:04o})",
-                image.path.display(),
+                show(&image.path),
                 image.mode
             ));
         }
@@ -248,11 +255,11 @@ impl LoadedPolicy {
         let key = "mounts.user_allowed";
         let allowed = &self.policy.mounts.user_allowed;
         let real = std::fs::canonicalize(src)
-            .map_err(|e| self.refusal(key, format!("bind source {}: {e}", src.display())))?;
+            .map_err(|e| self.refusal(key, format!("bind source {}: {e}", show(src))))?;
         let list = || {
             allowed
                 .iter()
-                .map(|d| d.display().to_string())
+                .map(|d| show(d))
                 .collect::<Vec<_>>()
                 .join(", ")
         };
@@ -261,7 +268,7 @@ impl LoadedPolicy {
                 key,
                 format!(
                     "bind source {}: users may not bind host paths (mounts.user_allowed is empty)",
-                    src.display()
+                    show(src)
                 ),
             ));
         }
@@ -273,9 +280,9 @@ impl LoadedPolicy {
             }
         }
         let shown = if real == src {
-            src.display().to_string()
+            show(src)
         } else {
-            format!("{} (resolves to {})", src.display(), real.display())
+            format!("{} (resolves to {})", show(src), show(&real))
         };
         Err(self.refusal(
             key,
@@ -317,6 +324,17 @@ impl LoadedPolicy {
                 reason: format!("--cleanenv, and {name} matches no env.pass pattern"),
             },
         }
+    }
+}
+
+/// A path for a one-line message: as is, or quoted with escapes if it holds a control
+/// character (a newline in a file name must not split a refusal across lines).
+pub(crate) fn show(p: &Path) -> String {
+    let s = p.display().to_string();
+    if s.chars().any(char::is_control) {
+        format!("{s:?}")
+    } else {
+        s
     }
 }
 

@@ -101,6 +101,9 @@ fn empty_file_is_the_defaults() {
 fn syntax_error_is_one_line_with_line_number() {
     let e = err("[images]\nallowed = [\"/apps/*\"\n\n");
     assert!(e.starts_with("policy.toml:"), "{e}");
+    // Lines count right after multi-byte characters.
+    let e = err("# ünïcödé ✓\n# ü\n[images\n");
+    assert!(e.starts_with("policy.toml:3: "), "{e}");
     let e = err("[images]\nallowed = 1\nallowed = 2\n");
     assert!(e.starts_with("policy.toml:3: "), "{e}");
     assert!(e.contains("duplicate"), "{e}");
@@ -184,6 +187,15 @@ fn images_allowed() {
     assert!(p
         .check_image(&image("/apps/a/b.sif", Format::Sif, 0, 0o644), &u)
         .is_ok());
+    // A newline in a file name does not split the message.
+    let r = p
+        .check_image(&image("/scratch/x\ny.sif", Format::Sif, 0, 0o644), &u)
+        .unwrap_err();
+    assert!(
+        r.message
+            .starts_with("image \"/scratch/x\\ny.sif\": not allowed"),
+        "{r}"
+    );
     // Empty list: any path.
     assert!(ok("")
         .check_image(&image("/anywhere/x.sif", Format::Sif, 0, 0o644), &u)
@@ -387,6 +399,8 @@ fn mounts_system() {
         }
     );
     assert_eq!(parse_bind("/a").unwrap().dst, PathBuf::from("/a"));
+    assert_eq!(p.system_binds()[2].dst, PathBuf::from("/x"));
+    assert_eq!(LoadedPolicy::builtin().system_binds().len(), 3);
     assert!(!parse_bind("/a:/b").unwrap().read_only);
     for (bad, why) in [
         ("etc/hosts", "must be an absolute path"),
