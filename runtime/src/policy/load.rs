@@ -197,59 +197,13 @@ impl LoadedPolicy {
     /// path -> built-in defaults (source [`PolicySource::BuiltIn`]); an explicitly given
     /// missing file -> error. `privileged`: refuse a file not owned by root or writable by
     /// group/others, and the same for its directory (and parents), naming the path and the
-    /// fix.
+    /// fix. With no file at the default path, a dangling symlink there is an error, and a
+    /// privileged load checks the nearest existing directory above it the same way.
     pub fn load(path: Option<&Path>, privileged: bool) -> Result<LoadedPolicy, PolicyError> {
-        let (path, explicit) = match path {
-            Some(p) => (p.to_path_buf(), true),
-            None => (PathBuf::from(DEFAULT_POLICY_PATH), false),
-        };
-        let io = |source| PolicyError::Io {
-            path: path.clone(),
-            source,
-        };
-        let mut file = match std::fs::OpenOptions::new()
-            .read(true)
-            // Never block on a FIFO someone put in its place.
-            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-            .open(&path)
-        {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
-                return Ok(LoadedPolicy::builtin());
-            }
-            Err(e) => return Err(io(e)),
-        };
-        // Checks apply to what was opened (fstat), not to what the path names now.
-        let meta = file.metadata().map_err(io)?;
-        if !meta.is_file() {
-            return Err(PolicyError::Io {
-                path: path.clone(),
-                source: std::io::Error::from_raw_os_error(if meta.is_dir() {
-                    libc::EISDIR
-                } else {
-                    libc::EINVAL
-                }),
-            });
+        match path {
+            Some(p) => load_at(p, true, privileged),
+            None => load_at(Path::new(DEFAULT_POLICY_PATH), false, privileged),
         }
-        if privileged {
-            secure::check_meta(&path, &meta)?;
-            check_parents(&path)?;
-            // The path may be a symlink (config management likes them): the real file's
-            // directories must be safe too.
-            let real = std::fs::canonicalize(&path).map_err(io)?;
-            let real_meta = std::fs::metadata(&real).map_err(io)?;
-            if (real_meta.dev(), real_meta.ino()) != (meta.dev(), meta.ino()) {
-                return Err(PolicyError::Insecure {
-                    path: path.clone(),
-                    problem: "changed while it was being checked".into(),
-                    fix: "retry; find out what replaces the file".into(),
-                });
-            }
-            check_parents(&real)?;
-        }
-        let mut text = String::new();
-        file.read_to_string(&mut text).map_err(io)?;
-        LoadedPolicy::parse(&text, &path)
     }
 
     /// Parses policy text; `name` is used in error messages and by [`LoadedPolicy::rule`].
@@ -305,6 +259,85 @@ impl LoadedPolicy {
     pub fn line(&self, key: &str) -> Option<usize> {
         self.lines.get(key).copied()
     }
+}
+
+/// [`LoadedPolicy::load`] for `path`; `explicit`: the caller named the file, so it must exist.
+pub(super) fn load_at(
+    path: &Path,
+    explicit: bool,
+    privileged: bool,
+) -> Result<LoadedPolicy, PolicyError> {
+    let path = path.to_path_buf();
+    let io = |source| PolicyError::Io {
+        path: path.clone(),
+        source,
+    };
+    let mut file = match std::fs::OpenOptions::new()
+        .read(true)
+        // Never block on a FIFO someone put in its place.
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(&path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+            return missing_default(&path, privileged, e);
+        }
+        Err(e) => return Err(io(e)),
+    };
+    // Checks apply to what was opened (fstat), not to what the path names now.
+    let meta = file.metadata().map_err(io)?;
+    if !meta.is_file() {
+        return Err(PolicyError::Io {
+            path: path.clone(),
+            source: std::io::Error::from_raw_os_error(if meta.is_dir() {
+                libc::EISDIR
+            } else {
+                libc::EINVAL
+            }),
+        });
+    }
+    if privileged {
+        secure::check_meta(&path, &meta)?;
+        check_parents(&path)?;
+        // The path may be a symlink (config management likes them): the real file's
+        // directories must be safe too.
+        let real = std::fs::canonicalize(&path).map_err(io)?;
+        let real_meta = std::fs::metadata(&real).map_err(io)?;
+        if (real_meta.dev(), real_meta.ino()) != (meta.dev(), meta.ino()) {
+            return Err(PolicyError::Insecure {
+                path: path.clone(),
+                problem: "changed while it was being checked".into(),
+                fix: "retry; find out what replaces the file".into(),
+            });
+        }
+        check_parents(&real)?;
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(io)?;
+    LoadedPolicy::parse(&text, &path)
+}
+
+/// No file at the default path: the built-in defaults, unless that is a mistake or an attack.
+fn missing_default(
+    path: &Path,
+    privileged: bool,
+    err: std::io::Error,
+) -> Result<LoadedPolicy, PolicyError> {
+    // A dangling symlink means a policy was meant to be there: do not fall back silently.
+    if std::fs::symlink_metadata(path).is_ok() {
+        return Err(PolicyError::Io {
+            path: path.to_path_buf(),
+            source: err,
+        });
+    }
+    // Whoever can write the directory could have deleted root's policy to get the
+    // (possibly more permissive) defaults: the nearest existing directory must be safe.
+    if privileged {
+        if let Some(dir) = path.ancestors().skip(1).find(|d| d.is_dir()) {
+            secure::check_dirs_up(dir)?;
+        }
+    }
+    Ok(LoadedPolicy::builtin())
 }
 
 /// Checks every directory above `path` (made absolute).

@@ -770,3 +770,39 @@ fn admin_guide_covers_every_key_and_its_defaults() {
         .expect("a toml block under \"All defaults together\"");
     assert_eq!(ok(defaults).policy, Policy::default());
 }
+
+#[test]
+fn missing_default_file() {
+    // Built-in defaults, unless a dangling symlink shows a policy was meant to be there.
+    let t = tempfile::tempdir().unwrap();
+    let path = t.path().join("policy.toml");
+    assert_eq!(
+        load::load_at(&path, false, false).unwrap().source,
+        PolicySource::BuiltIn
+    );
+    symlink(t.path().join("gone.toml"), &path).unwrap();
+    let e = load::load_at(&path, false, false).unwrap_err();
+    assert!(e.to_string().contains("No such file or directory"), "{e}");
+
+    // Privileged: whoever could delete root's file must not get the defaults that way.
+    let Some(tmp) = secure_tempdir() else { return };
+    let dir = tmp.path().join("slipway");
+    std::fs::create_dir(&dir).unwrap();
+    chmod(&dir, 0o755);
+    let path = dir.join("policy.toml");
+    assert_eq!(
+        load::load_at(&path, false, true).unwrap().source,
+        PolicySource::BuiltIn
+    );
+    chmod(&dir, 0o777);
+    let e = load::load_at(&path, false, true).unwrap_err();
+    assert!(
+        matches!(&e, PolicyError::Insecure { path, .. } if path == &dir),
+        "{e}"
+    );
+    // No directory either: the nearest existing one counts.
+    let deeper = dir.join("missing/policy.toml");
+    assert!(load::load_at(&deeper, false, true).is_err());
+    chmod(&dir, 0o755);
+    assert!(load::load_at(&deeper, false, true).is_ok());
+}
