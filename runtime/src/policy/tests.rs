@@ -59,21 +59,28 @@ fn skip(reason: &str) {
 }
 
 /// A temporary directory whose every ancestor is root-owned and not writable by others (so
-/// not under `/tmp`): the build's target directory, when it is such a place.
+/// not under `/tmp`): in the build's target directory when that is such a place, else in
+/// `/run` or `/var/lib` (the tests run as root).
 fn secure_tempdir() -> Option<tempfile::TempDir> {
     if !is_root() {
         skip("needs root (chown)");
         return None;
     }
-    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/policy-tests");
-    std::fs::create_dir_all(&base).unwrap();
-    std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let base = std::fs::canonicalize(base).unwrap();
-    if let Err(e) = secure::check_dirs_up(&base) {
-        skip(&format!("no secure directory for the test: {e}"));
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/policy-tests");
+    let _ = std::fs::create_dir_all(&target);
+    let _ = std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755));
+    let base = [target.as_path(), Path::new("/run"), Path::new("/var/lib")]
+        .into_iter()
+        .filter_map(|b| std::fs::canonicalize(b).ok())
+        .find(|b| secure::check_dirs_up(b).is_ok());
+    let Some(base) = base else {
+        skip("no directory that is root-owned and not writable by others all the way up");
         return None;
-    }
-    let dir = tempfile::tempdir_in(&base).unwrap();
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("slipway-policy-test")
+        .tempdir_in(&base)
+        .unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     Some(dir)
 }
