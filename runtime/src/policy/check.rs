@@ -10,7 +10,7 @@ use super::{Format, KernelMount};
 use crate::image::Image;
 
 /// The user running the container.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct User {
     /// Their (real) uid.
     pub uid: u32,
@@ -43,7 +43,7 @@ pub fn running_as_root() -> bool {
 
 /// The policy refuses something. Display: the message, one line, meant to follow a prefix
 /// such as `slipway: error: `.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Refusal {
     /// The key that refused (`images.allowed`).
     pub key: String,
@@ -62,7 +62,7 @@ impl std::fmt::Display for Refusal {
 impl std::error::Error for Refusal {}
 
 /// A yes/no the policy makes, with the rule that made it and why (for `slipway explain`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Decision {
     /// Yes or no.
     pub allowed: bool,
