@@ -9,8 +9,8 @@ use anyhow::Context;
 use slipway_runtime::exec::{self, sys::Linux};
 use slipway_runtime::host::HostFacts;
 use slipway_runtime::image::{envfile, Image};
-use slipway_runtime::plan::policy_shim::LoadedPolicy;
 use slipway_runtime::plan::{self, bind, Plan, RealFs, Request};
+use slipway_runtime::policy::LoadedPolicy;
 
 /// Options shared by `exec`, `run`, `shell` and `explain` (as Apptainer's).
 #[derive(clap::Args, Debug, Clone, Default)]

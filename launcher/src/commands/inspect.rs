@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use slipway_runtime::image::{inspect, inspection_text, Image};
+
 /// Arguments of `slipway inspect`.
 #[derive(clap::Args)]
 pub struct Args {
@@ -14,6 +16,13 @@ pub struct Args {
 }
 
 /// Runs `slipway inspect`.
-pub fn run(_a: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("inspect is not implemented yet")
+pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let image = Image::open_any(&a.image)?;
+    let report = inspect(&image)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", inspection_text(&report));
+    }
+    Ok(ExitCode::SUCCESS)
 }

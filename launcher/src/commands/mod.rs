@@ -8,6 +8,7 @@ mod build;
 mod exec;
 mod explain;
 mod inspect;
+mod policy;
 
 /// The verbs.
 #[derive(Subcommand)]
@@ -24,6 +25,8 @@ pub enum Command {
     Shell(exec::ShellArgs),
     /// Show everything `exec` would do, and why, without doing it.
     Explain(explain::Args),
+    /// Check the admin policy file (`policy check [FILE]`).
+    Policy(policy::Args),
 }
 
 /// Runs a verb; `Ok` carries the exit status to return.
@@ -35,5 +38,6 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Run(a) => exec::run_run(a),
         Command::Shell(a) => exec::run_shell(a),
         Command::Explain(a) => explain::run(a),
+        Command::Policy(a) => policy::run(a),
     }
 }

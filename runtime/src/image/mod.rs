@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-pub use inspect::{inspect, Inspection};
+pub use inspect::{
+    inspect, inspection_text, DescriptorInfo, EnvFile, Inspection, SifInfo, SignatureInfo,
+};
 
 use crate::policy::Format;
 use crate::sif::{self, types::FsType, Sif, SifError};
@@ -75,9 +77,18 @@ pub enum ImageError {
 }
 
 impl Image {
-    /// Opens the image at `path` and finds out what it is.
+    /// Opens the image at `path`, finds out what it is, and checks that it can run.
     pub fn open(path: impl AsRef<Path>) -> Result<Image, ImageError> {
-        let given = path.as_ref();
+        Self::open_inner(path.as_ref(), true)
+    }
+
+    /// Like [`Image::open`], but accepts any valid SIF, even one with nothing to run (no
+    /// squashfs primary partition): `squashfs` is then `None`. For `slipway inspect`.
+    pub fn open_any(path: impl AsRef<Path>) -> Result<Image, ImageError> {
+        Self::open_inner(path.as_ref(), false)
+    }
+
+    fn open_inner(given: &Path, runnable: bool) -> Result<Image, ImageError> {
         let io = |source| ImageError::Io {
             path: given.to_path_buf(),
             source,
@@ -106,6 +117,17 @@ impl Image {
         let head = &head[..n];
         if sif::is_sif(head) {
             let sif = Sif::open(&real)?;
+            image.format = Format::Sif;
+            if !runnable {
+                image.squashfs = sif
+                    .primary_partition()
+                    .filter(|p| p.partition().map(|p| p.fs_type) == Some(FsType::Squashfs))
+                    .map(|p| Span {
+                        offset: p.offset as u64,
+                        size: p.size as u64,
+                    });
+                return Ok(image);
+            }
             let part = sif
                 .primary_partition()
                 .ok_or_else(|| ImageError::Unsupported {
@@ -123,7 +145,6 @@ impl Image {
                     ),
                 });
             }
-            image.format = Format::Sif;
             image.squashfs = Some(Span {
                 offset: part.offset as u64,
                 size: part.size as u64,

@@ -6,7 +6,6 @@
 //! Slipway default that needs it), so `explain` can answer "why is this here?".
 
 pub mod bind;
-pub mod policy_shim;
 mod render;
 
 use std::collections::BTreeMap;
@@ -15,12 +14,11 @@ use std::path::{Component, Path, PathBuf};
 use serde::Serialize;
 
 pub use bind::BindSpec;
-use policy_shim::{LoadedPolicy, PolicySource, User};
 
 use crate::host::HostFacts;
 use crate::image::envfile::{EnvScript, Leftover};
 use crate::image::{Image, Span};
-use crate::policy::{Format, TmpMode};
+use crate::policy::{Format, LoadedPolicy, PolicySource, TmpMode, User};
 
 /// `PATH` inside the container before the image's scripts run (Apptainer's default); the
 /// host's `PATH` names host directories and is not passed.
@@ -467,45 +465,26 @@ pub fn build(
 
     // System binds (policy mounts.system): a missing source is skipped, since nodes differ.
     let sys_rule = policy.rule("mounts.system");
-    for spec in &p.mounts.system {
-        match bind::parse_list(spec) {
-            Ok(list) => {
-                for b in list {
-                    if !b.src.is_absolute() || !b.dst.is_absolute() {
-                        refuse(
-                            &mut refused,
-                            format!("system bind {spec}"),
-                            "paths must be absolute".into(),
-                            sys_rule.clone(),
-                        );
-                    } else if !fs.exists(&b.src) {
-                        skipped.push(Skipped {
-                            what: format!("bind {}", b.src.display()),
-                            why: "source does not exist on this host".into(),
-                            rule: sys_rule.clone(),
-                        });
-                    } else {
-                        mounts.push(MountStep {
-                            dest: b.dst,
-                            kind: MountKind::Bind {
-                                source: b.src,
-                                recursive: false,
-                            },
-                            readonly: b.readonly,
-                            nosuid: true,
-                            nodev: true,
-                            rule: sys_rule.clone(),
-                            as_user: false,
-                        });
-                    }
-                }
-            }
-            Err(e) => refuse(
-                &mut refused,
-                format!("system bind {spec}"),
-                e,
-                sys_rule.clone(),
-            ),
+    for b in policy.system_binds() {
+        if !fs.exists(&b.src) {
+            skipped.push(Skipped {
+                what: format!("bind {}", b.src.display()),
+                why: "source does not exist on this host".into(),
+                rule: sys_rule.clone(),
+            });
+        } else {
+            mounts.push(MountStep {
+                dest: b.dst,
+                kind: MountKind::Bind {
+                    source: b.src,
+                    recursive: false,
+                },
+                readonly: b.read_only,
+                nosuid: true,
+                nodev: true,
+                rule: sys_rule.clone(),
+                as_user: false,
+            });
         }
     }
 

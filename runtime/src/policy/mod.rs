@@ -3,11 +3,32 @@
 //!
 //! CONTRACT (shared by the policy and exec work): the field names and meanings below are the
 //! policy file's schema. Loading (line numbers in errors, ownership checks, glob matching by
-//! path component) is implemented in this module's submodules.
+//! path component) is implemented in this module's submodules:
+//!
+//! - `load`: [`LoadedPolicy::load`] / [`LoadedPolicy::parse`], the schema table every key is
+//!   checked against, [`PolicyError`], and [`LoadedPolicy::rule`] (which line set a key).
+//! - `check`: the decisions ([`LoadedPolicy::check_image`], [`LoadedPolicy::kernel_mount`],
+//!   [`LoadedPolicy::check_user_bind`], [`LoadedPolicy::env_passes`]).
+//! - `matching`: [`path_matches`] (globs matched one path component at a time) and
+//!   [`env_matches`].
+//! - `secure`: the owner and mode checks a root process applies before trusting a file.
+//! - `summary`: the effective policy as TOML, and warnings, for `slipway policy check`.
+//!
+//! The admin guide is `docs/policy.md`.
 
-use std::path::PathBuf;
+mod check;
+mod load;
+mod matching;
+mod secure;
+mod summary;
+
+use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+pub use check::{running_as_root, Decision, Refusal, User};
+pub use load::{LoadedPolicy, PolicyError, PolicySource};
+pub use matching::{env_matches, path_matches};
 
 /// Default location of the policy file.
 pub const DEFAULT_POLICY_PATH: &str = "/etc/slipway/policy.toml";
@@ -193,3 +214,58 @@ pub struct Gpu {}
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Fabric {}
+
+/// A bind in `SRC[:DST[:ro|rw]]` form (`mounts.system`, and the same syntax as `--bind`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bind {
+    /// Host path.
+    pub src: PathBuf,
+    /// Path inside the container (`src` when not given).
+    pub dst: PathBuf,
+    /// `:ro` was given (the default is read-write, as with Apptainer's `--bind`).
+    pub read_only: bool,
+}
+
+/// Parses `SRC[:DST[:ro|rw]]`; both paths must be absolute and free of `..`. `Err` says what
+/// is wrong and how to write it.
+pub fn parse_bind(spec: &str) -> Result<Bind, String> {
+    const HOW: &str = "write SRC[:DST[:ro|rw]] with absolute paths, e.g. \"/etc/hosts\" or \
+                       \"/scratch:/scratch:rw\"";
+    let parts: Vec<&str> = spec.split(':').collect();
+    if parts.len() > 3 {
+        return Err(format!("too many `:` ({HOW})"));
+    }
+    let path = |s: &str, what: &str| -> Result<PathBuf, String> {
+        if s.is_empty() {
+            return Err(format!("empty {what} ({HOW})"));
+        }
+        if !s.starts_with('/') {
+            return Err(format!("{what} {s:?} must be an absolute path ({HOW})"));
+        }
+        if Path::new(s).components().any(|c| c == Component::ParentDir) {
+            return Err(format!("{what} {s:?} must not contain `..`"));
+        }
+        Ok(PathBuf::from(s))
+    };
+    let src = path(parts[0], "source")?;
+    let dst = match parts.get(1) {
+        Some(d) => path(d, "destination")?,
+        None => src.clone(),
+    };
+    if dst == Path::new("/") {
+        return Err("cannot bind over the container's `/`".into());
+    }
+    let read_only = match parts.get(2) {
+        None | Some(&"rw") => false,
+        Some(&"ro") => true,
+        Some(o) => return Err(format!("option {o:?} must be \"ro\" or \"rw\"")),
+    };
+    Ok(Bind {
+        src,
+        dst,
+        read_only,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,101 @@
+//! What `slipway policy check` prints: the effective policy as TOML, each key with where its
+//! value comes from, and warnings about settings that are valid but probably not meant.
+
+use std::fmt::Write;
+
+use super::load::{schema_keys, LoadedPolicy};
+use super::matching::env_matches;
+use super::KernelMount;
+
+impl LoadedPolicy {
+    /// The effective policy as TOML (valid as a policy file), one `key = value` a line under
+    /// its `[section]`, each followed by a comment naming where the value comes from.
+    pub fn summary(&self) -> String {
+        let value = toml::Value::try_from(&self.policy).expect("the policy serializes");
+        let mut out = String::new();
+        let mut current = "";
+        for (section, key) in schema_keys() {
+            if section != current {
+                if !current.is_empty() {
+                    out.push('\n');
+                }
+                let _ = writeln!(out, "[{section}]");
+                current = section;
+            }
+            let Some(v) = value.get(section).and_then(|s| s.get(key)) else {
+                continue;
+            };
+            let full = format!("{section}.{key}");
+            let from = match self.line(&full) {
+                Some(_) => self.rule(&full),
+                None => "built-in default".into(),
+            };
+            let _ = writeln!(out, "{key} = {v}  # {from}");
+        }
+        out
+    }
+
+    /// Settings that are valid but probably not what the admin meant, or that refer to
+    /// things missing on this host, one line each (for `slipway policy check`).
+    pub fn warnings(&self) -> Vec<String> {
+        let p = &self.policy;
+        let mut w = Vec::new();
+        if p.images.formats.is_empty() {
+            w.push("images.formats is empty: no image can run".to_string());
+        }
+        match p.images.kernel_mount {
+            KernelMount::Always => w.push(
+                "images.kernel_mount = \"always\": the kernel's squashfs code will parse \
+                 images users wrote (a crafted image can crash or compromise the node); \
+                 prefer \"trusted\""
+                    .to_string(),
+            ),
+            KernelMount::Trusted if p.images.trusted_dirs.is_empty() => w.push(
+                "images.kernel_mount = \"trusted\" but images.trusted_dirs is empty: every \
+                 image is mounted with squashfuse"
+                    .to_string(),
+            ),
+            _ => {}
+        }
+        for d in &p.images.trusted_dirs {
+            if !d.is_dir() {
+                w.push(format!(
+                    "images.trusted_dirs: {} is not a directory on this host",
+                    d.display()
+                ));
+            }
+        }
+        for d in &p.mounts.user_allowed {
+            if d.as_os_str() == "/" {
+                w.push(
+                    "mounts.user_allowed holds \"/\": users may bind any host path they can \
+                     read"
+                        .to_string(),
+                );
+            } else if !d.is_dir() {
+                w.push(format!(
+                    "mounts.user_allowed: {} is not a directory on this host",
+                    d.display()
+                ));
+            }
+        }
+        for o in &p.images.owners {
+            if o != "user"
+                && o.parse::<u32>().is_err()
+                && !matches!(nix::unistd::User::from_name(o), Ok(Some(_)))
+            {
+                w.push(format!(
+                    "images.owners: no user {o:?} on this host; the entry admits nothing here"
+                ));
+            }
+        }
+        for pat in &p.env.pass {
+            if let Some(d) = p.env.deny.iter().find(|d| env_matches(d, pat)) {
+                w.push(format!(
+                    "env.pass: {pat:?} is also matched by env.deny {d:?}, which wins"
+                ));
+            }
+        }
+        w
+    }
+}

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs what Slipway's build and tests need on Debian 12 (run as root; idempotent).
+# Used by tests/run.sh, tests/cluster/demo.sh and .ci/run.
+set -euo pipefail
+
+PACKAGES=(
+  # images
+  squashfs-tools squashfuse fuse3 umoci skopeo erofs-utils
+  # entering containers, and what the benchmarks compare against
+  util-linux uidmap bubblewrap charliecloud-runtime hyperfine
+  # Slurm cluster, MPI
+  slurm-wlm slurm-client libslurm-dev munge openmpi-bin libopenmpi-dev libpmix-dev
+  iproute2 procps psmisc
+  # building: bindgen needs libclang; the test probe is linked statically
+  libclang-dev gcc libc6-dev pkg-config jq
+)
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "tests/setup.sh: run as root (it installs Debian packages)" >&2
+  exit 1
+fi
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "tests/setup.sh: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# No udev here: /dev/fuse comes up 0600. On a normal node it is 0666, which unprivileged
+# squashfuse mounts need.
+if [ -e /dev/fuse ]; then chmod 0666 /dev/fuse; fi
+
+# Debian's slurm packages start nothing without systemd; make sure no stale daemon from an
+# earlier run holds ports or pid files (tests start their own).
+command -v cargo >/dev/null || { echo "tests/setup.sh: cargo not found (install Rust)" >&2; exit 1; }
