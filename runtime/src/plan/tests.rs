@@ -1,1 +1,237 @@
+//! Plan builder tests: no root, no file system beyond a fake host view.
 
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use super::*;
+use crate::host::{GroupInfo, HostFacts, UserInfo};
+use crate::image::{envfile, Image, Span};
+use crate::policy::{Format, LoadedPolicy};
+
+struct FakeFs(BTreeSet<PathBuf>);
+
+impl HostFs for FakeFs {
+    fn exists(&self, p: &Path) -> bool {
+        self.0.contains(p)
+    }
+}
+
+fn fake_fs() -> FakeFs {
+    FakeFs(
+        [
+            "/etc",
+            "/etc/hosts",
+            "/etc/resolv.conf",
+            "/tmp",
+            "/var/tmp",
+            "/home/alice",
+            "/home/alice/project",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .collect(),
+    )
+}
+
+fn host(euid: u32) -> HostFacts {
+    HostFacts {
+        euid,
+        user: UserInfo {
+            uid: 1000,
+            gid: 1000,
+            name: "alice".into(),
+            gecos: "Alice".into(),
+            home: "/home/alice".into(),
+            shell: "/bin/bash".into(),
+        },
+        groups: vec![
+            GroupInfo {
+                gid: 1000,
+                name: "alice".into(),
+            },
+            GroupInfo {
+                gid: 27,
+                name: "sudo".into(),
+            },
+        ],
+        cwd: "/home/alice/project".into(),
+        env: [
+            ("PATH", "/usr/bin"),
+            ("HOME", "/home/alice"),
+            ("LD_PRELOAD", "/x.so"),
+            ("SLURM_JOB_ID", "7"),
+            ("TERM", "xterm"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+    }
+}
+
+fn image() -> Image {
+    Image {
+        path: "/images/app.sif".into(),
+        format: Format::Sif,
+        squashfs: Some(Span {
+            offset: 32768,
+            size: 1_000_000,
+        }),
+        uid: 0,
+        gid: 0,
+        mode: 0o644,
+    }
+}
+
+fn policy() -> LoadedPolicy {
+    LoadedPolicy::parse(
+        "[images]\nkernel_mount = \"always\"\n\n[env]\nset = { OMP_NUM_THREADS = \"1\" }\n",
+        Path::new("/etc/slipway/policy.toml"),
+    )
+    .unwrap()
+}
+
+fn request() -> Request {
+    Request {
+        command: vec!["/bin/probe".into(), "x".into()],
+        binds: bind::parse_list("/tmp:/scratch:ro").unwrap(),
+        env: vec![("A".into(), "1".into())],
+        env_file: Some((
+            "vars.env".into(),
+            envfile::parse("vars.env", "export B=2\nfor x in y; do :; done\n"),
+        )),
+        ..Default::default()
+    }
+}
+
+const GOLDEN: &str = include_str!("golden-explain.txt");
+
+#[test]
+fn explain_text_is_stable() {
+    let plan = build(&request(), &policy(), &host(0), &image(), &fake_fs()).unwrap();
+    let text = plan.render();
+    if std::env::var_os("SLIPWAY_BLESS").is_some() {
+        std::fs::write(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/src/plan/golden-explain.txt"),
+            &text,
+        )
+        .unwrap();
+    }
+    assert_eq!(
+        text, GOLDEN,
+        "explain output changed (SLIPWAY_BLESS=1 to accept):\n{text}"
+    );
+    assert!(plan.refused.is_empty());
+    assert!(plan.check().is_ok());
+}
+
+#[test]
+fn modes_and_image_mounts() {
+    let p = build(&request(), &policy(), &host(0), &image(), &fake_fs()).unwrap();
+    assert_eq!(p.mode, Mode::Privileged);
+    assert!(matches!(p.image.mount, ImageMount::KernelLoop { .. }));
+    assert_eq!(p.identity.groups, vec![1000, 27]);
+    let p = build(&request(), &policy(), &host(1000), &image(), &fake_fs()).unwrap();
+    assert_eq!(p.mode, Mode::Unprivileged);
+    assert!(matches!(p.image.mount, ImageMount::Squashfuse { .. }));
+    assert_eq!(p.identity.groups, vec![1000]);
+    assert_eq!(p.identity.group_lines, vec!["alice:x:1000:".to_string()]);
+    let never = LoadedPolicy::parse(
+        "[images]\nkernel_mount = \"never\"\n",
+        Path::new("/etc/slipway/policy.toml"),
+    )
+    .unwrap();
+    let p = build(&request(), &never, &host(0), &image(), &fake_fs()).unwrap();
+    assert!(matches!(p.image.mount, ImageMount::Squashfuse { .. }));
+    assert!(
+        p.image.rule.contains("images.kernel_mount"),
+        "{}",
+        p.image.rule
+    );
+}
+
+#[test]
+fn refusals_are_collected_before_anything_runs() {
+    let mut req = request();
+    req.binds = bind::parse_list("/etc:/etc2,relative:/x,/tmp:/a/../b,/no/such:/y").unwrap();
+    let p = build(&req, &policy(), &host(1000), &image(), &fake_fs()).unwrap();
+    let whats: Vec<&str> = p.refused.iter().map(|r| r.what.as_str()).collect();
+    assert_eq!(
+        whats,
+        vec![
+            "bind /etc:/etc2",
+            "bind relative:/x",
+            "bind /tmp:/a/../b",
+            "bind /no/such:/y"
+        ]
+    );
+    assert!(
+        p.refused[0].rule.contains("mounts.user_allowed"),
+        "{:?}",
+        p.refused[0]
+    );
+    assert!(p.refused[3].why.contains("does not exist"));
+    let e = p.check().unwrap_err().to_string();
+    assert!(e.starts_with("bind /etc:/etc2: "), "{e}");
+    assert!(p.render().contains("refused:\n  bind /etc:/etc2: "));
+}
+
+#[test]
+fn contain_and_no_home() {
+    let mut req = request();
+    req.contain = true;
+    let p = build(&req, &policy(), &host(1000), &image(), &fake_fs()).unwrap();
+    let dests: Vec<_> = p
+        .mounts
+        .iter()
+        .map(|m| m.dest.display().to_string())
+        .collect();
+    assert!(!dests.contains(&"/home/alice".to_string()));
+    assert!(!dests.contains(&"/home/alice/project".to_string()));
+    let tmp = p
+        .mounts
+        .iter()
+        .find(|m| m.dest == Path::new("/tmp"))
+        .unwrap();
+    assert!(matches!(tmp.kind, MountKind::Tmpfs { mode: 0o1777, .. }));
+    assert_eq!(p.cwd.path, PathBuf::from("/"));
+    let mut req = request();
+    req.no_home = true;
+    let p = build(&req, &policy(), &host(1000), &image(), &fake_fs()).unwrap();
+    // The cwd is still bound (it is not under a bound home any more).
+    assert!(p
+        .mounts
+        .iter()
+        .any(|m| m.dest == Path::new("/home/alice/project")));
+    assert_eq!(p.cwd.path, PathBuf::from("/home/alice/project"));
+    let mut req = request();
+    req.pwd = Some("rel".into());
+    assert!(build(&req, &policy(), &host(1000), &image(), &fake_fs()).is_err());
+}
+
+#[test]
+fn environment_order() {
+    let p = build(&request(), &policy(), &host(1000), &image(), &fake_fs()).unwrap();
+    let image_script = envfile::parse(
+        "90-environment.sh",
+        "export PATH=\"/opt/bin:$PATH\"\nexport TERM=\"${TERM:-\"vt100\"}\"\nexport A=image\n",
+    );
+    let (env, left) = p.environment(&host(1000).env, &[image_script]);
+    let get = |k: &str| env.get(k).map(String::as_str);
+    assert_eq!(
+        get("PATH"),
+        Some("/opt/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+    );
+    assert_eq!(
+        get("TERM"),
+        Some("xterm"),
+        "host value kept by the ${{K:-V}} form"
+    );
+    assert_eq!(get("LD_PRELOAD"), None, "denied by policy");
+    assert_eq!(get("SLURM_JOB_ID"), Some("7"));
+    assert_eq!(get("A"), Some("1"), "--env wins over the image");
+    assert_eq!(get("B"), Some("2"), "--env-file");
+    assert_eq!(get("OMP_NUM_THREADS"), Some("1"), "policy env.set");
+    assert_eq!(get("HOME"), Some("/home/alice"));
+    assert_eq!(left.len(), 1, "the env file's loop is reported: {left:?}");
+    assert_eq!(left[0].line, 2);
+}
