@@ -164,7 +164,7 @@ impl Sys for Linux {
             libc::syscall(
                 libc::SYS_open_tree,
                 fd.as_raw_fd(),
-                b"\0".as_ptr().cast::<libc::c_char>(),
+                c"".as_ptr(),
                 flags,
             )
         };
@@ -195,7 +195,7 @@ impl Sys for Linux {
             libc::syscall(
                 libc::SYS_mount_setattr,
                 fd.as_raw_fd(),
-                b"\0".as_ptr().cast::<libc::c_char>(),
+                c"".as_ptr(),
                 flags,
                 &attr as *const MountAttr,
                 std::mem::size_of::<MountAttr>(),
@@ -211,9 +211,9 @@ impl Sys for Linux {
             libc::syscall(
                 libc::SYS_move_mount,
                 from.as_raw_fd(),
-                b"\0".as_ptr().cast::<libc::c_char>(),
+                c"".as_ptr(),
                 to.as_raw_fd(),
-                b"\0".as_ptr().cast::<libc::c_char>(),
+                c"".as_ptr(),
                 MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
             )
         };
@@ -253,17 +253,17 @@ impl Sys for Linux {
         let rc = unsafe {
             libc::syscall(
                 libc::SYS_pivot_root,
-                b".\0".as_ptr().cast::<libc::c_char>(),
-                b".\0".as_ptr().cast::<libc::c_char>(),
+                c".".as_ptr(),
+                c".".as_ptr(),
             )
         };
         check(rc, "pivot_root", new_root)?;
         // SAFETY: as above.
-        let rc = unsafe { libc::umount2(b".\0".as_ptr().cast::<libc::c_char>(), libc::MNT_DETACH) };
+        let rc = unsafe { libc::umount2(c".".as_ptr(), libc::MNT_DETACH) };
         check(rc as _, "umount2", Path::new("(old root)"))?;
         // SAFETY: as above.
         check(
-            unsafe { libc::chdir(b"/\0".as_ptr().cast::<libc::c_char>()) } as _,
+            unsafe { libc::chdir(c"/".as_ptr()) } as _,
             "chdir",
             Path::new("/"),
         )?;
