@@ -160,14 +160,7 @@ impl Sys for Linux {
             flags |= libc::AT_RECURSIVE as u32;
         }
         // SAFETY: open_tree with an fd and an empty NUL-terminated path.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_open_tree,
-                fd.as_raw_fd(),
-                c"".as_ptr(),
-                flags,
-            )
-        };
+        let rc = unsafe { libc::syscall(libc::SYS_open_tree, fd.as_raw_fd(), c"".as_ptr(), flags) };
         let fd = check(rc, "open_tree", what)?;
         // SAFETY: the kernel returned a new fd that nothing else owns.
         Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
@@ -250,13 +243,7 @@ impl Sys for Linux {
         // SAFETY: r is NUL-terminated.
         check(unsafe { libc::chdir(r.as_ptr()) } as _, "chdir", new_root)?;
         // SAFETY: "." is NUL-terminated.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_pivot_root,
-                c".".as_ptr(),
-                c".".as_ptr(),
-            )
-        };
+        let rc = unsafe { libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) };
         check(rc, "pivot_root", new_root)?;
         // SAFETY: as above.
         let rc = unsafe { libc::umount2(c".".as_ptr(), libc::MNT_DETACH) };
