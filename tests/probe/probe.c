@@ -3,7 +3,8 @@
  *
  *   probe [--exit N] [--signal N] [--write PATH]... [--read PATH]...
  *
- * --exit N exits with N after reporting; --signal N kills itself with signal N.
+ * --exit N exits with N after reporting; --signal N kills itself with signal N;
+ * --sleep N sleeps N seconds after reporting.
  * --write PATH tries to create PATH and reports "ok" or the errno text.
  * --read PATH reports the file's content (or the errno text). */
 #define _GNU_SOURCE
@@ -130,6 +131,7 @@ int main(int argc, char **argv) {
     for (int i = 1; i + 1 < argc; i++) {
         if (!strcmp(argv[i], "--exit")) exit_code = atoi(argv[i + 1]);
         if (!strcmp(argv[i], "--signal")) sig = atoi(argv[i + 1]);
+        if (!strcmp(argv[i], "--sleep")) sleep(atoi(argv[i + 1]));
     }
     if (sig) { signal(sig, SIG_DFL); kill(getpid(), sig); pause(); }
     return exit_code;

@@ -917,3 +917,60 @@ fn no_temp_files_left() {
     assert_clean(fx);
     let _ = fx.root.metadata().map(|m| m.uid());
 }
+
+fn loops_on(fx: &Fx) -> usize {
+    let root = fx.root.to_str().unwrap();
+    run_ok(Command::new("losetup").arg("-a"))
+        .lines()
+        .filter(|l| l.contains(root))
+        .count()
+}
+
+#[test]
+fn concurrent_kernel_mounts_attach_and_share_loop_devices() {
+    let _serial = serial();
+    let Some(fx) = need() else { return };
+    let pol = policy(fx, "trusted.toml");
+    let spawn = |secs: &str| {
+        Command::new(slipway_bin())
+            .args(["exec", "--policy", &pol])
+            .arg(&fx.sif)
+            .args(["/bin/probe", "--sleep", secs])
+            .current_dir(&fx.root)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // Racing attaches (EBUSY is retried) all succeed.
+    let kids: Vec<_> = (0..6).map(|_| spawn("1")).collect();
+    for k in kids {
+        let out = k.wait_with_output().unwrap();
+        let r = report(&out);
+        assert_eq!(mount(&r, "/bin").unwrap()["fstype"], "squashfs");
+    }
+    assert_clean(fx);
+    // While one container holds the image, the next one reuses its loop device.
+    let mut holder = spawn("30");
+    let mut ready = false;
+    for _ in 0..200 {
+        if loops_on(fx) == 1 {
+            ready = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(ready, "holder never attached a loop device");
+    let second = spawn("1");
+    let mut most = 0;
+    for _ in 0..150 {
+        most = most.max(loops_on(fx));
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let r = report(&second.wait_with_output().unwrap());
+    assert_eq!(mount(&r, "/bin").unwrap()["fstype"], "squashfs");
+    assert_eq!(most, 1, "a second loop device was attached");
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    assert_clean(fx);
+}

@@ -14,6 +14,7 @@ use crate::image::Span;
 
 const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
 const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
+const LOOP_GET_STATUS64: libc::c_ulong = 0x4C05;
 const LO_FLAGS_READ_ONLY: u32 = 1;
 const LO_FLAGS_AUTOCLEAR: u32 = 4;
 
@@ -48,6 +49,59 @@ fn sys_err(syscall: &'static str, path: &Path) -> ExecError {
         path: path.to_path_buf(),
         err: std::io::Error::last_os_error(),
     }
+}
+
+/// A loop device that already serves `image[span]` read-only (another container of the same
+/// image on this node, as Apptainer's "shared loop devices"): mounting it again shares the
+/// squashfs superblock and so its page cache, and saves a `LOOP_CONFIGURE`. Checked on the
+/// opened device (backing inode, offset, size limit, read-only), so a device cleared or
+/// reused in between is never taken; holding it open keeps autoclear from clearing it.
+pub fn find_shared(image: &File, span: Span) -> Option<(OwnedFd, PathBuf)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = image.metadata().ok()?;
+    for e in std::fs::read_dir("/sys/block").ok()?.flatten() {
+        let name = e.file_name();
+        let name = name.to_str()?;
+        if !name.starts_with("loop") {
+            continue;
+        }
+        let sys = e.path().join("loop");
+        let read = |f: &str| std::fs::read_to_string(sys.join(f)).unwrap_or_default();
+        // Cheap filters first (sysfs), the authoritative check on the open device below.
+        if read("offset").trim() != span.offset.to_string()
+            || read("sizelimit").trim() != span.size.to_string()
+        {
+            continue;
+        }
+        let dev_path = PathBuf::from(format!("/dev/{name}"));
+        let Ok(dev) = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&dev_path)
+        else {
+            continue;
+        };
+        // SAFETY: LoopInfo64 is plain old data.
+        let mut info: LoopInfo64 = unsafe { std::mem::zeroed() };
+        // SAFETY: info is a valid loop_info64 for the kernel to fill.
+        let rc = unsafe {
+            libc::ioctl(
+                dev.as_raw_fd(),
+                LOOP_GET_STATUS64,
+                &mut info as *mut LoopInfo64,
+            )
+        };
+        if rc == 0
+            && info.lo_device == meta.dev()
+            && info.lo_inode == meta.ino()
+            && info.lo_offset == span.offset
+            && info.lo_sizelimit == span.size
+            && info.lo_flags & LO_FLAGS_READ_ONLY != 0
+        {
+            return Some((dev.into(), dev_path));
+        }
+    }
+    None
 }
 
 /// Attaches `image[span]` to a free loop device, read-only with autoclear. Returns the open

@@ -268,7 +268,10 @@ pub fn prepare(
         }
         ImageMount::KernelLoop { span } => {
             let f = image_file.as_ref().expect("opened above");
-            let (dev, path) = loopdev::attach(f, &plan.image.path, span)?;
+            let (dev, path) = match loopdev::find_shared(f, span) {
+                Some(shared) => shared,
+                None => loopdev::attach(f, &plan.image.path, span)?,
+            };
             sys.mount(
                 &path.display().to_string(),
                 &img,

@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Launch-time benchmark: median wall time per launch of a static probe, bare and inside
+# containers (slipway, Charliecloud's ch-run, bubblewrap), measured in one hyperfine run.
+#
+#   bench/exec.sh [RUNS]            (as root; builds slipway --release first)
+#
+# Unprivileged commands run through `setpriv` as the user `sliptest` (created if missing); a
+# bare `setpriv probe` line measures that wrapper, and the ratios are printed both raw and with
+# the wrapper's time subtracted. Needs: hyperfine, gcc (static glibc), mksquashfs,
+# squashfuse_ll, ch-run, bwrap, python3.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${1:-300}
+[ "$(id -u)" -eq 0 ] || { echo "bench/exec.sh: run as root" >&2; exit 1; }
+for p in hyperfine gcc mksquashfs squashfuse_ll ch-run bwrap python3 setpriv; do
+  command -v "$p" >/dev/null || { echo "bench/exec.sh: $p not found" >&2; exit 1; }
+done
+id sliptest >/dev/null 2>&1 || useradd -m sliptest
+U=$(id -u sliptest); G=$(id -g sliptest)
+chmod 0666 /dev/fuse
+
+cargo build --release -p slipway >&2
+SLIPWAY=$PWD/target/release/slipway
+
+# Fixtures in a root-owned directory (a trusted dir for the kernel-mount policy).
+W=$(mktemp -d /var/lib/slipway-bench.XXXXXX 2>/dev/null || mktemp -d "$PWD/target/bench.XXXXXX")
+chmod 0755 "$W"
+trap 'rm -rf "$W"' EXIT
+gcc -static -O2 -o "$W/probe" tests/probe/probe.c
+IMG=$W/image
+# What ch-run needs to find in an image (it binds onto these), plus the probe.
+mkdir -p "$IMG"/{bin,dev,proc,sys,tmp,home,etc,var/tmp,mnt,.singularity.d/env}
+cp "$W/probe" "$IMG/bin/probe"
+echo 'root:x:0:0:root:/root:/bin/sh' > "$IMG/etc/passwd"
+echo 'root:x:0:' > "$IMG/etc/group"
+touch "$IMG/etc/hosts" "$IMG/etc/resolv.conf"
+echo 'export PATH="/usr/bin:/bin"' > "$IMG/.singularity.d/env/90-environment.sh"
+chmod -R a+rX "$IMG"
+mksquashfs "$IMG" "$W/image.sqfs" -quiet -noappend -all-root -no-progress >/dev/null
+python3 - "$W/image.sqfs" "$W/image.sif" <<'PY'
+# A SIF around the squashfs, in the reference layout (header, 48 descriptors from 4096, the
+# partition page-aligned after the table), as `slipway build` and siftool write it.
+import struct, sys, uuid, time
+sq = open(sys.argv[1], "rb").read()
+table, n, dlen = 4096, 48, 585
+data = table + n * dlen
+off = (data + 4095) // 4096 * 4096
+t = int(time.time())
+hdr = bytearray(128)
+hdr[0:31] = b"#!/usr/bin/env run-singularity\n"
+hdr[32:42] = b"SIF_MAGIC\0"
+hdr[42:44] = b"01"
+hdr[45:47] = b"02"
+hdr[48:64] = uuid.uuid4().bytes
+struct.pack_into("<8q", hdr, 64, t, t, n - 1, n, table, n * dlen, data, off + len(sq) - data)
+d = bytearray(dlen)
+struct.pack_into("<iBIIIqqqqq", d, 0, 0x4004, 1, 1, 0xF0000001, 0, off, len(sq), off + len(sq) - data, t, t)
+struct.pack_into("<ii", d, 201, 1, 2)  # squashfs, primary system partition
+d[209:211] = b"02"  # amd64
+with open(sys.argv[2], "wb") as f:
+    f.write(bytes(hdr).ljust(table, b"\0"))
+    f.write(bytes(d) + bytes(dlen * (n - 1)))
+    f.seek(off)
+    f.write(sq)
+PY
+"$SLIPWAY" explain --json "$W/image.sif" /bin/probe | grep -q '"format": "sif"' \
+  || { echo "bench/exec.sh: the SIF written here does not open as a SIF" >&2; exit 1; }
+chmod 0644 "$W"/image.*
+printf '[images]\nkernel_mount = "trusted"\ntrusted_dirs = ["%s"]\n' "$W" > "$W/trusted.toml"
+printf '[images]\nkernel_mount = "never"\n' > "$W/never.toml"
+
+AS_USER="setpriv --reuid=$U --regid=$G --clear-groups"
+CH_ENV="env USER=sliptest HOME=/home/sliptest"
+cd "$W"
+hyperfine -N -w 20 -r "$RUNS" --export-json "$W/results.json" \
+  -n "bare probe" "$W/probe" \
+  -n "bare probe (setpriv)" "$AS_USER $W/probe" \
+  -n "slipway dir (unprivileged)" "$AS_USER $SLIPWAY exec $IMG /bin/probe" \
+  -n "slipway dir (root)" "$SLIPWAY exec $IMG /bin/probe" \
+  -n "slipway SIF kernel mount (root)" "$SLIPWAY exec --policy $W/trusted.toml $W/image.sif /bin/probe" \
+  -n "slipway SIF squashfuse (root)" "$SLIPWAY exec --policy $W/never.toml $W/image.sif /bin/probe" \
+  -n "slipway SIF squashfuse (unprivileged)" "$AS_USER $SLIPWAY exec $W/image.sif /bin/probe" \
+  -n "ch-run dir (unprivileged)" "$AS_USER $CH_ENV ch-run $IMG -- /bin/probe" \
+  -n "ch-run squashfs (unprivileged)" "$AS_USER $CH_ENV ch-run $W/image.sqfs -- /bin/probe" \
+  -n "bwrap dir (unprivileged)" "$AS_USER bwrap --ro-bind $IMG / --proc /proc --dev /dev /bin/probe" \
+  >&2
+
+python3 - "$W/results.json" <<'PY'
+import json, sys
+r = {x["command"]: x for x in json.load(open(sys.argv[1]))["results"]}
+med = {k: v["median"] * 1000 for k, v in r.items()}
+wrap = med["bare probe (setpriv)"] - med["bare probe"]
+print(f"{'command':42} {'median ms':>10} {'(minus setpriv)':>16}")
+for k, v in med.items():
+    adj = v - wrap if ("unprivileged" in k or "setpriv" in k) else v
+    print(f"{k:42} {v:10.2f} {adj:16.2f}")
+def ratio(a, b, adj_a, adj_b):
+    x = med[a] - (wrap if adj_a else 0)
+    y = med[b] - (wrap if adj_b else 0)
+    return med[a] / med[b], x / y
+print()
+for a, b, aa, ab, goal in [
+    ("slipway dir (unprivileged)", "ch-run dir (unprivileged)", True, True, "< 1"),
+    ("slipway dir (root)", "ch-run dir (unprivileged)", False, True, "< 1"),
+    ("slipway SIF kernel mount (root)", "ch-run squashfs (unprivileged)", False, True, "<= 0.5"),
+    ("slipway SIF squashfuse (unprivileged)", "ch-run squashfs (unprivileged)", True, True, ""),
+    ("slipway dir (unprivileged)", "bwrap dir (unprivileged)", True, True, ""),
+]:
+    raw, adj = ratio(a, b, aa, ab)
+    print(f"{a} / {b}: {raw:.2f} raw, {adj:.2f} without setpriv {('(goal ' + goal + ')') if goal else ''}")
+PY
