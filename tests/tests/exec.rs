@@ -21,6 +21,8 @@ struct Fx {
     dir: PathBuf,
     sqfs: PathBuf,
     sif: PathBuf,
+    /// A squashfs that has every mount point but the user's home (the image becomes the root).
+    complete: PathBuf,
     hostile: PathBuf,
     /// A host directory users may bind.
     data: PathBuf,
@@ -113,6 +115,21 @@ fn fx() -> Option<&'static Fx> {
                 .arg(&sqfs)
                 .args(["-quiet", "-noappend", "-all-root", "-no-progress"]),
         );
+        let full = root.join("complete-image");
+        make_image_tree(&full, &probe);
+        for d in ["dev", "proc", "sys", "tmp", "var/tmp", "home"] {
+            std::fs::create_dir_all(full.join(d)).unwrap();
+        }
+        for f in ["etc/hosts", "etc/resolv.conf", "etc/localtime"] {
+            write(&full.join(f), "");
+        }
+        let complete = root.join("complete.sqfs");
+        run_ok(
+            Command::new("mksquashfs")
+                .arg(&full)
+                .arg(&complete)
+                .args(["-quiet", "-noappend", "-all-root", "-no-progress"]),
+        );
         let sif = root.join("image.sif");
         let mut w = SifWriter::new(0);
         w.add_bytes(ObjectSpec::primary_squashfs("amd64"), std::fs::read(&sqfs).unwrap())
@@ -154,6 +171,7 @@ fn fx() -> Option<&'static Fx> {
             dir,
             sqfs,
             sif,
+            complete,
             hostile,
             data,
             uid,
@@ -972,5 +990,48 @@ fn concurrent_kernel_mounts_attach_and_share_loop_devices() {
     assert_eq!(most, 1, "a second loop device was attached");
     holder.kill().unwrap();
     holder.wait().unwrap();
+    assert_clean(fx);
+}
+
+#[test]
+fn an_image_with_its_mount_points_is_the_root() {
+    let _serial = serial();
+    let Some(fx) = need() else { return };
+    let uid = fx.uid.to_string();
+    let pol = policy(fx, "trusted.toml");
+    let complete = fx.complete.to_str().unwrap();
+    for unpriv in [false, true] {
+        let mut a = vec!["exec", "--policy", &pol];
+        if !unpriv {
+            a.extend(["--as-user", &uid]);
+        }
+        a.extend([complete, "/bin/probe", "--write", "/home/x"]);
+        let mut c = if unpriv {
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid", USER, "--regid", USER, "--init-groups"])
+                .arg(slipway_bin());
+            c
+        } else {
+            Command::new(slipway_bin())
+        };
+        // From `/`, which is never bound: only /home/<user> is missing in the image.
+        let r = report(&run(c.args(&a).current_dir("/")));
+        let fs = if unpriv {
+            "fuse.squashfuse"
+        } else {
+            "squashfs"
+        };
+        let root = mount(&r, "/").unwrap();
+        assert_eq!(root["fstype"], fs, "{r}");
+        assert!(opts(root).contains(&"ro".to_string()));
+        // /home became a read-only tmpfs holding the user's mount point.
+        let home = mount(&r, "/home").unwrap();
+        assert_eq!(home["fstype"], "tmpfs");
+        assert!(opts(home).contains(&"ro".to_string()));
+        assert!(mount(&r, fx.home.to_str().unwrap()).is_some());
+        assert_ne!(r["writes"]["/home/x"], "ok");
+        assert_eq!(r["root_writable"], false);
+        assert_eq!(r["cwd"], fx.home.to_str().unwrap());
+    }
     assert_clean(fx);
 }

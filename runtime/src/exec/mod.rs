@@ -321,19 +321,16 @@ pub fn prepare(
     }
     let img_fd = rootfs::open_path(&img_dir)?;
 
-    // The container root: a tmpfs with the image's entries bound in.
-    sys.mount(
-        "tmpfs",
-        &root,
-        Some("tmpfs"),
-        libc::MS_NOSUID | libc::MS_NODEV,
-        Some("mode=0755"),
-    )?;
+    // The container root: the image, with a tmpfs in place of each directory where a mount
+    // point must be created (the root itself when a top-level one is missing).
     let dests = image_dests(plan);
     let replicate = rootfs::replicas(&img_dir, &dests)?;
-    let mut count = rootfs::populate(sys, &img_dir, &img_fd, &root, &replicate)?;
+    let (mut count, layers) = rootfs::build_root(sys, &img_dir, &img_fd, &root, &replicate)?;
     let root_fd = rootfs::open_path(&root)?;
-    let mut ours = vec![dev_of(&root)?];
+    let mut ours = Vec::new();
+    for (dir, _) in &layers {
+        ours.push(dev_of(&root.join(dir.strip_prefix("/").unwrap_or(dir)))?);
+    }
     if plan.image.writable_tmpfs {
         ours.push(dev_of(&img_dir)?);
     }
@@ -426,15 +423,19 @@ pub fn prepare(
             .map_err(|e| io_err("symlink", &l.dest, e))?;
     }
 
-    // The root stays read-only unless --writable-tmpfs.
+    // The root and the other tmpfs layers stay read-only unless --writable-tmpfs (the image
+    // itself is mounted read-only).
     if !plan.image.writable_tmpfs {
-        sys.set_attr(
-            root_fd.as_fd(),
-            false,
-            MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
-            Path::new("/"),
-        )?;
+        for (dir, fd) in &layers {
+            sys.set_attr(
+                fd.as_fd(),
+                false,
+                MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+                dir,
+            )?;
+        }
     }
+    drop(layers);
     drop(root_fd);
     drop(img_fd);
     drop(sources);

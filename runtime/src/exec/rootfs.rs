@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeSet, VecDeque};
 use std::fs;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
 
@@ -145,6 +145,9 @@ pub fn replicas(image: &Path, dests: &[PathBuf]) -> Result<BTreeSet<PathBuf>, Ex
         let r = resolve(image, d)?;
         if let Some(n) = r.existing {
             let mut p = PathBuf::from("/");
+            if n == 0 {
+                out.insert(p.clone());
+            }
             for c in r.path.components().skip(1).take(n) {
                 p.push(c);
                 out.insert(p.clone());
@@ -154,29 +157,78 @@ pub fn replicas(image: &Path, dests: &[PathBuf]) -> Result<BTreeSet<PathBuf>, Ex
     Ok(out)
 }
 
-/// Fills `root` (an empty tmpfs) from `image` (the mounted image): replicated directories
-/// are made on the tmpfs, other directories and files are bound in from the image, symlinks
-/// are copied. `image_fd` is an `O_PATH` fd of the image root.
-pub fn populate(
+/// Lays out the container root at `root` (an empty directory) from `image` (the mounted
+/// image, `image_fd` an `O_PATH` fd of it). When nothing must be created at the top level the
+/// image itself becomes the root (one mount, the fast path for images that have their mount
+/// points); otherwise, and for every other directory in `replicate`, a tmpfs takes the
+/// directory's place, holding its entries bound in from the image (symlinks copied) and room
+/// for new mount points. Returns the number of mounts and the tmpfs layers, each with an fd of
+/// its own mount (to make it read-only at the end, whatever is mounted over it later).
+pub fn build_root(
     sys: &dyn Sys,
     image: &Path,
     image_fd: &OwnedFd,
     root: &Path,
     replicate: &BTreeSet<PathBuf>,
-) -> Result<usize, ExecError> {
+) -> Result<(usize, Vec<(PathBuf, OwnedFd)>), ExecError> {
+    let mut mounts = 1;
+    let mut layers = Vec::new();
+    let tops: Vec<&PathBuf> = replicate
+        .iter()
+        .filter(|r| !r.ancestors().skip(1).any(|a| replicate.contains(a)))
+        .collect();
+    if replicate.contains(Path::new("/")) {
+        let data = format!("mode={:o}", dir_mode(image));
+        sys.mount(
+            "tmpfs",
+            root,
+            Some("tmpfs"),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            Some(&data),
+        )?;
+    } else {
+        let tree = sys.clone_tree(image_fd.as_fd(), false, Path::new("/"))?;
+        let to = open_path(root)?;
+        sys.move_mount(tree.as_fd(), to.as_fd(), Path::new("/"))?;
+    }
     let root_fd = open_path(root)?;
-    let mut mounts = 0;
-    fill(
-        sys,
-        image,
-        image_fd,
-        root,
-        &root_fd,
-        Path::new("/"),
-        replicate,
-        &mut mounts,
-    )?;
-    Ok(mounts)
+    for top in tops {
+        let rel = top.strip_prefix("/").unwrap_or(top);
+        if !rel.as_os_str().is_empty() {
+            let to = sys.open_in(
+                root_fd.as_fd(),
+                rel,
+                RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+            )?;
+            let data = format!("mode={:o}", dir_mode(&image.join(rel)));
+            let target = PathBuf::from(format!("/proc/self/fd/{}", to.as_raw_fd()));
+            sys.mount(
+                "tmpfs",
+                &target,
+                Some("tmpfs"),
+                libc::MS_NOSUID | libc::MS_NODEV,
+                Some(&data),
+            )?;
+            mounts += 1;
+        }
+        let layer = open_path(&root.join(rel))?;
+        fill(
+            sys,
+            image,
+            image_fd,
+            root,
+            &root_fd,
+            top,
+            replicate,
+            &mut mounts,
+        )?;
+        layers.push((top.clone(), layer));
+    }
+    Ok((mounts, layers))
+}
+
+fn dir_mode(p: &Path) -> u32 {
+    fs::metadata(p).map(|m| m.mode() & 0o7777).unwrap_or(0o755)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -371,6 +423,7 @@ mod tests {
         assert_eq!(
             reps,
             vec![
+                PathBuf::from("/"),
                 PathBuf::from("/a"),
                 PathBuf::from("/a/b"),
                 PathBuf::from("/host-etc")

@@ -31,10 +31,11 @@ pub fn text(p: &Plan) -> String {
         "  root: {}",
         if i.writable_tmpfs {
             "overlay of the image with a tmpfs upper layer (--writable-tmpfs: writes are lost \
-             at exit), under a tmpfs holding the mount points"
+             at exit); a tmpfs in place of each directory where a mount point must be created"
         } else {
-            "read-only tmpfs holding the image's top-level entries (bound in) and the mount \
-             points"
+            "the image, read-only; a read-only tmpfs in place of each directory where a mount \
+             point must be created (/ itself when a top-level one is missing), holding that \
+             directory's entries bound in from the image"
         }
     );
     let _ = writeln!(w, "mounts:");
