@@ -356,13 +356,39 @@ pub fn prepare(
             (_, Some(fd)) => fd_is_dir(fd)?,
             (_, None) => false,
         };
-        let canon = rootfs::mount_point(&root, &m.dest, is_dir, &ours)?;
-        let rel = canon.strip_prefix("/").unwrap_or(&canon).to_path_buf();
-        let to = sys.open_in(
+        // Most mount points exist (in the image or on an earlier mount): one openat2, which
+        // resolves inside the root. Only a missing one is made, on a Slipway tmpfs.
+        let dest_rel = m.dest.strip_prefix("/").unwrap_or(&m.dest).to_path_buf();
+        let to = match sys.open_in(
             root_fd.as_fd(),
-            &rel,
+            &dest_rel,
             RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
-        )?;
+        ) {
+            Ok(fd) => {
+                if fd_is_dir(&fd)? != is_dir {
+                    return Err(ExecError::MountPoint {
+                        dest: m.dest.clone(),
+                        why: format!(
+                            "the container has a {} there, the source is a {}",
+                            if is_dir { "file" } else { "directory" },
+                            if is_dir { "directory" } else { "file" }
+                        ),
+                    });
+                }
+                fd
+            }
+            Err(ExecError::Sys { ref err, .. }) if err.raw_os_error() == Some(libc::ENOENT) => {
+                let canon = rootfs::mount_point(&root, &m.dest, is_dir, &ours)?;
+                let rel = canon.strip_prefix("/").unwrap_or(&canon).to_path_buf();
+                sys.open_in(
+                    root_fd.as_fd(),
+                    &rel,
+                    RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+                )?
+            }
+            Err(e) => return Err(e),
+        };
+        let rel = dest_rel;
         let mut attrs = 0;
         if m.readonly {
             attrs |= MOUNT_ATTR_RDONLY;
@@ -388,7 +414,14 @@ pub fn prepare(
                 }
                 let target = PathBuf::from(format!("/proc/self/fd/{}", to.as_raw_fd()));
                 sys.mount("tmpfs", &target, Some("tmpfs"), fl, Some(&data))?;
-                ours.push(dev_of(&root.join(&rel))?);
+                // The new tmpfs's device, looked up inside the root (never via a host path,
+                // which could follow an image symlink out of it).
+                let fresh = sys.open_in(
+                    root_fd.as_fd(),
+                    &rel,
+                    RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+                )?;
+                ours.push(fd_stat(&fresh)?.st_dev);
             }
             MountKind::Bind { .. } | MountKind::Generated { .. } => {
                 let recursive = matches!(
@@ -492,14 +525,18 @@ fn dev_of(p: &Path) -> Result<u64, ExecError> {
         .dev())
 }
 
-fn fd_is_dir(fd: &OwnedFd) -> Result<bool, ExecError> {
+fn fd_stat(fd: &OwnedFd) -> Result<libc::stat, ExecError> {
     // SAFETY: stat is plain old data; fstat fills it.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: fd is open; st is valid.
     if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } < 0 {
         return Err(sys_err("fstat", format!("fd {}", fd.as_raw_fd())));
     }
-    Ok(st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+    Ok(st)
+}
+
+fn fd_is_dir(fd: &OwnedFd) -> Result<bool, ExecError> {
+    Ok(fd_stat(fd)?.st_mode & libc::S_IFMT == libc::S_IFDIR)
 }
 
 fn open_ro(p: &str) -> Result<OwnedFd, ExecError> {

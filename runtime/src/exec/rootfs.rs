@@ -141,7 +141,20 @@ pub fn resolve(root: &Path, dest: &Path) -> Result<Resolved, ExecError> {
 /// point can be created: the existing ancestors of the first missing component, below `/`.
 pub fn replicas(image: &Path, dests: &[PathBuf]) -> Result<BTreeSet<PathBuf>, ExecError> {
     let mut out = BTreeSet::new();
+    let image_fd = open_path(image)?;
     for d in dests {
+        // Existing destinations (the common case) need no walk.
+        let rel = d.strip_prefix("/").unwrap_or(d);
+        if super::sys::Linux
+            .open_in(
+                image_fd.as_fd(),
+                rel,
+                RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+            )
+            .is_ok()
+        {
+            continue;
+        }
         let r = resolve(image, d)?;
         if let Some(n) = r.existing {
             let mut p = PathBuf::from("/");
