@@ -82,6 +82,30 @@ fn user_ids() -> (u32, u32, Vec<u32>, PathBuf) {
     (num(&["-u"])[0], num(&["-g"])[0], num(&["-G"]), home.into())
 }
 
+/// A directory for the fixtures that the kernel-mount policy can trust and the test user can
+/// reach: every directory up to `/` root-owned, not writable by group or others, and
+/// searchable by everyone. The build's tmp dir when it qualifies, else one under /var/lib.
+fn scratch() -> PathBuf {
+    let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    std::fs::create_dir_all(&target).unwrap();
+    let ok = target.ancestors().all(|d| {
+        d.metadata()
+            .map(|m| m.uid() == 0 && m.mode() & 0o022 == 0 && m.mode() & 0o001 != 0)
+            .unwrap_or(false)
+    });
+    if ok {
+        return target;
+    }
+    let tag: u32 = target
+        .to_string_lossy()
+        .bytes()
+        .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32));
+    let d = PathBuf::from(format!("/var/lib/slipway-exec-tests-{tag:08x}"));
+    std::fs::create_dir_all(&d).unwrap();
+    chmod(&d, 0o755);
+    d
+}
+
 fn fx() -> Option<&'static Fx> {
     static FX: OnceLock<Option<Fx>> = OnceLock::new();
     FX.get_or_init(|| {
@@ -97,12 +121,10 @@ fn fx() -> Option<&'static Fx> {
         // On a real node /dev/fuse is 0666 (udev); here nothing sets it.
         chmod(Path::new("/dev/fuse"), 0o666);
         let (uid, gid, groups, home) = user_ids();
-        let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("exec-fixtures");
+        let root = scratch().join("exec-fixtures");
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).unwrap();
-        for p in [root.as_path(), root.parent().unwrap()] {
-            chmod(p, 0o755);
-        }
+        chmod(&root, 0o755);
         let probe = root.join("probe");
         let src = slipway_tests::workspace().join("tests/probe/probe.c");
         run_ok(Command::new("gcc").args(["-static", "-O2", "-o"]).arg(&probe).arg(&src));
@@ -933,7 +955,6 @@ fn no_temp_files_left() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
     assert_clean(fx);
-    let _ = fx.root.metadata().map(|m| m.uid());
 }
 
 fn loops_on(fx: &Fx) -> usize {
