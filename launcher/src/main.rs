@@ -47,11 +47,17 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             // One line: what failed and why.
-            let msg = e
-                .chain()
-                .map(|c| c.to_string())
-                .collect::<Vec<_>>()
-                .join(": ");
+            // Our error types already print their cause; add a cause from the chain only when
+            // the message does not contain it yet.
+            let mut msg = String::new();
+            for cause in e.chain().map(|c| c.to_string()) {
+                if !msg.contains(&cause) {
+                    if !msg.is_empty() {
+                        msg.push_str(": ");
+                    }
+                    msg.push_str(&cause);
+                }
+            }
             eprintln!("slipway: error: {msg}");
             ExitCode::from(SLIPWAY_FAILURE)
         }
