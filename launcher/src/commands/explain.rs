@@ -1,6 +1,7 @@
 //! `slipway explain [exec options] IMAGE [COMMAND...]`: the whole plan, as text or JSON,
 //! without running anything. Exits 1 when the launch would be refused.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -29,10 +30,15 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         a.command
     };
     let (plan, _) = build_plan(&a.opts, &a.image, command, false)?;
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&plan)?);
+    let text = if a.json {
+        serde_json::to_string_pretty(&plan)? + "\n"
     } else {
-        print!("{}", plan.render());
+        plan.render()
+    };
+    // A reader that stops early (`| head`, `grep -q`) is not an error.
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
+        _ => {}
     }
     Ok(if plan.refused.is_empty() {
         ExitCode::SUCCESS
