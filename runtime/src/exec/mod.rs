@@ -433,6 +433,11 @@ pub fn prepare(
                 );
                 let fd = src_fd.expect("bind source opened");
                 let t = sys.clone_tree(fd.as_fd(), recursive, &m.dest)?;
+                // A clone keeps its source's flags: skip mount_setattr when they are already
+                // there (only a non-recursive clone can be judged from the source alone).
+                if !recursive {
+                    attrs &= !mount_flags(fd)?;
+                }
                 if attrs != 0 {
                     sys.set_attr(t.as_fd(), recursive, attrs, &m.dest)?;
                 }
@@ -533,6 +538,18 @@ fn fd_stat(fd: &OwnedFd) -> Result<libc::stat, ExecError> {
         return Err(sys_err("fstat", format!("fd {}", fd.as_raw_fd())));
     }
     Ok(st)
+}
+
+/// The read-only, nosuid and nodev flags of the mount `fd` is on, as `MOUNT_ATTR_*` bits
+/// (`ST_RDONLY`, `ST_NOSUID`, `ST_NODEV` have the same values).
+fn mount_flags(fd: &OwnedFd) -> Result<u64, ExecError> {
+    // SAFETY: statvfs is plain old data; fstatvfs fills it.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: fd is open (O_PATH is enough for fstatvfs since Linux 3.12); st is valid.
+    if unsafe { libc::fstatvfs(fd.as_raw_fd(), &mut st) } < 0 {
+        return Err(sys_err("fstatvfs", format!("fd {}", fd.as_raw_fd())));
+    }
+    Ok(st.f_flag & (libc::ST_RDONLY | libc::ST_NOSUID | libc::ST_NODEV))
 }
 
 fn fd_is_dir(fd: &OwnedFd) -> Result<bool, ExecError> {

@@ -442,12 +442,17 @@ pub fn build(
         rule: "slipway (minimal /dev: host nodes bind-mounted, never mknod'ed)".into(),
         as_user: false,
     });
+    // Device nodes keep their host mount's flags: nodev would disable them, and nosuid means
+    // nothing for a node (nothing on it is executed).
+    let node = |path: &str| MountStep {
+        nosuid: false,
+        ..bind(path, path, false, false, false, BASE)
+    };
     for d in DEVS {
-        let path = format!("/dev/{d}");
-        mounts.push(bind(&path, &path, false, false, false, BASE));
+        mounts.push(node(&format!("/dev/{d}")));
     }
     mounts.push(bind("/dev/pts", "/dev/pts", false, false, false, BASE));
-    mounts.push(bind("/dev/ptmx", "/dev/ptmx", false, false, false, BASE));
+    mounts.push(node("/dev/ptmx"));
     mounts.push(bind("/dev/shm", "/dev/shm", false, false, true, BASE));
     let links = [
         ("/dev/fd", "/proc/self/fd"),
