@@ -60,6 +60,8 @@ fn make_image_tree(dir: &Path, probe: &Path) {
         "#!/bin/sh\nexport PATH=\"/opt/tool/bin:$PATH\"\nexport IMAGE_VAR=\"from image\"\nif [ -n \"$X\" ]; then echo; fi\n",
     );
     std::fs::copy(probe, dir.join(".singularity.d/runscript")).unwrap();
+    // A "shell" for `slipway shell` (the image has no bash).
+    std::fs::copy(probe, dir.join("bin/sh")).unwrap();
 }
 
 fn user_ids() -> (u32, u32, Vec<u32>, PathBuf) {
@@ -518,6 +520,26 @@ fn user_binds_and_options() {
 }
 
 #[test]
+fn binds_from_the_environment() {
+    let _serial = serial();
+    let Some(fx) = need() else { return };
+    let pol = policy(fx, "never.toml");
+    let data = fx.data.display().to_string();
+    let mut c = Command::new(slipway_bin());
+    c.current_dir(&fx.root)
+        .env("APPTAINER_BIND", format!("{data}:/from-apptainer"))
+        .env("SINGULARITY_BIND", format!("{data}:/from-singularity:ro"))
+        .env("SLIPWAY_BIND", format!("{data}:/from\\,slipway"))
+        .args(["exec", "--policy", &pol])
+        .arg(&fx.sqfs)
+        .arg("/bin/probe");
+    let r = report(&run(&mut c));
+    assert!(mount(&r, "/from-apptainer").is_some(), "{r}");
+    assert!(opts(mount(&r, "/from-singularity").unwrap()).contains(&"ro".to_string()));
+    assert!(mount(&r, "/from,slipway").is_some());
+}
+
+#[test]
 fn environment_rules() {
     let _serial = serial();
     let Some(fx) = need() else { return };
@@ -634,6 +656,14 @@ fn run_executes_the_runscript() {
         r["argv"],
         serde_json::json!(["/.singularity.d/runscript", "a", "b c"])
     );
+}
+
+#[test]
+fn shell_falls_back_to_bin_sh() {
+    let _serial = serial();
+    let Some(fx) = need() else { return };
+    let r = report(&slipway_user(fx, &["shell", fx.dir.to_str().unwrap()]));
+    assert_eq!(r["argv"], serde_json::json!(["/bin/sh"]));
 }
 
 #[test]

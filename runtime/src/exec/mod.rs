@@ -804,6 +804,10 @@ pub fn exec(plan: &Plan, env: &BTreeMap<String, String>) -> ExecError {
         let Ok(path) = CString::new(c.as_os_str().as_bytes()) else {
             continue;
         };
+        if plan.shell_fallback && c == Path::new("/bin/sh") {
+            // The fallback shell gets its own name as argv[0].
+            argv_ptrs[0] = path.as_ptr();
+        }
         // SAFETY: path, argv and envp are NUL-terminated arrays of valid C strings.
         unsafe { libc::execve(path.as_ptr(), argv_ptrs.as_ptr(), envp_ptrs.as_ptr()) };
         let e = std::io::Error::last_os_error();
