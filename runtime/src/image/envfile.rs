@@ -61,12 +61,11 @@ pub struct EnvScript {
 /// Parses one script. `file` names it in leftovers.
 pub fn parse(file: &str, text: &str) -> EnvScript {
     let mut out = EnvScript::default();
-    let lines: Vec<&str> = text.lines().collect();
-    let mut i = 0;
-    while i < lines.len() {
+    // Depth of shell blocks (if/for/while/case/functions): nothing inside one is applied,
+    // since whether it runs depends on the shell.
+    let mut depth = 0usize;
+    for (i, raw) in text.lines().enumerate() {
         let lineno = i + 1;
-        let raw = lines[i];
-        i += 1;
         let line = raw.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
@@ -77,6 +76,27 @@ pub fn parse(file: &str, text: &str) -> EnvScript {
             text: raw.to_string(),
             why: why.to_string(),
         };
+        let first = line.split([' ', '\t', ';']).next().unwrap_or("");
+        let opens =
+            matches!(first, "if" | "for" | "while" | "until" | "case") || line.ends_with('{');
+        let closes = matches!(first, "fi" | "done" | "esac" | "}");
+        if opens || closes || depth > 0 {
+            // One-line blocks (`if ...; then ...; fi`) open and close on the same line.
+            let one_line = opens
+                && [" fi", ";fi", " done", ";done", " esac", ";esac", "}"]
+                    .iter()
+                    .any(|e| line.ends_with(e));
+            if opens && !one_line {
+                depth += 1;
+            }
+            if closes {
+                depth = depth.saturating_sub(1);
+            }
+            out.leftovers.push(left(
+                "shell control flow (not run: Slipway starts no shell)",
+            ));
+            continue;
+        }
         match parse_assignment(line) {
             Ok(Some((name, value))) => out.assignments.push(Assignment {
                 name,
@@ -104,8 +124,8 @@ fn parse_assignment(line: &str) -> Result<Option<(String, Vec<Part>)>, &'static 
         return Err("not an assignment (only `export K=V` forms are understood)");
     }
     let after = &rest[name_end..];
-    if after.trim().is_empty() && rest.len() != line.len() {
-        return Ok(None); // `export K`
+    if rest.len() != line.len() && rest.split_whitespace().all(valid_name) {
+        return Ok(None); // `export K [K...]`: everything we set is exported anyway
     }
     let Some(word) = after.strip_prefix('=') else {
         return Err("not an assignment (only `export K=V` forms are understood)");
@@ -353,13 +373,26 @@ export J=""
     }
 
     #[test]
+    fn nothing_inside_shell_blocks_is_applied() {
+        // Apptainer's own 99-base.sh.
+        let text = "#!/bin/sh\nif [ -z \"$LD_LIBRARY_PATH\" ]; then\n    LD_LIBRARY_PATH=\"/.singularity.d/libs\"\nelse\n    LD_LIBRARY_PATH=\"$LD_LIBRARY_PATH:/.singularity.d/libs\"\nfi\nPS1=\"Singularity> \"\nexport LD_LIBRARY_PATH PS1\nf() {\n  export X=1\n}\nexport AFTER=1\n";
+        let (env, left) = run(text, &[]);
+        assert_eq!(env.get("LD_LIBRARY_PATH"), None);
+        assert_eq!(env.get("X"), None);
+        assert_eq!(env.get("PS1").map(String::as_str), Some("Singularity> "));
+        assert_eq!(env.get("AFTER").map(String::as_str), Some("1"));
+        let lines: Vec<usize> = left.iter().map(|l| l.line).collect();
+        assert_eq!(lines, vec![2, 3, 4, 5, 6, 9, 10, 11]);
+    }
+
+    #[test]
     fn leftovers_are_reported() {
-        let text = "if [ -z \"$X\" ]; then\nexport A=$(date)\nexport B=`id`\nexport C=\"open\nexport D=a b\nalias ll='ls -l'\nexport E=${E#x}\nexport OK=1\n";
+        let text = "if [ -z \"$X\" ]; then echo; fi\nexport A=$(date)\nexport B=`id`\nexport C=\"open\nexport D=a b\nalias ll='ls -l'\nexport E=${E#x}\nexport OK=1\n";
         let s = parse("99-base.sh", text);
         let lines: Vec<usize> = s.leftovers.iter().map(|l| l.line).collect();
         assert_eq!(lines, vec![1, 2, 3, 4, 5, 6, 7], "{:?}", s.leftovers);
         assert_eq!(s.assignments.len(), 1);
         assert_eq!(s.leftovers[0].file, "99-base.sh");
-        assert_eq!(s.leftovers[0].text, "if [ -z \"$X\" ]; then");
+        assert_eq!(s.leftovers[0].text, "if [ -z \"$X\" ]; then echo; fi");
     }
 }
