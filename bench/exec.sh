@@ -70,9 +70,17 @@ printf '[images]\nkernel_mount = "trusted"\ntrusted_dirs = ["%s"]\n' "$W" > "$W/
 printf '[images]\nkernel_mount = "never"\n' > "$W/never.toml"
 
 AS_USER="setpriv --reuid=$U --regid=$G --clear-groups"
-CH_ENV="env USER=sliptest HOME=/home/sliptest"
+# ch-run insists on $USER; set it for the whole run rather than through an `env` wrapper that
+# would add an exec to ch-run's rows only.
+export USER=sliptest HOME=/home/sliptest
 cd "$W"
-hyperfine -N -w 20 -r "$RUNS" --export-json "$W/results.json" \
+# Outputs go to a file (not /dev/null) so that a failing launch can be shown.
+failed() {
+  echo "bench/exec.sh: a command failed; its errors:" >&2
+  grep -h -E "error|denied" "$W"/*.log | sort | uniq -c >&2
+  exit 1
+}
+hyperfine -N -w 20 -r "$RUNS" --export-json "$W/results.json" --output "$W/main.log" \
   -n "bare probe" "$W/probe" \
   -n "bare probe (setpriv)" "$AS_USER $W/probe" \
   -n "slipway dir (unprivileged)" "$AS_USER $SLIPWAY exec $IMG /bin/probe" \
@@ -80,10 +88,10 @@ hyperfine -N -w 20 -r "$RUNS" --export-json "$W/results.json" \
   -n "slipway SIF kernel mount (root)" "$SLIPWAY exec --policy $W/trusted.toml $W/image.sif /bin/probe" \
   -n "slipway SIF squashfuse (root)" "$SLIPWAY exec --policy $W/never.toml $W/image.sif /bin/probe" \
   -n "slipway SIF squashfuse (unprivileged)" "$AS_USER $SLIPWAY exec $W/image.sif /bin/probe" \
-  -n "ch-run dir (unprivileged)" "$AS_USER $CH_ENV ch-run $IMG -- /bin/probe" \
-  -n "ch-run squashfs (unprivileged)" "$AS_USER $CH_ENV ch-run $W/image.sqfs -- /bin/probe" \
+  -n "ch-run dir (unprivileged)" "$AS_USER ch-run $IMG -- /bin/probe" \
+  -n "ch-run squashfs (unprivileged)" "$AS_USER ch-run $W/image.sqfs -- /bin/probe" \
   -n "bwrap dir (unprivileged)" "$AS_USER bwrap --ro-bind $IMG / --proc /proc --dev /dev /bin/probe" \
-  >&2
+  >&2 || failed
 
 # The same SIF while another container of it runs on the node (many tasks of one job): the
 # loop device, the squashfs superblock and its page cache are shared.
@@ -91,9 +99,9 @@ hyperfine -N -w 20 -r "$RUNS" --export-json "$W/results.json" \
 HOLDER=$!
 trap 'kill $HOLDER 2>/dev/null; wait $HOLDER 2>/dev/null; rm -rf "$W"' EXIT
 sleep 0.5
-hyperfine -N -w 20 -r "$RUNS" --export-json "$W/shared.json" \
+hyperfine -N -w 20 -r "$RUNS" --export-json "$W/shared.json" --output "$W/shared.log" \
   -n "slipway SIF kernel mount (root, image in use)" "$SLIPWAY exec --policy $W/trusted.toml $W/image.sif /bin/probe" \
-  >&2
+  >&2 || failed
 kill $HOLDER; wait $HOLDER 2>/dev/null || true
 
 python3 - "$W/results.json" "$W/shared.json" <<'PY'
