@@ -123,24 +123,16 @@ impl Applier {
         let mut stats = LayerStats::default();
         // Paths this layer has created: an opaque marker must not delete them.
         let mut created: HashSet<PathBuf> = HashSet::new();
-        let entries = archive.entries().map_err(|e| BuildError::LayerIo {
+        let stream = |source| BuildError::LayerStream {
             layer: layer.into(),
-            member: String::new(),
-            op: "read",
-            path: PathBuf::new(),
-            source: e,
-        })?;
+            source,
+        };
+        let entries = archive.entries().map_err(stream)?;
         for entry in entries {
             if interrupt::requested() {
                 return Err(BuildError::Interrupted);
             }
-            let mut entry = entry.map_err(|e| BuildError::LayerIo {
-                layer: layer.into(),
-                member: String::new(),
-                op: "read",
-                path: PathBuf::new(),
-                source: e,
-            })?;
+            let mut entry = entry.map_err(stream)?;
             let member = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
             self.entry(layer, &member, &mut entry, &mut created, &mut stats)
                 .map_err(|f| at(layer, &member, f))?;

@@ -105,6 +105,15 @@ pub enum BuildError {
         #[source]
         source: io::Error,
     },
+    /// A layer could not be read as a tar stream.
+    #[error("layer {layer}: cannot read it: {source} (the layer is damaged or not a tar)")]
+    LayerStream {
+        /// The layer.
+        layer: String,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
     /// An external program failed.
     #[error("{tool}: {problem}")]
     Tool {
