@@ -765,3 +765,83 @@ fn ctrl_c_leaves_nothing_behind() {
     assert_eq!(status.code(), Some(130));
     assert!(leftovers(&out).is_empty(), "{:?}", leftovers(&out));
 }
+
+#[test]
+fn unprivileged_build_keeps_owners_modes_and_skips_devices() {
+    if !needs(
+        &["mksquashfs", "umoci", "python3", "setpriv", "unsquashfs"],
+        true,
+    ) {
+        return;
+    }
+    let l = make_small_layout();
+    let tar = l.dir.path().join("owned.tar");
+    let script = format!(
+        "import tarfile, io\n\
+         t = tarfile.open({:?}, 'w', format=tarfile.PAX_FORMAT)\n\
+         i = tarfile.TarInfo('ro'); i.type = tarfile.DIRTYPE; i.mode = 0o555; i.uid = 7; i.gid = 8; t.addfile(i)\n\
+         i = tarfile.TarInfo('ro/tool'); i.size = 1; i.mode = 0o4755; i.uid = 1234; i.gid = 5678\n\
+         t.addfile(i, io.BytesIO(b'x'))\n\
+         i = tarfile.TarInfo('ro/null'); i.type = tarfile.CHRTYPE; i.devmajor = 1; i.devminor = 3; t.addfile(i)\n\
+         t.close()\n",
+        tar.to_str().unwrap()
+    );
+    run_ok(Command::new("python3").arg("-c").arg(script));
+    l.add_layer(&tar);
+    // Let nobody read the layout and write the output directory.
+    run_ok(
+        Command::new("chmod")
+            .arg("-R")
+            .arg("a+rwX")
+            .arg(l.dir.path()),
+    );
+    let out = l.dir.path().join("nobody.sif");
+    let o = run(Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(slipway_tests::slipway_bin())
+        .arg("build")
+        .arg(&out)
+        .arg(l.src()));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{e}");
+    assert!(
+        e.contains("note: layer sha256:") && e.contains("skipped device node ro/null"),
+        "{e}"
+    );
+    assert_eq!(fs::metadata(&out).unwrap().uid(), 65534);
+    let s = Sif::open(&out).unwrap();
+    let offset = s.primary_partition().unwrap().offset;
+    let list = run_ok(
+        Command::new("unsquashfs")
+            .args(["-o", &offset.to_string(), "-lln"])
+            .arg(&out),
+    );
+    let line = |suffix: &str| {
+        list.lines()
+            .find(|l| l.ends_with(suffix))
+            .unwrap_or_else(|| panic!("{suffix} not in {list}"))
+            .to_string()
+    };
+    assert!(
+        line("squashfs-root").starts_with("drwxr-xr-x 0/0 "),
+        "{list}"
+    );
+    assert!(
+        line("squashfs-root/ro").starts_with("dr-xr-xr-x 7/8 "),
+        "{list}"
+    );
+    assert!(
+        line("squashfs-root/ro/tool").starts_with("-rwsr-xr-x 1234/5678 "),
+        "{list}"
+    );
+    assert!(
+        line("squashfs-root/hello").starts_with("-rw-r--r-- 0/0 "),
+        "{list}"
+    );
+    assert!(
+        line("/.singularity.d/runscript").starts_with("-rwxr-xr-x 0/0 "),
+        "{list}"
+    );
+    assert!(!list.contains("ro/null"));
+    assert!(leftovers(&out) == ["nobody.sif"]);
+}

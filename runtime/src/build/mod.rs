@@ -288,88 +288,29 @@ pub fn build_sif(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
         opts.emit(Event::Note(n.clone()));
         notes.push(n);
     };
-
-    let (tree, pseudo, arch, layers, config, platform) = match source.kind {
-        SourceKind::Directory => {
-            let pseudo = directory_skeleton(&source.path, work.path())?;
-            (
-                source.path.clone(),
-                pseudo,
-                crate::sif::types::host_arch().to_string(),
-                Vec::new(),
-                None,
-                None,
-            )
-        }
+    let staged = match source.kind {
+        SourceKind::Directory => Staged {
+            tree: source.path.clone(),
+            pseudo: directory_skeleton(&source.path, work.path())?,
+            root_owner: None,
+            arch: crate::sif::types::host_arch().to_string(),
+            layers: Vec::new(),
+            config: None,
+            platform: None,
+        },
         SourceKind::DockerArchive | SourceKind::OciLayout => {
-            let archive =
-                if source.kind == SourceKind::DockerArchive && source::is_gzip(&source.path)? {
-                    opts.emit(Event::Progress(format!(
-                        "decompressing {}",
-                        source.path.display()
-                    )));
-                    let plain = work.path().join("archive.tar");
-                    gunzip(&source.path, &plain)?;
-                    plain
-                } else {
-                    source.path.clone()
-                };
-            let image = source::resolve(&source, &archive, opts.platform.as_ref())?;
-            if let Some(n) = &image.note {
-                note(n.clone());
-            }
-            let arch = arch_code(&image.platform.arch)
-                .map(|_| image.platform.arch.clone())
-                .ok_or_else(|| BuildError::Source {
-                    path: source.path.clone(),
-                    problem: format!("architecture {:?} has no SIF code", image.platform.arch),
-                })?;
-            let rootfs = work.path().join("rootfs");
-            fs::create_dir(&rootfs).map_err(|e| BuildError::io("create", &rootfs, e))?;
-            fs::set_permissions(&rootfs, fs::Permissions::from_mode(0o755))
-                .map_err(|e| BuildError::io("chmod", &rootfs, e))?;
-            let mut applier = layer::Applier::new(&rootfs, is_root());
-            let total = image.layers.len();
-            for (i, blob) in image.layers.iter().enumerate() {
-                let stats = source::with_layer(blob, |r| applier.apply(&blob.label, r))?;
-                opts.emit(Event::Progress(format!(
-                    "layer {}/{total} {}: {} entries, {} MiB",
-                    i + 1,
-                    blob.label,
-                    stats.entries,
-                    stats.bytes >> 20
-                )));
-            }
-            let inner = image
-                .config
-                .get("config")
-                .cloned()
-                .unwrap_or(serde_json::json!({}));
-            write_metadata(
-                &mut applier,
-                &apptainer::RunConfig::from_config(&inner),
-                &mut note,
-            )?;
-            let applied = applier.finish()?;
-            for n in applied.notes {
-                note(n);
-            }
-            let pseudo = if applied.owners.is_empty() {
-                None
-            } else {
-                Some(owner_pseudo(&applied.owners, work.path(), &mut note)?)
-            };
-            let labels = image.layers.iter().map(|l| l.label.clone()).collect();
-            (
-                rootfs,
-                pseudo,
-                arch,
-                labels,
-                Some(inner),
-                Some(image.platform.to_string()),
-            )
+            stage_image(opts, &source, work.path(), &mut note)?
         }
     };
+    let Staged {
+        tree,
+        pseudo,
+        root_owner,
+        arch,
+        layers,
+        config,
+        platform,
+    } = staged;
 
     let mut writer = SifWriter::new(now());
     let invalid = |p: String| {
@@ -385,7 +326,10 @@ pub fn build_sif(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
             .map_err(invalid)?;
     }
     let meta = BuildMeta {
-        source: source.path.display().to_string(),
+        source: fs::canonicalize(&source.path)
+            .unwrap_or_else(|_| source.path.clone())
+            .display()
+            .to_string(),
         source_kind: source.kind,
         platform,
         layers: &layers,
@@ -400,7 +344,15 @@ pub fn build_sif(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
     let offset = writer.next_offset(PARTITION_ALIGN);
 
     let exclude = excluded(&tree, work.path(), out);
-    opts.emit(Event::Progress(format!("squashing {}", tree.display())));
+    opts.emit(Event::Progress(format!(
+        "squashing {} into {}",
+        if source.kind == SourceKind::Directory {
+            "the directory"
+        } else {
+            "the unpacked image"
+        },
+        out.display()
+    )));
     let size = squash::Squash {
         tree: tree.clone(),
         output: tmp_sif.clone(),
@@ -408,6 +360,7 @@ pub fn build_sif(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
         pseudo,
         compression: opts.compression.clone(),
         exclude,
+        root_owner,
         tool_progress: opts.tool_progress,
         log: work.path().join("mksquashfs.log"),
     }
@@ -444,6 +397,99 @@ pub fn build_sif(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
         partition_offset: offset,
         squashfs_size: size,
         notes,
+    })
+}
+
+/// A tree ready to squash, and what the SIF objects say about it.
+struct Staged {
+    tree: PathBuf,
+    pseudo: Option<PathBuf>,
+    root_owner: Option<(u32, u64, u64)>,
+    arch: String,
+    layers: Vec<String>,
+    config: Option<serde_json::Value>,
+    platform: Option<String>,
+}
+
+/// Unpacks an image's layers into `WORK/rootfs` and adds Apptainer's metadata.
+fn stage_image(
+    opts: &BuildOptions,
+    source: &Source,
+    work: &Path,
+    note: &mut impl FnMut(String),
+) -> Result<Staged, BuildError> {
+    let archive = if source.kind == SourceKind::DockerArchive && source::is_gzip(&source.path)? {
+        opts.emit(Event::Progress(format!(
+            "decompressing {}",
+            source.path.display()
+        )));
+        let plain = work.join("archive.tar");
+        gunzip(&source.path, &plain)?;
+        plain
+    } else {
+        source.path.clone()
+    };
+    let image = source::resolve(source, &archive, opts.platform.as_ref())?;
+    if let Some(n) = &image.note {
+        note(n.clone());
+    }
+    let arch = arch_code(&image.platform.arch)
+        .map(|_| image.platform.arch.clone())
+        .ok_or_else(|| BuildError::Source {
+            path: source.path.clone(),
+            problem: format!("architecture {:?} has no SIF code", image.platform.arch),
+        })?;
+    let rootfs = work.join("rootfs");
+    fs::create_dir(&rootfs).map_err(|e| BuildError::io("create", &rootfs, e))?;
+    fs::set_permissions(&rootfs, fs::Permissions::from_mode(0o755))
+        .map_err(|e| BuildError::io("chmod", &rootfs, e))?;
+    let mut applier = layer::Applier::new(&rootfs, is_root());
+    let total = image.layers.len();
+    for (i, blob) in image.layers.iter().enumerate() {
+        let stats = source::with_layer(blob, |r| applier.apply(&blob.label, r))?;
+        opts.emit(Event::Progress(format!(
+            "layer {}/{total} {}: {} entries, {} MiB",
+            i + 1,
+            blob.label,
+            stats.entries,
+            stats.bytes >> 20
+        )));
+    }
+    let inner = image
+        .config
+        .get("config")
+        .cloned()
+        .unwrap_or(serde_json::json!({}));
+    write_metadata(
+        &mut applier,
+        &apptainer::RunConfig::from_config(&inner),
+        note,
+    )?;
+    let applied = applier.finish()?;
+    for n in applied.notes {
+        note(n);
+    }
+    // Without root the files are ours: give mksquashfs the recorded owners and modes.
+    let (pseudo, root_owner) = if is_root() {
+        (None, None)
+    } else {
+        let mut owners = applied.owners;
+        let root = owners.remove(Path::new("")).unwrap_or(layer::Owner {
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+        });
+        let pseudo = owner_pseudo(&owners, work, note)?;
+        (Some(pseudo), Some((root.mode, root.uid, root.gid)))
+    };
+    Ok(Staged {
+        tree: rootfs,
+        pseudo,
+        root_owner,
+        arch,
+        layers: image.layers.iter().map(|l| l.label.clone()).collect(),
+        config: Some(inner),
+        platform: Some(image.platform.to_string()),
     })
 }
 

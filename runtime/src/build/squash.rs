@@ -27,6 +27,9 @@ pub struct Squash {
     pub compression: Option<String>,
     /// Paths (relative to `tree`) to leave out (`-e`).
     pub exclude: Vec<PathBuf>,
+    /// Mode, uid and gid of the root directory, when the tree's own are not the image's
+    /// (non-root builds: pseudo definitions cannot modify `/`).
+    pub root_owner: Option<(u32, u64, u64)>,
     /// Let mksquashfs draw its progress bar on the terminal.
     pub tool_progress: bool,
     /// Where mksquashfs's error output goes, to quote it on failure.
@@ -54,6 +57,14 @@ impl Squash {
         }
         if let Some(p) = &self.pseudo {
             c.arg("-pf").arg(p);
+        }
+        if let Some((mode, uid, gid)) = self.root_owner {
+            c.arg("-root-mode")
+                .arg(format!("{mode:o}"))
+                .arg("-root-uid")
+                .arg(uid.to_string())
+                .arg("-root-gid")
+                .arg(gid.to_string());
         }
         if !self.exclude.is_empty() {
             c.arg("-e").args(&self.exclude);
