@@ -845,3 +845,28 @@ fn unprivileged_build_keeps_owners_modes_and_skips_devices() {
     assert!(!list.contains("ro/null"));
     assert!(leftovers(&out) == ["nobody.sif"]);
 }
+
+#[test]
+fn zstd_layers_are_read() {
+    if !needs(&["mksquashfs", "umoci", "skopeo", "zstd", "tar"], true) {
+        return;
+    }
+    let l = make_layout();
+    let z = l.dir.path().join("zoci");
+    run_ok(
+        Command::new("skopeo")
+            .args([
+                "--insecure-policy",
+                "copy",
+                "--dest-compress",
+                "--dest-compress-format",
+                "zstd",
+            ])
+            .arg(format!("oci:{}", l.src()))
+            .arg(format!("oci:{}:img", z.display())),
+    );
+    let out = l.dir.path().join("z.sif");
+    build_ok(&out, &format!("{}:img", z.display()), &["-q"]);
+    let m = Mounted::new(&out);
+    check_imported(&m);
+}

@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -655,46 +656,43 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
+/// The zstd program, for zstd-compressed layers: `$SLIPWAY_ZSTD` or `zstd` on PATH.
+fn zstd_program() -> PathBuf {
+    std::env::var_os("SLIPWAY_ZSTD")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("zstd"))
+}
+
 /// Opens a layer's blob and hands the uncompressed tar stream to `apply`, then checks its
 /// digest (after applying: the stream is read once, and a mismatch throws the staging tree
-/// away anyway).
+/// away anyway). gzip is decoded in process; zstd by the `zstd` program (no zstd crate is
+/// vendored here), fed from a scoped thread.
 pub fn with_layer<T>(
     blob: &LayerBlob,
     apply: impl FnOnce(&mut dyn Read) -> Result<T, BuildError>,
 ) -> Result<T, BuildError> {
+    let read_err = |e| BuildError::io("read layer", &blob.file, e);
     let mut f = File::open(&blob.file).map_err(|e| BuildError::io("open layer", &blob.file, e))?;
     f.seek(SeekFrom::Start(blob.offset))
         .map_err(|e| BuildError::io("seek", &blob.file, e))?;
     let mut stored = HashingReader::new(f.take(blob.size));
     let (result, uncompressed) = {
         let mut buffered = BufReader::with_capacity(1 << 20, &mut stored);
-        let head = buffered
-            .fill_buf()
-            .map_err(|e| BuildError::io("read layer", &blob.file, e))?;
-        let mut plain: Box<dyn Read + '_> = if head.starts_with(&GZIP_MAGIC) {
-            Box::new(flate2::read::MultiGzDecoder::new(buffered))
-        } else if head.starts_with(&ZSTD_MAGIC) {
-            return Err(BuildError::Source {
-                path: blob.file.clone(),
-                problem: format!(
-                    "layer {} is zstd-compressed, which slipway cannot read yet; convert the \
-                     image with `skopeo copy --dest-compress-format gzip`",
-                    blob.label
-                ),
-            });
+        let head = buffered.fill_buf().map_err(read_err)?;
+        if head.starts_with(&ZSTD_MAGIC) {
+            unzstd(blob, buffered, apply)?
         } else {
-            Box::new(buffered)
-        };
-        let mut hashed = HashingReader::new(&mut plain);
-        let result = apply(&mut hashed)?;
-        let digest = hashed
-            .finish()
-            .map_err(|e| BuildError::io("read layer", &blob.file, e))?;
-        (result, digest)
+            let mut plain: Box<dyn Read + '_> = if head.starts_with(&GZIP_MAGIC) {
+                Box::new(flate2::read::MultiGzDecoder::new(buffered))
+            } else {
+                Box::new(buffered)
+            };
+            let mut hashed = HashingReader::new(&mut plain);
+            let result = apply(&mut hashed)?;
+            (result, hashed.finish().map_err(read_err)?)
+        }
     };
-    let stored = stored
-        .finish()
-        .map_err(|e| BuildError::io("read layer", &blob.file, e))?;
+    let stored = stored.finish().map_err(read_err)?;
     let (expected, actual) = match &blob.verify {
         Verify::Stored(hex) => (hex, stored),
         Verify::Uncompressed(hex) => (hex, uncompressed),
@@ -708,6 +706,61 @@ pub fn with_layer<T>(
         });
     }
     Ok(result)
+}
+
+/// Decompresses a zstd layer through `zstd -dc`; returns what `apply` returned and the
+/// sha256 of the uncompressed stream.
+fn unzstd<T>(
+    blob: &LayerBlob,
+    mut input: impl Read + Send,
+    apply: impl FnOnce(&mut dyn Read) -> Result<T, BuildError>,
+) -> Result<(T, String), BuildError> {
+    let prog = zstd_program();
+    let mut child = Command::new(&prog)
+        .args(["-d", "-c", "-q"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| BuildError::Source {
+            path: blob.file.clone(),
+            problem: format!(
+                "layer {} is zstd-compressed and {} cannot run ({e}); install zstd",
+                blob.label,
+                prog.display()
+            ),
+        })?;
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (result, digest, fed) = std::thread::scope(|s| {
+        let feeder = s.spawn(move || io::copy(&mut input, &mut stdin).map(|_| ()));
+        let mut hashed = HashingReader::new(stdout);
+        let result = apply(&mut hashed);
+        let digest = if result.is_ok() {
+            hashed.finish()
+        } else {
+            // Stop zstd so that the feeder, blocked on a full pipe, gets EPIPE.
+            let _ = child.kill();
+            Ok(String::new())
+        };
+        (result, digest, feeder.join())
+    });
+    let status = child
+        .wait()
+        .map_err(|e| BuildError::io("wait for zstd", &blob.file, e))?;
+    let result = result?;
+    let digest = digest.map_err(|e| BuildError::io("read layer", &blob.file, e))?;
+    if !status.success() || !matches!(fed, Ok(Ok(()))) {
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        return Err(BuildError::LayerStream {
+            layer: blob.label.clone(),
+            source: io::Error::other(format!("zstd failed ({status}): {}", err.trim())),
+        });
+    }
+    Ok((result, digest))
 }
 
 #[cfg(test)]
