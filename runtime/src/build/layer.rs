@@ -166,6 +166,12 @@ impl Applier {
             return Ok(());
         }
         if let Some(victim) = name_bytes.strip_prefix(WHITEOUT_PREFIX.as_bytes()) {
+            // `.wh..` or `.wh...` would delete the directory itself or its parent.
+            if victim.is_empty() || victim == b"." || victim == b".." {
+                return Err(Fail::Problem(
+                    "whiteout names no entry (`.wh.` followed by nothing, `.` or `..`)".into(),
+                ));
+            }
             let victim = parent.join(OsStr::from_bytes(victim));
             if !created.contains(&victim) {
                 remove_any(&self.root.join(&victim))?;
@@ -759,6 +765,13 @@ mod tests {
         assert!(
             e.contains(
                 "a/evil/x: path leads outside the image root through symlink /a/evil -> ../../.."
+            ),
+            "{e}"
+        );
+        let e = refused(&[(".wh...", F, "", 0o644)]);
+        assert!(
+            e.ends_with(
+                ".wh...: whiteout names no entry (`.wh.` followed by nothing, `.` or `..`)"
             ),
             "{e}"
         );
