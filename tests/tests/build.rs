@@ -737,6 +737,24 @@ fn existing_output_needs_force_and_failures_leave_it_alone() {
     assert!(s.primary_partition().is_some());
     assert_eq!(leftovers(&out), ["out.sif"]);
     assert!(!tree.join(".singularity.d").exists());
+    // An output inside the source tree is not squashed into itself, nor is the work directory.
+    if have("unsquashfs") {
+        let inside = tree.join("inside.sif");
+        build_ok(&inside, tree.to_str().unwrap(), &["-q"]);
+        let offset = Sif::open(&inside)
+            .unwrap()
+            .primary_partition()
+            .unwrap()
+            .offset;
+        let list = run_ok(
+            Command::new("unsquashfs")
+                .args(["-o", &offset.to_string(), "-l"])
+                .arg(&inside),
+        );
+        assert!(list.contains("squashfs-root/f\n"), "{list}");
+        assert!(!list.contains("inside.sif"), "{list}");
+        assert!(!list.contains("slipway-"), "{list}");
+    }
 }
 
 #[test]
@@ -781,6 +799,7 @@ fn unprivileged_build_keeps_owners_modes_and_skips_devices() {
          t = tarfile.open({:?}, 'w', format=tarfile.PAX_FORMAT)\n\
          i = tarfile.TarInfo('ro'); i.type = tarfile.DIRTYPE; i.mode = 0o555; i.uid = 7; i.gid = 8; t.addfile(i)\n\
          i = tarfile.TarInfo('ro/tool'); i.size = 1; i.mode = 0o4755; i.uid = 1234; i.gid = 5678\n\
+         i.pax_headers = {{'SCHILY.xattr.user.test': 'kept'}}\n\
          t.addfile(i, io.BytesIO(b'x'))\n\
          i = tarfile.TarInfo('ro/null'); i.type = tarfile.CHRTYPE; i.devmajor = 1; i.devminor = 3; t.addfile(i)\n\
          t.close()\n",
@@ -844,6 +863,15 @@ fn unprivileged_build_keeps_owners_modes_and_skips_devices() {
     );
     assert!(!list.contains("ro/null"));
     assert!(leftovers(&out) == ["nobody.sif"]);
+    let m = Mounted::new(&out);
+    if e.contains("did not keep xattr user.test") {
+        eprintln!("note: the work directory's file system refuses user.* xattrs: {e}");
+    } else {
+        assert_eq!(
+            lgetxattr(&m.path("ro/tool"), "user.test").as_deref(),
+            Some(&b"kept"[..])
+        );
+    }
 }
 
 #[test]
