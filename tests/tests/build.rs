@@ -222,6 +222,23 @@ fn directory_round_trip_keeps_everything() {
         names.contains(&"slipway-build.json".to_string()),
         "{names:?}"
     );
+    assert_eq!(s.header().arch(), slipway_runtime::sif::types::host_arch());
+    // The runtime's image opener takes it, and finds the same partition.
+    let img = slipway_runtime::image::Image::open(&out).unwrap();
+    let span = img.squashfs.unwrap();
+    let p = s.primary_partition().unwrap();
+    assert_eq!((span.offset, span.size), (p.offset as u64, p.size as u64));
+    let d = s
+        .descriptors()
+        .iter()
+        .find(|d| d.name == "slipway-build.json")
+        .unwrap();
+    let meta: serde_json::Value = serde_json::from_slice(&s.read_object(d).unwrap()).unwrap();
+    assert_eq!(meta["source_kind"], "directory");
+    assert_eq!(
+        meta["source"],
+        fs::canonicalize(&tree).unwrap().to_str().unwrap()
+    );
 }
 
 /// An OCI layout made by umoci: layer 1 has files, layer 2 deletes one file and replaces a
