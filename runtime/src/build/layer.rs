@@ -496,12 +496,12 @@ impl Applier {
         })
     }
 
-    /// Creates directory `rel` and its parents where missing.
+    /// Creates directory `rel` and its missing parents, unless something named `rel` exists
+    /// (a symlink such as `home -> var/home` is left as the image has it).
     pub fn make_dir(&mut self, rel: &str) -> Result<(), BuildError> {
         self.generated(rel, |me, path| {
-            let missing = fs::symlink_metadata(me.root.join(path)).is_err();
-            me.mkdirs(path)?;
-            if missing {
+            if fs::symlink_metadata(me.root.join(path)).is_err() {
+                me.mkdirs(path)?;
                 me.generated_owner(path, 0o755);
             }
             Ok(())

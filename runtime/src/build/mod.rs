@@ -551,11 +551,21 @@ fn write_metadata(
     cfg: &apptainer::RunConfig,
     note: &mut impl FnMut(String),
 ) -> Result<(), BuildError> {
+    // Mount points and /etc files outside /.singularity.d are conveniences: an image whose
+    // /var or /etc is an absolute symlink keeps it, without them. /.singularity.d must work.
+    let optional = |path: &str, r: Result<(), BuildError>, note: &mut dyn FnMut(String)| match r {
+        Err(BuildError::Layer { problem, .. }) if !path.starts_with(".singularity.d") => {
+            note(format!("did not add /{path}: {problem}"));
+            Ok(())
+        }
+        other => other,
+    };
     for d in apptainer::SKELETON_DIRS {
-        a.make_dir(d)?;
+        optional(d, a.make_dir(d), note)?;
     }
     for (path, mode, text) in apptainer::skeleton_files() {
-        a.write_file(path, text.as_bytes(), mode, false)?;
+        let r = a.write_file(path, text.as_bytes(), mode, false).map(|_| ());
+        optional(path, r, note)?;
     }
     for (name, target) in apptainer::SKELETON_LINKS {
         a.symlink_if_missing(name, target)?;
@@ -642,4 +652,49 @@ fn directory_skeleton(tree: &Path, work: &Path) -> Result<Option<PathBuf>, Build
     let path = work.join("skeleton.pseudo");
     fs::write(&path, defs).map_err(|e| BuildError::io("write", &path, e))?;
     Ok(Some(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_skips_mount_points_behind_absolute_symlinks() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("rootfs");
+        fs::create_dir(&root).unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, target) in [("etc", "/host/etc"), ("home", "/var/home")] {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Symlink);
+            h.set_mode(0o777);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_size(0);
+            b.append_link(&mut h, name, target).unwrap();
+        }
+        let layer = b.into_inner().unwrap();
+        let mut a = layer::Applier::new(&root, false);
+        a.apply("l", &layer[..]).unwrap();
+        let mut notes = Vec::new();
+        let cfg = apptainer::RunConfig {
+            cmd: vec!["/bin/true".into()],
+            ..Default::default()
+        };
+        write_metadata(&mut a, &cfg, &mut |n| notes.push(n)).unwrap();
+        assert_eq!(
+            notes,
+            [
+                "did not add /etc/hosts: path goes through symlink /etc -> /host/etc (absolute \
+                 target, outside the image root)",
+                "did not add /etc/resolv.conf: path goes through symlink /etc -> /host/etc \
+                 (absolute target, outside the image root)"
+            ]
+        );
+        assert!(fs::symlink_metadata(root.join("home"))
+            .unwrap()
+            .is_symlink());
+        assert!(root.join(".singularity.d/runscript").is_file());
+        assert!(root.join("var/tmp").is_dir());
+    }
 }
