@@ -757,12 +757,15 @@ fn existing_output_needs_force_and_failures_leave_it_alone() {
     // An output inside the source tree is not squashed into itself, nor is the work directory.
     if have("unsquashfs") {
         let inside = tree.join("inside.sif");
-        build_ok(&inside, tree.to_str().unwrap(), &["-q"]);
-        let offset = Sif::open(&inside)
-            .unwrap()
-            .primary_partition()
-            .unwrap()
-            .offset;
+        build_ok(
+            &inside,
+            tree.to_str().unwrap(),
+            &["-q", "--platform", "linux/arm64"],
+        );
+        let sif = Sif::open(&inside).unwrap();
+        // --platform names the architecture of a directory's partition.
+        assert_eq!(sif.header().arch(), "arm64");
+        let offset = sif.primary_partition().unwrap().offset;
         let list = run_ok(
             Command::new("unsquashfs")
                 .args(["-o", &offset.to_string(), "-l"])

@@ -293,7 +293,17 @@ pub fn build_sif(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
             tree: source.path.clone(),
             pseudo: directory_skeleton(&source.path, work.path())?,
             root_owner: None,
-            arch: crate::sif::types::host_arch().to_string(),
+            // A tree does not say what it is for: --platform does, or this machine.
+            arch: match &opts.platform {
+                Some(p) if arch_code(&p.arch).is_some() => p.arch.clone(),
+                Some(p) => {
+                    return Err(BuildError::Source {
+                        path: source.path.clone(),
+                        problem: format!("architecture {:?} has no SIF code", p.arch),
+                    })
+                }
+                None => crate::sif::types::host_arch().to_string(),
+            },
             layers: Vec::new(),
             config: None,
             platform: None,
@@ -378,8 +388,9 @@ pub fn build_sif(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
         .open(&tmp_sif)
         .map_err(|e| BuildError::io("open", &tmp_sif, e))?;
     writer.finish(&file, &tmp_sif)?;
-    file.sync_all()
-        .map_err(|e| BuildError::io("sync", &tmp_sif, e))?;
+    // No fsync: like mksquashfs, the image is left to the page cache (an fsync would make the
+    // build wait for the disk, which plain mksquashfs does not). The rename makes it appear
+    // whole to other processes; durability across a power cut is the caller's `sync`.
     drop(file);
     fs::set_permissions(&tmp_sif, fs::Permissions::from_mode(0o755))
         .map_err(|e| BuildError::io("chmod", &tmp_sif, e))?;
