@@ -61,31 +61,36 @@ if [ ! -f "$BENCH_DIR/tree.done" ]; then
 fi
 echo "bench: tree $(du -sm "$TREE" | cut -f1) MB, $(find "$TREE" | wc -l) entries, comp $COMP, block $BLOCK, $RUNS runs" >&2
 
-now() { date +%s.%N; }
 median() { sort -n | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 
 : >"$BENCH_DIR/slipway.times"
 : >"$BENCH_DIR/mksquashfs.times"
+TIMEFORMAT='%R %U %S'
 for i in $(seq 1 "$RUNS"); do
     # Alternate the order so that neither always runs with the warmer cache.
     for tool in $( ((i % 2)) && echo "mksquashfs slipway" || echo "slipway mksquashfs"); do
         if [ "$tool" = slipway ]; then rm -f "$BENCH_DIR/out.sif"; else rm -f "$BENCH_DIR/out.sqfs"; fi
         sync
-        t0=$(now)
+        # Wall time, and CPU time (user + system, children included): on a shared machine
+        # the CPU time is the steadier of the two.
         if [ "$tool" = slipway ]; then
-            "$SLIPWAY" build -q --compression "$COMP" "$BENCH_DIR/out.sif" "$TREE"
+            { time "$SLIPWAY" build -q --compression "$COMP" "$BENCH_DIR/out.sif" "$TREE"; } \
+                2>"$BENCH_DIR/time.txt"
         else
-            mksquashfs "$TREE" "$BENCH_DIR/out.sqfs" -noappend -comp "$COMP" -b "$BLOCK" \
-                -no-progress -quiet >/dev/null
+            { time mksquashfs "$TREE" "$BENCH_DIR/out.sqfs" -noappend -comp "$COMP" -b "$BLOCK" \
+                -no-progress -quiet >/dev/null; } 2>"$BENCH_DIR/time.txt"
         fi
-        t1=$(now)
-        echo "$t1 - $t0" | bc -l >>"$BENCH_DIR/$tool.times"
-        printf 'bench: run %s %-10s %.2f s\n' "$i" "$tool" "$(tail -1 "$BENCH_DIR/$tool.times")" >&2
+        read -r wall user sys <"$BENCH_DIR/time.txt"
+        cpu=$(echo "$user + $sys" | bc -l)
+        echo "$wall $cpu" >>"$BENCH_DIR/$tool.times"
+        printf 'bench: run %s %-10s wall %6.2f s  cpu %6.2f s\n' "$i" "$tool" "$wall" "$cpu" >&2
     done
 done
 
-s=$(median <"$BENCH_DIR/slipway.times")
-m=$(median <"$BENCH_DIR/mksquashfs.times")
-printf 'slipway build   median %.2f s  (%s bytes)\n' "$s" "$(stat -c %s "$BENCH_DIR/out.sif")"
-printf 'mksquashfs      median %.2f s  (%s bytes)\n' "$m" "$(stat -c %s "$BENCH_DIR/out.sqfs")"
-printf 'ratio           %.3f (goal <= 1.10)\n' "$(echo "$s / $m" | bc -l)"
+sw=$(cut -d' ' -f1 "$BENCH_DIR/slipway.times" | median)
+mw=$(cut -d' ' -f1 "$BENCH_DIR/mksquashfs.times" | median)
+sc=$(cut -d' ' -f2 "$BENCH_DIR/slipway.times" | median)
+mc=$(cut -d' ' -f2 "$BENCH_DIR/mksquashfs.times" | median)
+printf 'slipway build   median wall %6.2f s  cpu %6.2f s  (%s bytes)\n' "$sw" "$sc" "$(stat -c %s "$BENCH_DIR/out.sif")"
+printf 'mksquashfs      median wall %6.2f s  cpu %6.2f s  (%s bytes)\n' "$mw" "$mc" "$(stat -c %s "$BENCH_DIR/out.sqfs")"
+printf 'ratio           wall %.3f  cpu %.3f  (goal <= 1.10)\n' "$(echo "$sw / $mw" | bc -l)" "$(echo "$sc / $mc" | bc -l)"
