@@ -918,3 +918,100 @@ fn zstd_layers_are_read() {
     let m = Mounted::new(&out);
     check_imported(&m);
 }
+
+/// Copies the host's `/bin/dash` and the libraries `ldd` names into `rootfs` as `/bin/sh`.
+fn install_shell(rootfs: &Path) -> bool {
+    let Ok(out) = Command::new("ldd").arg("/bin/dash").output() else {
+        return false;
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    // Lines are `name => /path (addr)` or `/path (addr)`.
+    let libs = text.lines().filter_map(|l| {
+        let l = l.trim();
+        let p = l.split("=> ").nth(1).unwrap_or(l);
+        let p = p.split(" (").next()?;
+        p.starts_with('/').then(|| PathBuf::from(p))
+    });
+    let mut wanted = vec![(PathBuf::from("/bin/dash"), PathBuf::from("bin/sh"))];
+    wanted.extend(libs.map(|p| (p.clone(), p.strip_prefix("/").unwrap().to_path_buf())));
+    for (from, to) in wanted {
+        let to = rootfs.join(to);
+        fs::create_dir_all(to.parent().unwrap()).unwrap();
+        if fs::copy(&from, &to).is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+#[test]
+fn imported_image_runs_its_entrypoint_through_the_apptainer_scripts() {
+    if !needs(&["mksquashfs", "umoci", "ldd", "chroot"], true) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    umoci(&["init", "--layout", "oci"], d);
+    umoci(&["new", "--image", "oci:img"], d);
+    umoci(&["unpack", "--image", "oci:img", "b"], d);
+    if !install_shell(&d.join("b/rootfs")) {
+        return skip("cannot copy /bin/dash and its libraries into an image");
+    }
+    umoci(&["repack", "--image", "oci:img", "b"], d);
+    let nasty = "it's \"quoted\" $HOME `x` \\ end";
+    umoci(
+        &[
+            "config",
+            "--image",
+            "oci:img",
+            "--config.env",
+            "PATH=/opt/none:/bin",
+            "--config.env",
+            &format!("GREETING={nasty}"),
+            "--config.entrypoint",
+            "/bin/sh",
+            "--config.entrypoint",
+            "-c",
+            "--config.entrypoint",
+            "printf '%s|' \"$GREETING\" \"$PATH\" \"$@\"",
+            "--config.entrypoint",
+            "arg0",
+            "--config.cmd",
+            "default arg",
+        ],
+        d,
+    );
+    let out = d.join("run.sif");
+    build_ok(&out, &format!("{}:img", d.join("oci").display()), &["-q"]);
+    let m = Mounted::new(&out);
+    // Found on our PATH: the child's environment is the image's test environment.
+    let chroot = std::env::split_paths(&std::env::var_os("PATH").unwrap())
+        .map(|d| d.join("chroot"))
+        .find(|p| p.is_file())
+        .unwrap();
+    let run_in = |args: &[&str], env: &[(&str, &str)]| {
+        run_ok(
+            Command::new(&chroot)
+                .arg(m.dir.path())
+                .args(["/bin/sh", "/.singularity.d/actions/run"])
+                .args(args)
+                .env_clear()
+                .envs(env.iter().copied()),
+        )
+    };
+    // CMD as default arguments; the image's env applies, its PATH wins.
+    assert_eq!(
+        run_in(&[], &[("PATH", "/host/bin")]),
+        format!("{nasty}|/opt/none:/bin|default arg|")
+    );
+    // Arguments replace CMD; a host value of GREETING wins over the image default.
+    assert_eq!(
+        run_in(&["a b", "c"], &[("GREETING", "host")]),
+        "host|/opt/none:/bin|a b|c|"
+    );
+    // Exact arguments, no shell evaluation, with APPTAINER_NO_EVAL.
+    assert_eq!(
+        run_in(&["$HOME"], &[("APPTAINER_NO_EVAL", "1"), ("HOME", "/h")]),
+        format!("{nasty}|/opt/none:/bin|$HOME|")
+    );
+}
