@@ -429,6 +429,23 @@ fn oci_layout_and_docker_archive_imports() {
     let cfg = oci_config(&out);
     assert_eq!(cfg["WorkingDir"], "/opt/app");
     assert_eq!(cfg["Entrypoint"][0], "/bin/echo");
+    // Two tags: the layout alone is ambiguous, LAYOUT:TAG is not.
+    umoci(&["tag", "--image", "oci:img", "other"], l.dir.path());
+    let o = build(
+        &l.dir.path().join("amb.sif"),
+        l.oci().to_str().unwrap(),
+        &["-q"],
+    );
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("the layout holds several images (img, other); choose one as"),
+        "{e}"
+    );
+    build_ok(
+        &l.dir.path().join("other.sif"),
+        &format!("{}:other", l.oci().display()),
+        &["-q"],
+    );
 
     let archive = l.dir.path().join("image.tar");
     run_ok(

@@ -346,6 +346,32 @@ impl Layout<'_> {
             }
             index["manifests"] = Value::Array(tagged);
         }
+        if tag.is_none() {
+            // Several tagged images: which one is meant is not ours to guess.
+            let mut tags: Vec<&str> = index["manifests"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|d| {
+                            d.pointer("/annotations/org.opencontainers.image.ref.name")
+                                .and_then(Value::as_str)
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            tags.sort_unstable();
+            tags.dedup();
+            if tags.len() > 1 {
+                return Err(BuildError::Source {
+                    path: self.dir.into(),
+                    problem: format!(
+                        "the layout holds several images ({}); choose one as {}:TAG",
+                        tags.join(", "),
+                        self.dir.display()
+                    ),
+                });
+            }
+        }
         let mut found = Vec::new();
         self.manifests(&index, 0, &mut found)?;
         // Read each candidate's config when the index does not say its platform.
