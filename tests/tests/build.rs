@@ -671,34 +671,77 @@ fn make_small_layout() -> Layout {
 
 #[test]
 fn corrupt_blobs_are_refused() {
-    if !needs(&["mksquashfs", "umoci"], true) {
+    if !needs(&["mksquashfs", "umoci", "skopeo"], true) {
         return;
     }
+    // The first layer's blob path in a layout.
+    let first_layer = |oci: &Path| -> (PathBuf, String) {
+        let index: serde_json::Value =
+            serde_json::from_slice(&fs::read(oci.join("index.json")).unwrap()).unwrap();
+        let mdigest = index["manifests"][0]["digest"].as_str().unwrap();
+        let manifest: serde_json::Value = serde_json::from_slice(
+            &fs::read(oci.join("blobs/sha256").join(&mdigest[7..])).unwrap(),
+        )
+        .unwrap();
+        let digest = manifest["layers"][0]["digest"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        (oci.join("blobs/sha256").join(&digest[7..]), digest)
+    };
+    let rewrite = |path: &Path, f: &dyn Fn(&mut Vec<u8>)| {
+        let mut bytes = fs::read(path).unwrap();
+        f(&mut bytes);
+        fs::set_permissions(path, fs::Permissions::from_mode(0o644)).unwrap();
+        fs::write(path, &bytes).unwrap();
+    };
+
+    // A Docker archive's layers are uncompressed tars: with one changed byte a layer is
+    // still a valid tar, and only the check against the config's diff_ids can notice.
     let l = make_small_layout();
-    let index: serde_json::Value =
-        serde_json::from_slice(&fs::read(l.oci().join("index.json")).unwrap()).unwrap();
-    let mdigest = index["manifests"][0]["digest"].as_str().unwrap();
-    let manifest: serde_json::Value = serde_json::from_slice(
-        &fs::read(l.oci().join("blobs/sha256").join(&mdigest[7..])).unwrap(),
-    )
-    .unwrap();
-    let ldigest = manifest["layers"][0]["digest"].as_str().unwrap();
-    let blob = l.oci().join("blobs/sha256").join(&ldigest[7..]);
-    // Flip one byte of the gzip trailer's CRC-free area: same size, different digest. The
-    // last byte is part of ISIZE; change the one before the trailer instead to keep gzip valid
-    // enough to read, and let the digest catch it.
-    let mut bytes = fs::read(&blob).unwrap();
-    let n = bytes.len();
-    bytes[n - 1] ^= 0x01;
-    fs::set_permissions(&blob, fs::Permissions::from_mode(0o644)).unwrap();
-    fs::write(&blob, &bytes).unwrap();
+    let archive = l.dir.path().join("image.tar");
+    run_ok(
+        Command::new("skopeo")
+            .args(["--insecure-policy", "copy"])
+            .arg(format!("oci:{}", l.src()))
+            .arg(format!("docker-archive:{}:test/img:1", archive.display())),
+    );
+    rewrite(&archive, &|b| {
+        let at = b
+            .windows(6)
+            .position(|w| w == b"hello\n")
+            .expect("file content in the archive");
+        b[at] = b'j';
+    });
     let out = l.dir.path().join("out.sif");
+    let o = build(&out, archive.to_str().unwrap(), &["-q"]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains(&format!(
+            "{}: digest mismatch: expected sha256:",
+            archive.display()
+        )),
+        "{e}"
+    );
+    assert!(leftovers(&out).is_empty());
+
+    // A damaged gzip stream is reported as such.
+    let (blob, digest) = first_layer(&l.oci());
+    rewrite(&blob, &|b| {
+        let n = b.len();
+        b[n - 1] ^= 0x01;
+    });
     let o = build(&out, &l.src(), &["-q"]);
     let e = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success());
-    // Either the decompressor or the digest check notices; the digest message is the one we
-    // want when the stream still decodes.
-    assert!(e.contains(&ldigest[7..]), "{e}");
+    assert!(
+        e.starts_with(&format!("slipway: error: layer {digest}: cannot read it: ")),
+        "{e}"
+    );
+    assert!(
+        e.trim_end()
+            .ends_with("(the layer is damaged or not a tar)"),
+        "{e}"
+    );
     assert!(leftovers(&out).is_empty());
 
     // A corrupt manifest is caught by its digest before anything is unpacked.

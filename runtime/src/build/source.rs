@@ -715,7 +715,12 @@ pub fn with_layer<T>(
             };
             let mut hashed = HashingReader::new(&mut plain);
             let result = apply(&mut hashed)?;
-            (result, hashed.finish().map_err(read_err)?)
+            // The gzip trailer is checked here, after the tar's end.
+            let digest = hashed.finish().map_err(|source| BuildError::LayerStream {
+                layer: blob.label.clone(),
+                source,
+            })?;
+            (result, digest)
         }
     };
     let stored = stored.finish().map_err(read_err)?;
@@ -775,7 +780,10 @@ fn unzstd<T>(
         .wait()
         .map_err(|e| BuildError::io("wait for zstd", &blob.file, e))?;
     let result = result?;
-    let digest = digest.map_err(|e| BuildError::io("read layer", &blob.file, e))?;
+    let digest = digest.map_err(|source| BuildError::LayerStream {
+        layer: blob.label.clone(),
+        source,
+    })?;
     if !status.success() || !matches!(fed, Ok(Ok(()))) {
         let mut err = String::new();
         if let Some(mut e) = child.stderr.take() {
