@@ -823,6 +823,45 @@ mod tests {
     }
 
     #[test]
+    fn layer_digests_are_checked_after_reading() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("blob");
+        // Some bytes before the blob, as inside a Docker archive.
+        let mut bytes = b"padding".to_vec();
+        bytes.extend_from_slice(b"layer bytes");
+        std::fs::write(&f, &bytes).unwrap();
+        let good = sha256_hex(b"layer bytes");
+        let blob = |verify| LayerBlob {
+            label: "sha256:test".into(),
+            file: f.clone(),
+            offset: 7,
+            size: 11,
+            verify,
+        };
+        let read_all = |r: &mut dyn Read| {
+            let mut v = Vec::new();
+            r.read_to_end(&mut v).unwrap();
+            Ok(v)
+        };
+        let got = with_layer(&blob(Verify::Stored(good.clone())), read_all).unwrap();
+        assert_eq!(got, b"layer bytes");
+        // The check covers what the applier did not read, too.
+        with_layer(&blob(Verify::Uncompressed(good.clone())), |_| Ok(())).unwrap();
+        let bad = "0".repeat(64);
+        let e = with_layer(&blob(Verify::Stored(bad.clone())), read_all)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            format!(
+                "{}: digest mismatch: expected sha256:{bad}, got sha256:{good} (the image is \
+                 corrupt or was modified; fetch it again)",
+                f.display()
+            )
+        );
+    }
+
+    #[test]
     fn detects_kinds() {
         let d = tempfile::tempdir().unwrap();
         assert_eq!(
