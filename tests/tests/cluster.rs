@@ -1,0 +1,368 @@
+//! A real multi-node Slurm cluster on this machine (`tests/cluster/cluster.sh`): munged,
+//! slurmctld and four slurmd, each in its own network, UTS and mount namespace.
+//!
+//! These are the bare-metal baselines the containerized tests reuse: plain steps, batch jobs,
+//! allocations and a PMIx MPI job across nodes, run as an unprivileged test user. Then the
+//! same cluster with the Slipway SPANK plugin loaded. Each test starts its own cluster and
+//! always takes it down (the guard's `Drop`); one lock keeps two clusters from running at once.
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use slipway_tests::{have, is_root, run, run_ok, skip, workspace};
+
+/// One cluster at a time on this machine. A panicking test poisons nothing that matters:
+/// the guard has already taken its cluster down.
+static ONE_CLUSTER: Mutex<()> = Mutex::new(());
+
+/// The unprivileged user the jobs run as (`cluster.sh` creates it).
+const TEST_USER: &str = "slipuser";
+
+/// Names for the test's cluster, apart from one a developer may have started by hand.
+const STATE_DIR: &str = "/tmp/slipway-cluster-test";
+const NS_PREFIX: &str = "slipt";
+const BRIDGE: &str = "sliptbr0";
+const SUBNET: &str = "10.77.1";
+
+/// `cluster.sh VERB` for the test's cluster.
+fn script_cmd(verb: &str) -> Command {
+    let mut cmd = Command::new(workspace().join("tests/cluster/cluster.sh"));
+    cmd.arg(verb)
+        .env("SLIPWAY_CLUSTER_DIR", STATE_DIR)
+        .env("SLIPWAY_CLUSTER_NAME", NS_PREFIX)
+        .env("SLIPWAY_CLUSTER_BRIDGE", BRIDGE)
+        .env("SLIPWAY_CLUSTER_NET", SUBNET)
+        .env("SLIPWAY_CLUSTER_USER", TEST_USER);
+    cmd
+}
+
+/// Why the cluster tests cannot run here, if they cannot.
+fn cannot_run() -> Option<String> {
+    if !is_root() {
+        return Some("needs root (namespaces, daemons)".into());
+    }
+    let missing: Vec<_> = [
+        "slurmctld",
+        "slurmd",
+        "srun",
+        "sbatch",
+        "salloc",
+        "sinfo",
+        "munged",
+    ]
+    .into_iter()
+    .filter(|p| !have(p))
+    .collect();
+    if !missing.is_empty() {
+        return Some(format!("Slurm binaries missing: {}", missing.join(" ")));
+    }
+    None
+}
+
+/// A running cluster; `Drop` takes it down, whatever happened in between.
+struct Cluster {
+    dir: PathBuf,
+}
+
+impl Cluster {
+    /// `cluster.sh up n`, with `plugin_line` (a plugin path and its arguments) in plugstack.conf.
+    fn up(n: usize, plugin: Option<(&Path, &str)>) -> Cluster {
+        let cluster = Cluster {
+            dir: PathBuf::from(STATE_DIR),
+        };
+        // A cluster left over by an interrupted earlier run: take it down first.
+        script_cmd("down").output().ok();
+        let mut cmd = script_cmd("up");
+        cmd.arg(n.to_string());
+        if let Some((so, args)) = plugin {
+            cmd.env("SLIPWAY_SPANK_PLUGIN", so)
+                .env("SLIPWAY_SPANK_ARGS", args);
+        }
+        let t0 = Instant::now();
+        run_ok(&mut cmd);
+        eprintln!("cluster up ({n} nodes) in {:.2?}", t0.elapsed());
+        cluster
+    }
+
+    fn conf(&self) -> PathBuf {
+        self.dir.join("etc/slurm.conf")
+    }
+
+    /// A directory the test user owns, at the same path on every node (the nodes' private
+    /// /tmp still shows the state directory).
+    fn workdir(&self) -> PathBuf {
+        let dir = self.dir.join("work");
+        if !dir.is_dir() {
+            std::fs::create_dir_all(&dir).unwrap();
+            run_ok(Command::new("chown").arg(TEST_USER).arg(&dir));
+        }
+        dir
+    }
+
+    /// `args` run as the test user against this cluster, in the work directory, with a time
+    /// limit so a hung step fails the test instead of hanging it.
+    fn user(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("timeout");
+        cmd.args(["120", "runuser", "-u", TEST_USER, "--", "env"])
+            .arg(format!("SLURM_CONF={}", self.conf().display()))
+            .args(args)
+            .current_dir(self.workdir());
+        cmd
+    }
+
+    /// Same, as root (for what needs no test user).
+    fn root(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("timeout");
+        cmd.arg("120")
+            .args(args)
+            .env("SLURM_CONF", self.conf())
+            .current_dir(self.workdir());
+        cmd
+    }
+
+    /// What the cluster left on the machine: the state that `down` must remove.
+    fn footprint(&self) -> Footprint {
+        Footprint::of(&self.dir)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let t0 = Instant::now();
+        let out = script_cmd("down").output();
+        match out {
+            Ok(o) if o.status.success() => eprintln!("cluster down in {:.2?}", t0.elapsed()),
+            Ok(o) => eprintln!(
+                "cluster.sh down failed: {}",
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(e) => eprintln!("cannot run cluster.sh down: {e}"),
+        }
+    }
+}
+
+/// Processes, namespaces and mounts that belong to one cluster.
+#[derive(Debug, Default)]
+struct Footprint {
+    /// Daemons whose command line names the state directory (slurmd -f, munged --socket).
+    daemons: Vec<String>,
+    /// Processes inside one of the cluster's network namespaces (slurmstepd, tasks).
+    in_netns: Vec<String>,
+    /// Network namespaces named for the cluster.
+    netns: Vec<String>,
+    /// Mount points under the state directory or at a namespace of the cluster.
+    mounts: Vec<String>,
+    /// Whether the bridge still exists.
+    bridge: bool,
+}
+
+impl Footprint {
+    fn of(state: &Path) -> Footprint {
+        let state = state.to_string_lossy().into_owned();
+        let netns: Vec<String> = std::fs::read_dir("/run/netns")
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with(&format!("{NS_PREFIX}-")))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let ns_inodes: BTreeSet<u64> = netns
+            .iter()
+            .filter_map(|n| std::fs::metadata(format!("/run/netns/{n}")).ok())
+            .map(|m| m.ino())
+            .collect();
+        let mut fp = Footprint {
+            netns,
+            bridge: Path::new(&format!("/sys/class/net/{BRIDGE}")).exists(),
+            ..Footprint::default()
+        };
+        for entry in std::fs::read_dir("/proc").unwrap().filter_map(|e| e.ok()) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.bytes().all(|b| b.is_ascii_digit()) {
+                continue;
+            }
+            let cmdline = std::fs::read(entry.path().join("cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+                .unwrap_or_default();
+            if cmdline.contains(&state) {
+                fp.daemons.push(format!("{name}: {cmdline}"));
+            }
+            if let Ok(m) = std::fs::metadata(entry.path().join("ns/net")) {
+                if ns_inodes.contains(&m.ino()) {
+                    fp.in_netns.push(format!("{name}: {cmdline}"));
+                }
+            }
+        }
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        fp.mounts = mountinfo
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| m.starts_with(&state) || m.starts_with(&format!("/run/netns/{NS_PREFIX}-")))
+            .map(String::from)
+            .collect();
+        fp
+    }
+
+    fn is_clean(&self) -> bool {
+        self.daemons.is_empty()
+            && self.in_netns.is_empty()
+            && self.netns.is_empty()
+            && self.mounts.is_empty()
+            && !self.bridge
+    }
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Takes a cluster down and checks that nothing of it is left.
+fn down_and_check(cluster: Cluster) {
+    let dir = cluster.dir.clone();
+    let before = cluster.footprint();
+    assert!(
+        before.daemons.len() >= 6 && before.netns.len() == 5 && before.bridge,
+        "the running cluster should be visible: {before:#?}"
+    );
+    drop(cluster);
+    let after = Footprint::of(&dir);
+    assert!(after.is_clean(), "cluster.sh down left: {after:#?}");
+    assert!(!dir.exists(), "{} still exists", dir.display());
+}
+
+/// `srun -N4 hostname`, `-n8` ranks, a batch job with two steps, an allocation, and an MPI job
+/// over PMIx: everything a containerized job will later be compared with.
+#[test]
+fn bare_metal_cluster() {
+    if let Some(why) = cannot_run() {
+        return skip(&why);
+    }
+    let _one = ONE_CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    let cluster = Cluster::up(4, None);
+    check_baseline(&cluster);
+    check_mpi(&cluster);
+    down_and_check(cluster);
+    // Idempotent: a second `down` on nothing succeeds.
+    run_ok(&mut script_cmd("down"));
+}
+
+/// Plain jobs: the checks shared by the bare and the plugin-loaded cluster.
+fn check_baseline(cluster: &Cluster) {
+    // Four nodes, four hostnames: every slurmd has its own UTS namespace.
+    let t0 = Instant::now();
+    let out = run_ok(&mut cluster.user(&["srun", "-N4", "hostname"]));
+    eprintln!("srun -N4 hostname: {:.2?}", t0.elapsed());
+    let hosts: BTreeSet<&str> = out.lines().map(str::trim).collect();
+    assert_eq!(
+        hosts,
+        ["node1", "node2", "node3", "node4"].into_iter().collect(),
+        "srun -N4 hostname printed:\n{out}"
+    );
+
+    // Eight ranks over four nodes: SLURM_PROCID 0..7, each once.
+    let out = run_ok(&mut cluster.user(&[
+        "srun",
+        "-N4",
+        "-n8",
+        "bash",
+        "-c",
+        "echo $SLURM_PROCID $(hostname)",
+    ]));
+    let mut ranks: Vec<u32> = out
+        .lines()
+        .map(|l| l.split_whitespace().next().unwrap().parse().unwrap())
+        .collect();
+    ranks.sort_unstable();
+    assert_eq!(
+        ranks,
+        (0..8).collect::<Vec<_>>(),
+        "srun -n8 printed:\n{out}"
+    );
+    let nodes: BTreeSet<&str> = out.lines().filter_map(|l| l.split(' ').nth(1)).collect();
+    assert_eq!(nodes.len(), 4, "8 tasks should spread over 4 nodes:\n{out}");
+
+    // A batch script with two steps; its output file is written on the first node.
+    let work = cluster.workdir();
+    let script = work.join("two_steps.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/bash\n\
+         #SBATCH -N2 -n2\n\
+         #SBATCH -o two_steps-%j.out\n\
+         srun hostname | sort\n\
+         srun -n2 bash -c 'echo step2 rank $SLURM_PROCID'\n",
+    )
+    .unwrap();
+    let out = run_ok(&mut cluster.user(&["sbatch", "--parsable", "--wait", "two_steps.sh"]));
+    let job = out.trim().split(';').next().unwrap().to_string();
+    let text = std::fs::read_to_string(work.join(format!("two_steps-{job}.out")))
+        .expect("batch output file");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(&lines[..2], ["node1", "node2"], "batch output:\n{text}");
+    let mut step2: Vec<&str> = lines[2..].to_vec();
+    step2.sort_unstable();
+    assert_eq!(
+        step2,
+        ["step2 rank 0", "step2 rank 1"],
+        "batch output:\n{text}"
+    );
+
+    // An interactive allocation with a step inside.
+    let out = run(&mut cluster.user(&["salloc", "-N2", "srun", "hostname"]));
+    assert!(out.status.success(), "salloc failed: {}", stderr(&out));
+    let text = stdout(&out);
+    let hosts: BTreeSet<&str> = text.lines().map(str::trim).collect();
+    assert_eq!(hosts.len(), 2, "salloc -N2 srun hostname printed:\n{text}");
+}
+
+/// An MPI program over PMIx across two nodes, as the test user: the Allreduce of the ranks
+/// must come back to every rank.
+fn check_mpi(cluster: &Cluster) {
+    let mpi = cluster.root(&["srun", "--mpi=list"]).output().unwrap();
+    let list = format!("{}{}", stdout(&mpi), stderr(&mpi));
+    assert!(list.contains("pmix"), "Slurm has no PMIx plugin:\n{list}");
+    assert!(have("mpicc"), "mpicc missing (package libopenmpi-dev)");
+
+    let work = cluster.workdir();
+    let exe = work.join("mpi_hello");
+    run_ok(
+        Command::new("mpicc")
+            .arg("-O1")
+            .arg("-o")
+            .arg(&exe)
+            .arg(workspace().join("tests/cluster/mpi_hello.c")),
+    );
+    let t0 = Instant::now();
+    let out = run_ok(&mut cluster.user(&["srun", "-N2", "-n4", "--mpi=pmix", "./mpi_hello"]));
+    eprintln!("srun -N2 -n4 --mpi=pmix: {:.2?}", t0.elapsed());
+    let mut ranks = Vec::new();
+    let mut hosts = BTreeSet::new();
+    for line in out.lines() {
+        let field = |k: &str| {
+            line.split_whitespace()
+                .find_map(|f| f.strip_prefix(&format!("{k}=")))
+                .unwrap_or_else(|| panic!("no {k}= in {line:?}"))
+                .to_string()
+        };
+        assert_eq!(field("size"), "4", "{line}");
+        assert_eq!(field("sum"), "6", "0+1+2+3 on every rank: {line}");
+        ranks.push(field("rank").parse::<u32>().unwrap());
+        hosts.insert(field("host"));
+    }
+    ranks.sort_unstable();
+    assert_eq!(ranks, [0, 1, 2, 3], "mpi_hello printed:\n{out}");
+    assert_eq!(
+        hosts,
+        ["node1".to_string(), "node2".to_string()].into(),
+        "ranks should run on two nodes:\n{out}"
+    );
+}
