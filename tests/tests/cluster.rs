@@ -69,11 +69,20 @@ struct Cluster {
 }
 
 impl Cluster {
-    /// `cluster.sh up n`, with `plugin_line` (a plugin path and its arguments) in plugstack.conf.
+    /// `cluster.sh up n`, with `plugin` (the plugin and its arguments) in plugstack.conf.
     fn up(n: usize, plugin: Option<(&Path, &str)>) -> Cluster {
-        let cluster = Cluster {
-            dir: PathBuf::from(STATE_DIR),
-        };
+        match Cluster::try_up(n, plugin) {
+            Ok(c) => c,
+            Err(out) => panic!(
+                "cluster.sh up {n} failed with {}:\n{}",
+                out.status,
+                stderr(&out)
+            ),
+        }
+    }
+
+    /// `cluster.sh up n`, or its output if it failed (and took itself down).
+    fn try_up(n: usize, plugin: Option<(&Path, &str)>) -> Result<Cluster, Output> {
         // A cluster left over by an interrupted earlier run: take it down first.
         script_cmd("down").output().ok();
         let mut cmd = script_cmd("up");
@@ -83,9 +92,14 @@ impl Cluster {
                 .env("SLIPWAY_SPANK_ARGS", args);
         }
         let t0 = Instant::now();
-        run_ok(&mut cmd);
+        let out = run(&mut cmd);
+        if !out.status.success() {
+            return Err(out);
+        }
         eprintln!("cluster up ({n} nodes) in {:.2?}", t0.elapsed());
-        cluster
+        Ok(Cluster {
+            dir: PathBuf::from(STATE_DIR),
+        })
     }
 
     fn conf(&self) -> PathBuf {
@@ -365,4 +379,216 @@ fn check_mpi(cluster: &Cluster) {
         ["node1".to_string(), "node2".to_string()].into(),
         "ranks should run on two nodes:\n{out}"
     );
+}
+
+/// The SPANK plugin built by this workspace (`$SLIPWAY_SPANK_PLUGIN` to use another).
+fn plugin_so() -> PathBuf {
+    if let Some(p) = std::env::var_os("SLIPWAY_SPANK_PLUGIN") {
+        return PathBuf::from(p);
+    }
+    // `cargo test --workspace` has built it already; `cargo test -p slipway-tests` has not.
+    // Building it here is a no-op in the first case.
+    let cargo = option_env!("CARGO").unwrap_or("cargo");
+    run_ok(
+        Command::new(cargo)
+            .args(["build", "--quiet", "-p", "spank-slipway"])
+            .current_dir(workspace()),
+    );
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target"));
+    let so = target.join("debug/libspank_slipway.so");
+    assert!(so.is_file(), "{} not built", so.display());
+    so
+}
+
+/// Waits until every node is idle again (a failed step leaves its node `completing` for a
+/// moment), and fails if one is drained or down.
+fn assert_nodes_idle(cluster: &Cluster, n: usize) {
+    let t0 = Instant::now();
+    loop {
+        let out = run_ok(&mut cluster.root(&["sinfo", "-h", "-N", "-o", "%N %T"]));
+        let states: Vec<&str> = out.lines().collect();
+        if states.len() == n && states.iter().all(|l| l.ends_with(" idle")) {
+            return;
+        }
+        assert!(
+            !out.contains("drain") && !out.contains("down"),
+            "a node was drained or is down:\n{out}"
+        );
+        assert!(
+            t0.elapsed().as_secs() < 30,
+            "nodes not idle after 30 s:\n{out}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// The message the remote side shows while the container entry is not wired in.
+const NOT_AVAILABLE: &str = "slipway: container entry not available in this build yet";
+
+/// The Slipway SPANK plugin loaded through plugstack.conf: (c) a typo'd plugin argument is
+/// reported, (a) jobs without a container run as before, (b) a container request fails the
+/// step with a clear message and a non-zero exit, without draining the node.
+#[test]
+fn spank_plugin_in_cluster() {
+    if let Some(why) = cannot_run() {
+        return skip(&why);
+    }
+    let _one = ONE_CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    let so = plugin_so();
+
+    // (c) A typo'd argument: slurmd refuses to start, and `up` shows why.
+    let out = match Cluster::try_up(1, Some((&so, "polcy=/etc/slipway/policy.toml"))) {
+        Ok(_) => panic!("the cluster came up with a typo'd plugin argument"),
+        Err(out) => out,
+    };
+    let err = stderr(&out);
+    assert!(
+        err.contains(
+            "slipway: unknown plugin argument 'polcy=/etc/slipway/policy.toml' in plugstack.conf"
+        ),
+        "cluster.sh up should show the plugin's complaint:\n{err}"
+    );
+    let left = Footprint::of(Path::new(STATE_DIR));
+    assert!(left.is_clean(), "a failed up left: {left:#?}");
+
+    let cluster = Cluster::up(4, Some((&so, "policy=/etc/slipway/policy.toml")));
+    let plugstack = std::fs::read_to_string(cluster.dir.join("etc/plugstack.conf")).unwrap();
+    assert!(
+        plugstack.contains("libspank_slipway.so policy="),
+        "{plugstack}"
+    );
+
+    // The options are srun's.
+    let help = run(&mut cluster.user(&["srun", "--help"]));
+    let help = stdout(&help) + &stderr(&help);
+    for opt in [
+        "--container-image=IMAGE",
+        "--container-mounts",
+        "--container-workdir=DIR",
+        "--container-writable",
+        "--container-env",
+        "--container-nv",
+    ] {
+        assert!(help.contains(opt), "srun --help lacks {opt}:\n{help}");
+    }
+
+    // (a) Plain jobs, batch jobs, allocations and MPI are untouched.
+    check_baseline(&cluster);
+    check_mpi(&cluster);
+    // Options without an image mean nothing alone (a site may export them for everyone).
+    let out = run_ok(&mut cluster.user(&[
+        "env",
+        "SLIPWAY_CONTAINER_MOUNTS=/data",
+        "srun",
+        "-N2",
+        "--container-writable",
+        "true",
+    ]));
+    assert_eq!(out, "");
+
+    // (b) A container request fails every task, once per node on stderr, non-zero exit.
+    let out = run(&mut cluster.user(&["srun", "-N2", "-n4", "--container-image=x.sif", "true"]));
+    let err = stderr(&out);
+    assert!(!out.status.success(), "srun --container-image succeeded");
+    assert_eq!(
+        err.matches(NOT_AVAILABLE).count(),
+        2,
+        "the message once per node:\n{err}"
+    );
+    assert_nodes_idle(&cluster, 4);
+
+    // The same request from the environment, and from Slurm's own --container.
+    for args in [
+        &["env", "SLIPWAY_CONTAINER_IMAGE=x.sif", "srun", "true"][..],
+        &["srun", "--container=/nonexistent/bundle", "true"][..],
+    ] {
+        let out = run(&mut cluster.user(args));
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(
+            stderr(&out).contains(NOT_AVAILABLE),
+            "{args:?}:\n{}",
+            stderr(&out)
+        );
+    }
+
+    // In a batch script (#SBATCH): the batch step fails, the message is in its output.
+    let work = cluster.workdir();
+    std::fs::write(
+        work.join("in_container.sh"),
+        "#!/bin/bash\n#SBATCH --container-image=x.sif\n#SBATCH -o in_container-%j.out\necho ran\n",
+    )
+    .unwrap();
+    let out = run(&mut cluster.user(&["sbatch", "--parsable", "--wait", "in_container.sh"]));
+    assert!(!out.status.success(), "the batch job succeeded");
+    let job = stdout(&out).trim().split(';').next().unwrap().to_string();
+    let text = std::fs::read_to_string(work.join(format!("in_container-{job}.out"))).unwrap();
+    assert!(text.contains(NOT_AVAILABLE), "batch output:\n{text}");
+    assert!(
+        !text.contains("ran"),
+        "the script ran outside a container:\n{text}"
+    );
+
+    // Bad values stop srun before anything is allocated, naming option and value.
+    for (args, want) in [
+        (
+            &["srun", "--container-nv", "true"][..],
+            "slipway: --container-nv: GPU support is not implemented yet",
+        ),
+        (
+            &["env", "SLIPWAY_CONTAINER_NV=1", "srun", "true"][..],
+            "slipway: SLIPWAY_CONTAINER_NV=1: GPU support is not implemented yet",
+        ),
+        (
+            &["srun", "--container-mounts=data:/data", "true"][..],
+            "slipway: --container-mounts=data:/data: 'data' is not an absolute path",
+        ),
+    ] {
+        let out = run(&mut cluster.user(args));
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(
+            stderr(&out).contains(want),
+            "{args:?}: want {want:?} in:\n{}",
+            stderr(&out)
+        );
+    }
+    assert_nodes_idle(&cluster, 4);
+
+    // (c) as a user meets it: a plugstack.conf with a typo makes srun itself refuse.
+    let etc = cluster.dir.join("etc");
+    std::fs::write(
+        etc.join("plugstack-typo.conf"),
+        format!("required {} polcy=/etc/slipway/policy.toml\n", so.display()),
+    )
+    .unwrap();
+    let conf = std::fs::read_to_string(cluster.conf()).unwrap();
+    let conf: String = conf
+        .lines()
+        .map(|l| {
+            if l.starts_with("PlugStackConfig=") {
+                format!(
+                    "PlugStackConfig={}\n",
+                    etc.join("plugstack-typo.conf").display()
+                )
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    std::fs::write(etc.join("slurm-typo.conf"), conf).unwrap();
+    let out = run(Command::new("timeout")
+        .args(["60", "srun", "true"])
+        .env("SLURM_CONF", etc.join("slurm-typo.conf")));
+    assert!(
+        !out.status.success(),
+        "srun ran with a typo'd plugstack.conf"
+    );
+    assert!(
+        stderr(&out).contains("slipway: unknown plugin argument 'polcy=/etc/slipway/policy.toml'"),
+        "{}",
+        stderr(&out)
+    );
+
+    down_and_check(cluster);
 }
