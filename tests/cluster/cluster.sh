@@ -181,6 +181,11 @@ cmd_up() {
     write_config "$n"
     ensure_user
 
+    # `ip netns add` makes /run/netns a mount point the first time; note whether that is us,
+    # so `down` can undo it when no namespace is left.
+    if ! mountpoint -q /run/netns 2>/dev/null; then
+        touch "$STATE/run-netns-mounted-by-us"
+    fi
     ip link add "$BRIDGE" type bridge
     ip addr add "$HOST_ADDR/24" dev "$BRIDGE"
     ip link set "$BRIDGE" up
@@ -295,6 +300,10 @@ cmd_down() {
     fi
     # Veths vanish with their namespace; the bridge is ours to delete.
     ip link del "$BRIDGE" 2>/dev/null || true
+    if [[ -e $STATE/run-netns-mounted-by-us ]] && mountpoint -q /run/netns 2>/dev/null &&
+        [[ -z $(ls -A /run/netns 2>/dev/null) ]]; then
+        umount /run/netns 2>/dev/null || true
+    fi
     # Host-side mounts under the state directory: none are made, but an interrupted run of an
     # older script, or a user's experiment, may have left some.
     local m

@@ -66,6 +66,8 @@ fn cannot_run() -> Option<String> {
 /// A running cluster; `Drop` takes it down, whatever happened in between.
 struct Cluster {
     dir: PathBuf,
+    /// Whether /run/netns was a mount point before `up` (`ip netns add` makes it one).
+    run_netns_was_mounted: bool,
 }
 
 impl Cluster {
@@ -85,6 +87,7 @@ impl Cluster {
     fn try_up(n: usize, plugin: Option<(&Path, &str)>) -> Result<Cluster, Output> {
         // A cluster left over by an interrupted earlier run: take it down first.
         script_cmd("down").output().ok();
+        let run_netns_was_mounted = is_mount_point("/run/netns");
         let mut cmd = script_cmd("up");
         cmd.arg(n.to_string());
         if let Some((so, args)) = plugin {
@@ -99,6 +102,7 @@ impl Cluster {
         eprintln!("cluster up ({n} nodes) in {:.2?}", t0.elapsed());
         Ok(Cluster {
             dir: PathBuf::from(STATE_DIR),
+            run_netns_was_mounted,
         })
     }
 
@@ -172,6 +176,16 @@ struct Footprint {
     mounts: Vec<String>,
     /// Whether the bridge still exists.
     bridge: bool,
+    /// slurmd's cgroups (cgroup v1: `/sys/fs/cgroup/<controller>/slurm_<node>`).
+    cgroups: Vec<String>,
+}
+
+/// Whether `path` is a mount point in this mount namespace.
+fn is_mount_point(path: &str) -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(path))
 }
 
 impl Footprint {
@@ -212,6 +226,16 @@ impl Footprint {
                 }
             }
         }
+        if let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") {
+            for c in controllers.filter_map(|e| e.ok()) {
+                for node in 1..=4 {
+                    let dir = c.path().join(format!("slurm_node{node}"));
+                    if dir.exists() {
+                        fp.cgroups.push(dir.display().to_string());
+                    }
+                }
+            }
+        }
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         fp.mounts = mountinfo
             .lines()
@@ -228,6 +252,7 @@ impl Footprint {
             && self.netns.is_empty()
             && self.mounts.is_empty()
             && !self.bridge
+            && self.cgroups.is_empty()
     }
 }
 
@@ -242,6 +267,7 @@ fn stderr(out: &Output) -> String {
 /// Takes a cluster down and checks that nothing of it is left.
 fn down_and_check(cluster: Cluster) {
     let dir = cluster.dir.clone();
+    let run_netns_was_mounted = cluster.run_netns_was_mounted;
     let before = cluster.footprint();
     assert!(
         before.daemons.len() >= 6 && before.netns.len() == 5 && before.bridge,
@@ -251,6 +277,13 @@ fn down_and_check(cluster: Cluster) {
     let after = Footprint::of(&dir);
     assert!(after.is_clean(), "cluster.sh down left: {after:#?}");
     assert!(!dir.exists(), "{} still exists", dir.display());
+    let others = std::fs::read_dir("/run/netns").map_or(0, |d| d.count());
+    if !run_netns_was_mounted && others == 0 {
+        assert!(
+            !is_mount_point("/run/netns"),
+            "/run/netns left mounted (ip netns add made it a mount point)"
+        );
+    }
 }
 
 /// `srun -N4 hostname`, `-n8` ranks, a batch job with two steps, an allocation, and an MPI job
