@@ -1,11 +1,9 @@
 //! The symbols Slurm looks up: `plugin_name`, `plugin_type`, `plugin_version` and the
 //! `slurm_spank_*` callbacks this plugin uses. Each callback dispatches on the SPANK context
-//! to [`crate::local`] or [`crate::remote`], behind [`barrier`]: an error or a panic becomes a
-//! logged message and -1, never an unwinding into (and an abort of) srun or slurmstepd.
+//! to `local` or `remote`, behind [`crate::barrier`]: an error or a panic becomes a logged
+//! message and -1, never an unwinding into (and an abort of) srun or slurmstepd.
 
-use std::any::Any;
 use std::ffi::{c_char, c_int};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use crate::config::Config;
 use crate::ffi::{self, spank_t, Context, Spank};
@@ -28,32 +26,10 @@ pub static plugin_type: [u8; 6] = *b"spank\0";
 #[allow(non_upper_case_globals)]
 pub static plugin_version: u32 = ffi::SLURM_VERSION_NUMBER;
 
-/// Runs one callback: `Ok` is 0; an error is logged (`slipway: ...`) and is -1; a panic is
-/// caught, logged and is -1.
+/// Runs one callback behind the panic barrier, logging through `slurm_error`.
 fn barrier(hook: &str, body: impl FnOnce() -> Result<(), Error>) -> c_int {
-    match catch_unwind(AssertUnwindSafe(body)) {
-        Ok(Ok(())) => 0,
-        Ok(Err(Error::Reported)) => -1,
-        Ok(Err(e)) => {
-            ffi::log_error(&format!("slipway: {e}"));
-            -1
-        }
-        Err(panic) => {
-            ffi::log_error(&format!(
-                "slipway: internal error in {hook}: {}",
-                panic_message(&*panic)
-            ));
-            -1
-        }
-    }
-}
-
-fn panic_message(panic: &(dyn Any + Send)) -> &str {
-    panic
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("panic")
+    crate::barrier::quiet_panics();
+    crate::barrier::run(hook, ffi::log_error, body)
 }
 
 /// `slurm_spank_init`: read the plugin arguments; register the options where users give them.

@@ -12,6 +12,7 @@
 //! - [`config`]: the plugin arguments from `plugstack.conf`;
 //! - [`entry`]: the container entry, the one place where the runtime is called;
 //! - [`state`]: what a process remembers between callbacks;
+//! - [`barrier`]: the panic barrier around every callback;
 //! - `hooks` (the exported symbols and the panic barrier), `local` (srun, sbatch, salloc) and
 //!   `remote` (slurmstepd), built only into the plugin: they call into the Slurm that loads it.
 //!
@@ -21,6 +22,7 @@
 
 #![warn(missing_docs)]
 
+pub mod barrier;
 pub mod config;
 pub mod entry;
 pub mod options;

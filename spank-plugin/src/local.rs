@@ -2,6 +2,7 @@
 //! are checked as they are parsed, so a bad one stops srun before anything is allocated; the
 //! request is completed from the environment after option parsing.
 
+use crate::barrier::fault_point;
 use crate::ffi::{self, Spank};
 use crate::options::{self, build_request};
 use crate::state::state;
@@ -25,6 +26,7 @@ pub fn option(val: i32, arg: Option<String>) -> Result<(), Error> {
 /// own `--container` (`SLURM_CONTAINER`, readable here with getenv).
 pub fn init_post_opt(_sp: Spank) -> Result<(), Error> {
     let mut st = state();
+    fault_point("init_post_opt", |k| std::env::var(k).ok());
     let request = build_request(
         &st.cli,
         |k| std::env::var(k).ok(),

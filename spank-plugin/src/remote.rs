@@ -5,6 +5,7 @@
 //! user (SchedMD bug 7573), so they are kept and reported from `task_init_privileged`, whose
 //! messages reach srun's stderr and whose failure fails the task without draining the node.
 
+use crate::barrier::fault_point;
 use crate::entry::{self, EntryError, StepInfo};
 use crate::ffi::{self, Spank};
 use crate::options::{self, build_request};
@@ -32,6 +33,7 @@ pub fn option(val: i32, arg: Option<String>) -> Result<(), Error> {
 /// the container if one was asked for.
 pub fn user_init(sp: Spank) -> Result<(), Error> {
     let mut st = state();
+    fault_point("user_init", |k| sp.getenv(k));
     let step = sp.step_info();
     let request = match build_request(&st.cli, |k| sp.getenv(k), sp.getenv("SLURM_CONTAINER")) {
         Ok(r) => r,
@@ -70,6 +72,7 @@ fn keep_for_tasks(pending: &mut Option<String>, step: &StepInfo, error: String) 
 /// prepared container.
 pub fn task_init_privileged(sp: Spank) -> Result<(), Error> {
     let st = state();
+    fault_point("task_init_privileged", |k| sp.getenv(k));
     if let Some(e) = &st.pending_error {
         return Err(match sp.task_id() {
             Some(0) | None => Error::Step(e.clone()),
