@@ -10,7 +10,8 @@
 # config, munge key and socket, spools, logs and pid files. slurmctld and every slurmd run in
 # their own network namespace (a veth on the bridge $SLIPWAY_CLUSTER_BRIDGE), UTS namespace
 # (own hostname: OpenMPI's shared-memory path assumes one host per hostname) and mount
-# namespace (a private /tmp per node: PMIx keeps per-node state there). Namespaces are entered
+# namespace (a private /tmp and /dev/shm per node: PMIx and MPI keep per-node state there), and
+# IPC namespace. Namespaces are entered
 # with `nsenter --net=`, not `ip netns exec`, which remounts /sys and hides the cgroup tree.
 # Needs root. See README.md beside this file.
 set -euo pipefail
@@ -49,6 +50,10 @@ ns_exec() {
             ;;
         esac
         mount --rbind "$tmpdir" /tmp
+        # Its own /dev/shm (and, with --ipc below, its own SysV IPC), as a separate machine
+        # has: MPI and PMIx shared-memory segments of different nodes, or of an earlier
+        # cluster that reused the same job ids, never meet. Freed with the namespace.
+        mount -t tmpfs -o mode=1777,nosuid,nodev,size=512m slipway-shm /dev/shm
     fi
     # Every node resolves every other node by name, without touching the host's /etc/hosts.
     mount --bind "$hosts" /etc/hosts
@@ -73,7 +78,7 @@ start_in_ns() {
     local ns=$1 host=$2 tmpdir=$3
     shift 3
     nsenter --net="/run/netns/$ns" \
-        unshare --uts --mount --propagation private -- \
+        unshare --uts --ipc --mount --propagation private -- \
         "$HERE/cluster.sh" _ns-exec "$host" "$tmpdir" "$STATE/etc/hosts" "$@"
 }
 

@@ -132,6 +132,26 @@ impl Cluster {
         cmd
     }
 
+    /// The last lines of the daemons' logs, for a failure message.
+    fn log_tails(&self) -> String {
+        let mut logs = vec![self.dir.join("ctl/slurmctld.log")];
+        for node in 1..=4 {
+            logs.push(self.dir.join(format!("nodes/node{node}/slurmd.log")));
+        }
+        let mut text = String::new();
+        for log in logs {
+            if let Ok(content) = std::fs::read_to_string(&log) {
+                let lines: Vec<&str> = content.lines().collect();
+                text += &format!("---- {} (last 20 lines)\n", log.display());
+                for line in &lines[lines.len().saturating_sub(20)..] {
+                    text += line;
+                    text.push('\n');
+                }
+            }
+        }
+        text
+    }
+
     /// Same, as root (for what needs no test user).
     fn root(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("timeout");
@@ -389,8 +409,29 @@ fn check_mpi(cluster: &Cluster) {
             .arg(workspace().join("tests/cluster/mpi_hello.c")),
     );
     let t0 = Instant::now();
-    let out = run_ok(&mut cluster.user(&["srun", "-N2", "-n4", "--mpi=pmix", "./mpi_hello"]));
+    // The transports a cluster without a fabric has: ob1 over shared memory and TCP on the
+    // node's veth. Left to itself, Open MPI also probes UCX, libfabric and openib.
+    let out = run(&mut cluster.user(&[
+        "env",
+        "OMPI_MCA_pml=ob1",
+        "OMPI_MCA_btl=self,vader,tcp",
+        "OMPI_MCA_btl_tcp_if_include=eth0",
+        "srun",
+        "-N2",
+        "-n4",
+        "--mpi=pmix",
+        "./mpi_hello",
+    ]));
     eprintln!("srun -N2 -n4 --mpi=pmix: {:.2?}", t0.elapsed());
+    assert!(
+        out.status.success(),
+        "MPI job failed with {}:\nstdout:\n{}\nstderr:\n{}\n{}",
+        out.status,
+        stdout(&out),
+        stderr(&out),
+        cluster.log_tails()
+    );
+    let out = stdout(&out);
     let mut ranks = Vec::new();
     let mut hosts = BTreeSet::new();
     for line in out.lines() {
