@@ -1,9 +1,11 @@
 //! The remote side: slurmstepd (`S_CTX_REMOTE`), once per node and step.
 //!
 //! `user_init` builds the request from the forwarded options and the job's environment and
-//! prepares the container ([`entry::prepare`]). Slurm does not show `user_init` errors to the
-//! user (SchedMD bug 7573), so they are kept and reported from `task_init_privileged`, whose
-//! messages reach srun's stderr and whose failure fails the task without draining the node.
+//! prepares the container ([`entry::prepare`]). It never fails: Slurm 22.05 turns a failed
+//! `user_init` into "task launch failed: Slurmd could not execve job" with srun exiting 0
+//! (cf. SchedMD bug 7573). Its errors are kept and reported from `task_init_privileged`,
+//! whose messages reach srun's stderr and whose failure fails every task (srun exits 1)
+//! without draining the node.
 
 use crate::barrier::fault_point;
 use crate::entry::{self, EntryError, StepInfo};
