@@ -123,6 +123,7 @@ write_config() {
         echo "NodeName=node$i NodeAddr=$(node_addr "$i") CPUs=2 RealMemory=1000 State=UNKNOWN"
     done >>"$STATE/etc/slurm.conf"
     sed -e "s|@CGROUP_PLUGIN@|$CGROUP_PLUGIN|g" "$HERE/cgroup.conf.in" >"$STATE/etc/cgroup.conf"
+    cp "$HERE/mpi.conf" "$STATE/etc/mpi.conf"
     {
         echo "127.0.0.1 localhost"
         echo "$HOST_ADDR slipway-host"
