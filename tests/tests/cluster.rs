@@ -7,17 +7,51 @@
 //! always takes it down (the guard's `Drop`); one lock keeps two clusters from running at once.
 
 use std::collections::BTreeSet;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
 use slipway_tests::{have, is_root, run, run_ok, skip, workspace};
 
-/// One cluster at a time on this machine. A panicking test poisons nothing that matters:
-/// the guard has already taken its cluster down.
+/// One cluster at a time on this machine: the tests of this file, and any other process
+/// running them, share one state directory and one set of names. A static Mutex serializes
+/// the threads of this process (taken back if a failed test poisoned it: its guard took its
+/// cluster down already); an exclusive `flock` on [`LOCK_FILE`] serializes processes.
 static ONE_CLUSTER: Mutex<()> = Mutex::new(());
+
+/// The lock file the cluster tests of every process take in turn.
+const LOCK_FILE: &str = "/run/lock/slipway-cluster-test.lock";
+
+/// Held while a test's cluster may exist.
+struct OneCluster {
+    _thread: MutexGuard<'static, ()>,
+    _process: std::fs::File,
+}
+
+fn one_cluster() -> OneCluster {
+    let thread = ONE_CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(LOCK_FILE)
+        .unwrap_or_else(|e| panic!("open {LOCK_FILE}: {e}"));
+    // SAFETY: flock on a descriptor this function owns; the lock goes with the File.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+    assert_eq!(
+        rc,
+        0,
+        "flock {LOCK_FILE}: {}",
+        std::io::Error::last_os_error()
+    );
+    OneCluster {
+        _thread: thread,
+        _process: file,
+    }
+}
 
 /// The unprivileged user the jobs run as (`cluster.sh` creates it).
 const TEST_USER: &str = "slipuser";
@@ -313,7 +347,7 @@ fn bare_metal_cluster() {
     if let Some(why) = cannot_run() {
         return skip(&why);
     }
-    let _one = ONE_CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = one_cluster();
     let cluster = Cluster::up(4, None);
     check_baseline(&cluster);
     check_mpi(&cluster);
@@ -523,7 +557,7 @@ fn spank_plugin_in_cluster() {
     if let Some(why) = cannot_run() {
         return skip(&why);
     }
-    let _one = ONE_CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = one_cluster();
     let so = plugin_so();
 
     // (c) A typo'd argument: slurmd refuses to start, and `up` shows why.
