@@ -11,12 +11,7 @@ use crate::Error;
 /// An option callback on the local side: check the value, remember it.
 pub fn option(val: i32, arg: Option<String>) -> Result<(), Error> {
     let spec = options::spec(val)?;
-    // Slurm passes a flag's value as NULL or "(null)"; its presence is what counts.
-    let value = if spec.is_flag() {
-        "1".to_string()
-    } else {
-        arg.unwrap_or_default()
-    };
+    let value = options::callback_value(spec, arg.as_deref(), false).unwrap_or_default();
     options::check_cli(spec, &value)?;
     state().cli.insert(spec.name, value);
     Ok(())

@@ -177,6 +177,21 @@ pub fn check_cli(spec: &OptionSpec, value: &str) -> Result<(), OptionError> {
         .map_err(|b| attach(b, cli_origin(spec, value)))
 }
 
+/// The value an option callback should remember, if any: "1" for a flag (whose value Slurm
+/// passes as NULL, "" or "(null)"), the argument otherwise. On the remote side Slurm calls
+/// back twice per option, once without a value: such a call carries nothing. On the local
+/// side a missing argument is kept as "" for the parser to refuse.
+pub fn callback_value(spec: &OptionSpec, arg: Option<&str>, remote: bool) -> Option<String> {
+    if spec.is_flag() {
+        return Some("1".to_string());
+    }
+    match arg {
+        Some(a) if !a.is_empty() && a != "(null)" => Some(a.to_string()),
+        _ if remote => None,
+        other => Some(other.unwrap_or_default().to_string()),
+    }
+}
+
 fn cli_origin(spec: &OptionSpec, value: &str) -> String {
     if spec.is_flag() {
         format!("--{}", spec.name)
@@ -454,6 +469,25 @@ mod tests {
             err.to_string(),
             "SLIPWAY_CONTAINER_WRITABLE=maybe: 'maybe' is not a boolean (1/0, true/false, yes/no)"
         );
+    }
+
+    #[test]
+    fn callback_values() {
+        let image = &OPTIONS[0];
+        let writable = OPTIONS.iter().find(|o| o.is_flag()).unwrap();
+        for remote in [false, true] {
+            for arg in [None, Some(""), Some("(null)")] {
+                assert_eq!(callback_value(writable, arg, remote).as_deref(), Some("1"));
+            }
+            assert_eq!(
+                callback_value(image, Some("x.sif"), remote).as_deref(),
+                Some("x.sif")
+            );
+        }
+        assert_eq!(callback_value(image, None, true), None);
+        assert_eq!(callback_value(image, Some(""), true), None);
+        assert_eq!(callback_value(image, Some(""), false).as_deref(), Some(""));
+        assert!(check_cli(image, "").is_err());
     }
 
     #[test]

@@ -15,19 +15,12 @@ use crate::state::state;
 use crate::Error;
 
 /// An option callback on the remote side: remember the value. Checking waits for `user_init`,
-/// where an error can be kept for the tasks to report. Slurm calls back twice per option, and
-/// passes a flag's value as NULL, "" or "(null)".
+/// where an error can be kept for the tasks to report.
 pub fn option(val: i32, arg: Option<String>) -> Result<(), Error> {
     let spec = options::spec(val)?;
-    let value = if spec.is_flag() {
-        "1".to_string()
-    } else {
-        match arg {
-            Some(a) if !a.is_empty() && a != "(null)" => a,
-            _ => return Ok(()),
-        }
-    };
-    state().cli.insert(spec.name, value);
+    if let Some(value) = options::callback_value(spec, arg.as_deref(), true) {
+        state().cli.insert(spec.name, value);
+    }
     Ok(())
 }
 
