@@ -391,6 +391,28 @@ fn check_baseline(cluster: &Cluster) {
     let nodes: BTreeSet<&str> = out.lines().filter_map(|l| l.split(' ').nth(1)).collect();
     assert_eq!(nodes.len(), 4, "8 tasks should spread over 4 nodes:\n{out}");
 
+    // With proctrack/cgroup, each node's steps live in that node's own cgroup tree, and
+    // task/cgroup puts every task in a devices cgroup (ConstrainDevices).
+    let conf = std::fs::read_to_string(cluster.conf()).unwrap();
+    if conf.contains("ProctrackType=proctrack/cgroup") {
+        let out = run_ok(&mut cluster.user(&[
+            "srun",
+            "-N2",
+            "sh",
+            "-c",
+            "echo $(hostname) $(grep -E '^[0-9]+:(freezer|devices):' /proc/self/cgroup)",
+        ]));
+        for line in out.lines() {
+            let node = line.split(' ').next().unwrap();
+            assert!(
+                line.contains(&format!(":freezer:/slurm_{node}/uid_"))
+                    && line.contains(&format!(":devices:/slurm_{node}/uid_"))
+                    && line.contains("/task_0"),
+                "tasks should be in their node's cgroups: {line}"
+            );
+        }
+    }
+
     // A batch script with two steps; its output file is written on the first node.
     let work = cluster.workdir();
     let script = work.join("two_steps.sh");
