@@ -241,17 +241,20 @@ up_failed() {
     cmd_down >/dev/null 2>&1 || true
 }
 
-# Kills the processes in pid files "$@" together: TERM, then KILL those still alive after 5 s.
+# Kills the processes in pid files "$2..." together with signal $1, then KILL those still
+# alive after 1 s (slurmd and slurmctld take about 2 s to exit on TERM; a test cluster has no
+# state worth that wait).
 kill_pidfiles() {
-    local f pid pids=()
+    local sig=$1 f pid pids=()
+    shift
     for f in "$@"; do
         [[ -f $f ]] || continue
         pid=$(cat "$f" 2>/dev/null || true)
         rm -f "$f"
-        [[ $pid =~ ^[0-9]+$ ]] && kill -TERM "$pid" 2>/dev/null && pids+=("$pid")
+        [[ $pid =~ ^[0-9]+$ ]] && kill "-$sig" "$pid" 2>/dev/null && pids+=("$pid")
     done
     local i alive
-    for ((i = 0; i < 50; i++)); do
+    for ((i = 0; i < 10; i++)); do
         alive=0
         for pid in "${pids[@]}"; do
             kill -0 "$pid" 2>/dev/null && alive=1
@@ -272,8 +275,9 @@ cmd_down() {
     fi
     local ns pids
     # slurmd first (its steps go with it), then slurmctld, then munged.
-    kill_pidfiles "$STATE"/nodes/*/slurmd.pid "$STATE/ctl/slurmctld.pid"
-    kill_pidfiles "$STATE/munge/munged.pid"
+    kill_pidfiles TERM "$STATE"/nodes/*/slurmd.pid "$STATE/ctl/slurmctld.pid"
+    # munged has nothing to save, and takes seconds to exit on TERM.
+    kill_pidfiles KILL "$STATE/munge/munged.pid"
     # Anything still in our namespaces (a slurmstepd, a job's task, a daemon whose pid file was
     # never written): kill it. The namespace list is what `up` recorded, plus the names `up`
     # would use, so a half-written list still gets cleaned.
