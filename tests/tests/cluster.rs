@@ -62,9 +62,26 @@ const NS_PREFIX: &str = "slipt";
 const BRIDGE: &str = "sliptbr0";
 const SUBNET: &str = "10.77.1";
 
+/// A command without what the test's own environment could carry into the cluster: `SLURM_*`
+/// (inside an allocation, srun would try to join that job), `SLIPWAY_CONTAINER_*` (would
+/// ask the plugin for a container), `SLIPWAY_SPANK_*` (plugin and fault point).
+fn clean_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut cmd = Command::new(program);
+    for (name, _) in std::env::vars_os() {
+        let n = name.to_string_lossy();
+        if ["SLURM_", "SLIPWAY_CONTAINER_", "SLIPWAY_SPANK_"]
+            .iter()
+            .any(|p| n.starts_with(p))
+        {
+            cmd.env_remove(&name);
+        }
+    }
+    cmd
+}
+
 /// `cluster.sh VERB` for the test's cluster.
 fn script_cmd(verb: &str) -> Command {
-    let mut cmd = Command::new(workspace().join("tests/cluster/cluster.sh"));
+    let mut cmd = clean_command(workspace().join("tests/cluster/cluster.sh"));
     cmd.arg(verb)
         .env("SLIPWAY_CLUSTER_DIR", STATE_DIR)
         .env("SLIPWAY_CLUSTER_NAME", NS_PREFIX)
@@ -158,7 +175,7 @@ impl Cluster {
     /// `args` run as the test user against this cluster, in the work directory, with a time
     /// limit so a hung step fails the test instead of hanging it.
     fn user(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new("timeout");
+        let mut cmd = clean_command("timeout");
         cmd.args(["120", "runuser", "-u", TEST_USER, "--", "env"])
             .arg(format!("SLURM_CONF={}", self.conf().display()))
             .args(args)
@@ -188,7 +205,7 @@ impl Cluster {
 
     /// Same, as root (for what needs no test user).
     fn root(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new("timeout");
+        let mut cmd = clean_command("timeout");
         cmd.arg("120")
             .args(args)
             .env("SLURM_CONF", self.conf())
@@ -757,7 +774,7 @@ fn spank_plugin_in_cluster() {
         })
         .collect();
     std::fs::write(etc.join("slurm-typo.conf"), conf).unwrap();
-    let out = run(Command::new("timeout")
+    let out = run(clean_command("timeout")
         .args(["60", "srun", "true"])
         .env("SLURM_CONF", etc.join("slurm-typo.conf")));
     assert!(
