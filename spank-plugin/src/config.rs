@@ -27,7 +27,7 @@ const KNOWN: &str = "policy=PATH";
 /// A bad plugin argument.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
-    /// Not one of [`KNOWN`].
+    /// Not a known argument (`policy`).
     #[error("unknown plugin argument '{0}' in plugstack.conf (known: {KNOWN})")]
     Unknown(String),
     /// No `=`.
