@@ -614,6 +614,22 @@ fn spank_plugin_in_cluster() {
     let left = Footprint::of(Path::new(STATE_DIR));
     assert!(left.is_clean(), "a failed up left: {left:#?}");
 
+    // Only plugin_* and slurm_spank_* leave the plugin.
+    if have("nm") {
+        let syms = run_ok(Command::new("nm").args(["-D", "--defined-only"]).arg(&so));
+        let names: Vec<&str> = syms
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(2))
+            .collect();
+        assert!(names.contains(&"plugin_version") && names.contains(&"slurm_spank_init"));
+        for name in &names {
+            assert!(
+                name.starts_with("plugin_") || name.starts_with("slurm_spank_"),
+                "the plugin exports {name}"
+            );
+        }
+    }
+
     let cluster = Cluster::up(4, Some((&so, "policy=/etc/slipway/policy.toml")));
     let plugstack = std::fs::read_to_string(cluster.dir.join("etc/plugstack.conf")).unwrap();
     assert!(
