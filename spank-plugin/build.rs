@@ -17,6 +17,8 @@ fn main() {
         .default_enum_style(bindgen::EnumVariation::Consts)
         .prepend_enum_name(false)
         .layout_tests(false)
+        // The workspace's rust-version (1.75): no `unsafe extern` blocks.
+        .rust_target(bindgen::RustTarget::stable(75, 0).expect("a Rust version bindgen knows"))
         .parse_callbacks(Box::new(bindgen::CargoCallbacks::new()));
     // A Slurm installed outside the default include path.
     if let Ok(dir) = std::env::var("SLURM_INCLUDE_DIR") {

@@ -165,6 +165,9 @@ pub unsafe fn cstr(p: *const c_char) -> Option<String> {
     (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
 }
 
+/// The format every log call uses: the message is data, never a format.
+const PERCENT_S: &[u8] = b"%s\0";
+
 fn c_message(msg: &str) -> CString {
     CString::new(msg.replace('\0', " ")).expect("NULs replaced")
 }
@@ -174,19 +177,19 @@ fn c_message(msg: &str) -> CString {
 pub fn log_error(msg: &str) {
     let m = c_message(msg);
     // SAFETY: a "%s" format with one C string.
-    unsafe { sys::slurm_error(c"%s".as_ptr(), m.as_ptr()) }
+    unsafe { sys::slurm_error(PERCENT_S.as_ptr().cast(), m.as_ptr()) }
 }
 
 /// `slurm_verbose`: shown with `srun -v`, logged by slurmd at verbose.
 pub fn log_verbose(msg: &str) {
     let m = c_message(msg);
     // SAFETY: a "%s" format with one C string.
-    unsafe { sys::slurm_verbose(c"%s".as_ptr(), m.as_ptr()) }
+    unsafe { sys::slurm_verbose(PERCENT_S.as_ptr().cast(), m.as_ptr()) }
 }
 
 /// `slurm_debug`.
 pub fn log_debug(msg: &str) {
     let m = c_message(msg);
     // SAFETY: a "%s" format with one C string.
-    unsafe { sys::slurm_debug(c"%s".as_ptr(), m.as_ptr()) }
+    unsafe { sys::slurm_debug(PERCENT_S.as_ptr().cast(), m.as_ptr()) }
 }
