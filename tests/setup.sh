@@ -5,7 +5,7 @@ set -euo pipefail
 
 PACKAGES=(
   # images
-  squashfs-tools squashfuse fuse3 umoci skopeo erofs-utils
+  squashfs-tools squashfuse fuse3 umoci skopeo erofs-utils zstd tar python3 coreutils
   # entering containers, and what the benchmarks compare against
   util-linux uidmap bubblewrap charliecloud-runtime hyperfine
   # Slurm cluster, MPI

@@ -1,0 +1,84 @@
+//! The remote side: slurmstepd (`S_CTX_REMOTE`), once per node and step.
+//!
+//! `user_init` builds the request from the forwarded options and the job's environment and
+//! prepares the container ([`entry::prepare`]). It never fails: Slurm 22.05 turns a failed
+//! `user_init` into "task launch failed: Slurmd could not execve job" with srun exiting 0
+//! (cf. SchedMD bug 7573). Its errors are kept and reported from `task_init_privileged`,
+//! whose messages reach srun's stderr and whose failure fails every task (srun exits 1)
+//! without draining the node.
+
+use crate::barrier::fault_point;
+use crate::entry::{self, EntryError, StepInfo};
+use crate::ffi::{self, Spank};
+use crate::options::{self, build_request};
+use crate::state::state;
+use crate::Error;
+
+/// An option callback on the remote side: remember the value. Checking waits for `user_init`,
+/// where an error can be kept for the tasks to report.
+pub fn option(val: i32, arg: Option<String>) -> Result<(), Error> {
+    let spec = options::spec(val)?;
+    if let Some(value) = options::callback_value(spec, arg.as_deref(), true) {
+        state().cli.insert(spec.name, value);
+    }
+    Ok(())
+}
+
+/// `slurm_spank_user_init` (root, once per node and step): record the request and prepare
+/// the container if one was asked for.
+pub fn user_init(sp: Spank) -> Result<(), Error> {
+    let mut st = state();
+    fault_point("user_init", |k| sp.getenv(k));
+    let step = sp.step_info();
+    let request = match build_request(&st.cli, |k| sp.getenv(k), sp.getenv("SLURM_CONTAINER")) {
+        Ok(r) => r,
+        Err(e) => {
+            keep_for_tasks(&mut st.pending_error, &step, e.to_string());
+            return Ok(());
+        }
+    };
+    if request.wants_container() {
+        ffi::log_verbose(&format!(
+            "slipway: job {} step {} uid {}: requested {request:?}",
+            step.job_id, step.step_id, step.uid
+        ));
+        let config = st.config.clone().unwrap_or_default();
+        match entry::prepare(&request, &config, &step) {
+            Ok(prepared) => st.prepared = Some(prepared),
+            Err(e) => keep_for_tasks(&mut st.pending_error, &step, e.to_string()),
+        }
+    }
+    st.request = Some(request);
+    Ok(())
+}
+
+/// Keeps an error for the tasks to report, noting it in the slurmd log (at verbose: the user
+/// sees it once per node, from the tasks).
+fn keep_for_tasks(pending: &mut Option<String>, step: &StepInfo, error: String) {
+    ffi::log_verbose(&format!(
+        "slipway: job {} step {}: {error}",
+        step.job_id, step.step_id
+    ));
+    *pending = Some(error);
+}
+
+/// `slurm_spank_task_init_privileged` (root, in each task before it becomes the user): report
+/// what `user_init` kept (once per node, from local task 0; every task fails), or enter the
+/// prepared container.
+pub fn task_init_privileged(sp: Spank) -> Result<(), Error> {
+    let st = state();
+    fault_point("task_init_privileged", |k| sp.getenv(k));
+    if let Some(e) = &st.pending_error {
+        return Err(match sp.task_id() {
+            Some(0) | None => Error::Step(e.clone()),
+            Some(_) => Error::Reported,
+        });
+    }
+    if let Some(prepared) = &st.prepared {
+        let task = sp.task_id().unwrap_or(0);
+        prepared
+            .enter_task(task)
+            .map_err(|e: EntryError| Error::Step(e.to_string()))?;
+    }
+    Ok(())
+}

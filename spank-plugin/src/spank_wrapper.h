@@ -1,0 +1,3 @@
+#include <slurm/spank.h>
+#include <slurm/slurm_version.h>
+#include <slurm/slurm_errno.h>
