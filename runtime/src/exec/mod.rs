@@ -593,7 +593,7 @@ fn identity_files(plan: &Plan, img: &Path) -> Result<(String, String), ExecError
     // A shell the image lacks would make login shells fail: use /bin/sh.
     if let Some(shell) = line.get(6) {
         let r = rootfs::resolve(img, Path::new(shell)).ok();
-        if shell.is_empty() || r.is_none_or(|r| r.existing.is_some()) {
+        if shell.is_empty() || !matches!(r, Some(r) if r.existing.is_none()) {
             line[6] = "/bin/sh".into();
         }
     }

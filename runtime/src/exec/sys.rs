@@ -38,6 +38,10 @@ pub const MOUNT_ATTR_NOSUID: u64 = 0x02;
 /// `MOUNT_ATTR_NODEV`.
 pub const MOUNT_ATTR_NODEV: u64 = 0x04;
 const OPEN_TREE_CLONE: u32 = 1;
+// NUL-terminated paths (not C string literals: the workspace's rust-version is 1.75).
+const EMPTY: &[u8] = b"\0";
+const DOT: &[u8] = b".\0";
+const SLASH: &[u8] = b"/\0";
 const MOVE_MOUNT_F_EMPTY_PATH: u32 = 0x04;
 const MOVE_MOUNT_T_EMPTY_PATH: u32 = 0x40;
 
@@ -160,7 +164,14 @@ impl Sys for Linux {
             flags |= libc::AT_RECURSIVE as u32;
         }
         // SAFETY: open_tree with an fd and an empty NUL-terminated path.
-        let rc = unsafe { libc::syscall(libc::SYS_open_tree, fd.as_raw_fd(), c"".as_ptr(), flags) };
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_open_tree,
+                fd.as_raw_fd(),
+                EMPTY.as_ptr().cast::<libc::c_char>(),
+                flags,
+            )
+        };
         let fd = check(rc, "open_tree", what)?;
         // SAFETY: the kernel returned a new fd that nothing else owns.
         Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
@@ -188,7 +199,7 @@ impl Sys for Linux {
             libc::syscall(
                 libc::SYS_mount_setattr,
                 fd.as_raw_fd(),
-                c"".as_ptr(),
+                EMPTY.as_ptr().cast::<libc::c_char>(),
                 flags,
                 &attr as *const MountAttr,
                 std::mem::size_of::<MountAttr>(),
@@ -204,9 +215,9 @@ impl Sys for Linux {
             libc::syscall(
                 libc::SYS_move_mount,
                 from.as_raw_fd(),
-                c"".as_ptr(),
+                EMPTY.as_ptr().cast::<libc::c_char>(),
                 to.as_raw_fd(),
-                c"".as_ptr(),
+                EMPTY.as_ptr().cast::<libc::c_char>(),
                 MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
             )
         };
@@ -243,14 +254,20 @@ impl Sys for Linux {
         // SAFETY: r is NUL-terminated.
         check(unsafe { libc::chdir(r.as_ptr()) } as _, "chdir", new_root)?;
         // SAFETY: "." is NUL-terminated.
-        let rc = unsafe { libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) };
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_pivot_root,
+                DOT.as_ptr().cast::<libc::c_char>(),
+                DOT.as_ptr().cast::<libc::c_char>(),
+            )
+        };
         check(rc, "pivot_root", new_root)?;
         // SAFETY: as above.
-        let rc = unsafe { libc::umount2(c".".as_ptr(), libc::MNT_DETACH) };
+        let rc = unsafe { libc::umount2(DOT.as_ptr().cast::<libc::c_char>(), libc::MNT_DETACH) };
         check(rc as _, "umount2", Path::new("(old root)"))?;
         // SAFETY: as above.
         check(
-            unsafe { libc::chdir(c"/".as_ptr()) } as _,
+            unsafe { libc::chdir(SLASH.as_ptr().cast::<libc::c_char>()) } as _,
             "chdir",
             Path::new("/"),
         )?;
