@@ -30,6 +30,8 @@ struct Fx {
     gid: u32,
     groups: Vec<u32>,
     home: PathBuf,
+    /// The host's squashfs mounts before any test ran.
+    squash_mounts_before: Vec<String>,
 }
 
 fn write(p: &Path, text: &str) {
@@ -202,6 +204,7 @@ fn fx() -> Option<&'static Fx> {
             gid,
             groups,
             home,
+            squash_mounts_before: squash_mounts(),
         })
     })
     .as_ref()
@@ -909,15 +912,31 @@ fn assert_clean(fx: &Fx) {
         Vec::<u32>::new(),
         "squashfuse left running"
     );
+    // Squashfs and squashfuse mounts other than those there before the tests (other
+    // software on the machine may have its own), and anything of the fixtures.
+    let before = &fx.squash_mounts_before;
+    for l in squash_mounts() {
+        assert!(before.contains(&l), "mount left on the host: {l}");
+    }
     let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     for l in mi.lines() {
-        assert!(
-            !l.contains(root) && !l.contains("squashfuse") && !l.contains(" squashfs "),
-            "mount left on the host: {l}"
-        );
+        assert!(!l.contains(root), "mount left on the host: {l}");
     }
     let loops = run_ok(Command::new("losetup").arg("-a"));
     assert!(!loops.contains(root), "loop device left: {loops}");
+}
+
+/// The host's squashfs and squashfuse mounts (mount point and source).
+fn squash_mounts() -> Vec<String> {
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    mi.lines()
+        .filter(|l| l.contains("squashfuse") || l.contains(" squashfs "))
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let dash = f.iter().position(|x| *x == "-").unwrap_or(f.len() - 1);
+            format!("{} {}", f[4], f.get(dash + 2).unwrap_or(&""))
+        })
+        .collect()
 }
 
 /// squashfuse processes that hold one of the fixture images open.
