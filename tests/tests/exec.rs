@@ -863,6 +863,15 @@ fn explain_shows_the_plan() {
     assert!(out.status.success(), "{text}");
     assert!(text.starts_with("mode: unprivileged"), "{text}");
     assert!(text.contains("  mount: squashfuse_ll -o offset="), "{text}");
+    // The image's environment, read without mounting, with what will not be applied.
+    assert!(
+        text.contains("  set IMAGE_VAR=from image (image /.singularity.d/env/90-environment.sh:3)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("  not applied: /.singularity.d/env/90-environment.sh:4: if "),
+        "{text}"
+    );
     let out = slipway_root(
         fx,
         &[

@@ -110,6 +110,7 @@ pub fn build_plan(
     image: &Path,
     command: Vec<String>,
     shell: bool,
+    read_image_env: bool,
 ) -> anyhow::Result<(Plan, HostFacts)> {
     // SAFETY: geteuid has no preconditions.
     let euid = libc_geteuid();
@@ -147,9 +148,23 @@ pub fn build_plan(
         contain: opts.contain,
         no_home: opts.no_home,
         writable_tmpfs: opts.writable_tmpfs,
+        // `explain` shows the image's environment, read without mounting; the launch reads it
+        // from the mounted image instead (no second pass over the file).
+        image_env: read_image_env.then(|| image_env(&image)).flatten(),
     };
     let plan = plan::build(&req, &policy, &host, &image, &RealFs)?;
     Ok((plan, host))
+}
+
+/// The image's environment scripts, parsed, if the image can be read without mounting.
+fn image_env(image: &Image) -> Option<Vec<envfile::EnvScript>> {
+    let i = slipway_runtime::image::inspect(image).ok()?;
+    Some(
+        i.environment
+            .iter()
+            .map(|f| envfile::parse(&f.path, &f.content))
+            .collect(),
+    )
 }
 
 fn libc_geteuid() -> u32 {
@@ -174,7 +189,7 @@ fn launch(plan: Plan, host: HostFacts) -> anyhow::Result<ExitCode> {
 
 /// Runs `slipway exec`.
 pub fn run_exec(a: ExecArgs) -> anyhow::Result<ExitCode> {
-    let (plan, host) = build_plan(&a.opts, &a.image, a.command, false)?;
+    let (plan, host) = build_plan(&a.opts, &a.image, a.command, false, false)?;
     launch(plan, host)
 }
 
@@ -182,13 +197,13 @@ pub fn run_exec(a: ExecArgs) -> anyhow::Result<ExitCode> {
 pub fn run_run(a: RunArgs) -> anyhow::Result<ExitCode> {
     let mut cmd = vec![RUNSCRIPT.to_string()];
     cmd.extend(a.args);
-    let (plan, host) = build_plan(&a.opts, &a.image, cmd, false)?;
+    let (plan, host) = build_plan(&a.opts, &a.image, cmd, false, false)?;
     launch(plan, host)
 }
 
 /// Runs `slipway shell`.
 pub fn run_shell(a: ShellArgs) -> anyhow::Result<ExitCode> {
-    let (plan, host) = build_plan(&a.opts, &a.image, vec!["/bin/bash".into()], true)?;
+    let (plan, host) = build_plan(&a.opts, &a.image, vec!["/bin/bash".into()], true, false)?;
     launch(plan, host)
 }
 

@@ -29,7 +29,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     } else {
         a.command
     };
-    let (plan, _) = build_plan(&a.opts, &a.image, command, false)?;
+    let (plan, _) = build_plan(&a.opts, &a.image, command, false, true)?;
     let text = if a.json {
         serde_json::to_string_pretty(&plan)? + "\n"
     } else {

@@ -52,6 +52,8 @@ pub struct Leftover {
 /// A parsed environment script.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct EnvScript {
+    /// The file name given to [`parse`].
+    pub file: String,
     /// Assignments in order.
     pub assignments: Vec<Assignment>,
     /// Lines that were not understood.
@@ -60,7 +62,10 @@ pub struct EnvScript {
 
 /// Parses one script. `file` names it in leftovers.
 pub fn parse(file: &str, text: &str) -> EnvScript {
-    let mut out = EnvScript::default();
+    let mut out = EnvScript {
+        file: file.to_string(),
+        ..Default::default()
+    };
     // Depth of shell blocks (if/for/while/case/functions): nothing inside one is applied,
     // since whether it runs depends on the shell.
     let mut depth = 0usize;

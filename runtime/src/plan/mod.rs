@@ -66,6 +66,9 @@ pub struct Request {
     pub no_home: bool,
     /// `--writable-tmpfs`.
     pub writable_tmpfs: bool,
+    /// The image's environment scripts when known ahead (`explain` reads them without
+    /// mounting); shown by `explain`. The launch itself reads them from the mounted image.
+    pub image_env: Option<Vec<EnvScript>>,
 }
 
 /// Privileged (root: mount namespace only) or unprivileged (user namespace).
@@ -222,6 +225,8 @@ pub struct EnvPlan {
     pub env_file: Option<EnvScript>,
     /// Leftover lines of `--env-file` (not applied).
     pub env_file_leftovers: Vec<Leftover>,
+    /// The image's scripts, when known at planning time (for `explain`).
+    pub image_scripts: Option<Vec<EnvScript>>,
 }
 
 /// Who the command runs as.
@@ -848,6 +853,7 @@ pub fn build(
             decisions,
             env_file: req.env_file.as_ref().map(|(_, s)| s.clone()),
             env_file_leftovers,
+            image_scripts: req.image_env.clone(),
         },
         cwd,
         command: req.command.clone(),

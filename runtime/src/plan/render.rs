@@ -3,6 +3,7 @@
 use std::fmt::Write;
 
 use super::{EnvAction, ImageMount, MountKind, Plan, IMAGE_ENV_DIR};
+use crate::image::envfile::{EnvScript, Part};
 
 /// Renders the plan.
 pub fn text(p: &Plan) -> String {
@@ -113,11 +114,16 @@ pub fn text(p: &Plan) -> String {
                 };
                 let _ = writeln!(w, "  set {}{v} ({}) [{}]", d.name, d.origin, d.rule);
                 if d.origin == "slipway" && d.name == "SLIPWAY_CONTAINER" {
-                    let _ = writeln!(
-                        w,
-                        "  image {IMAGE_ENV_DIR}/*.sh applied here, in name order (unknown \
-                         forms reported)"
-                    );
+                    match &p.env.image_scripts {
+                        None => {
+                            let _ = writeln!(
+                                w,
+                                "  image {IMAGE_ENV_DIR}/*.sh applied here, in name order \
+                                 (unknown forms reported)"
+                            );
+                        }
+                        Some(scripts) => image_env(w, scripts),
+                    }
                 }
             }
         }
@@ -149,6 +155,43 @@ pub fn text(p: &Plan) -> String {
         }
     }
     s
+}
+
+/// The image's assignments, as the shell would write them, and what is not applied.
+fn image_env(w: &mut String, scripts: &[EnvScript]) {
+    for sc in scripts {
+        for a in &sc.assignments {
+            let _ = writeln!(
+                w,
+                "  set {}={} (image {}:{}) [image]",
+                a.name,
+                word(&a.value),
+                sc.file,
+                a.line
+            );
+        }
+        for l in &sc.leftovers {
+            let _ = writeln!(
+                w,
+                "  not applied: {}:{}: {} ({})",
+                l.file,
+                l.line,
+                l.text.trim(),
+                l.why
+            );
+        }
+    }
+}
+
+fn word(parts: &[Part]) -> String {
+    parts
+        .iter()
+        .map(|p| match p {
+            Part::Lit(l) => l.clone(),
+            Part::Var(v) => format!("${{{v}}}"),
+            Part::Default(v, d) => format!("${{{v}:-{}}}", word(d)),
+        })
+        .collect()
 }
 
 fn mode(p: &Plan) -> &'static str {
