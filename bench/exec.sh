@@ -100,7 +100,7 @@ hyperfine -N -w 20 -r "$RUNS" --export-json "$W/results.json" --output "$W/main.
 # loop device, the squashfs superblock and its page cache are shared.
 "$SLIPWAY" exec --policy "$W/trusted.toml" "$W/image.sif" /bin/probe --sleep 3600 >/dev/null &
 HOLDER=$!
-trap 'kill $HOLDER 2>/dev/null; wait $HOLDER 2>/dev/null; rm -rf "$W"' EXIT
+trap 'kill $HOLDER 2>/dev/null || true; wait $HOLDER 2>/dev/null || true; rm -rf "$W"' EXIT
 sleep 0.5
 hyperfine -N -w 20 -r "$RUNS" --export-json "$W/shared.json" --output "$W/shared.log" \
   -n "slipway SIF kernel mount (root, image in use)" "$SLIPWAY exec --policy $W/trusted.toml $W/image.sif /bin/probe" \
