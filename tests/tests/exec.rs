@@ -188,6 +188,7 @@ fn fx() -> Option<&'static Fx> {
                 root.display()
             ),
         );
+        write(&root.join("default.toml"), "# every key at its default\n");
         write(
             &root.join("private-tmp.toml"),
             "[tmp]\nmode = \"private\"\nsize = \"16m\"\n\n[env]\nset = { FORCED = \"by-policy\" }\n",
@@ -227,8 +228,20 @@ fn need() -> Option<&'static Fx> {
 /// Runs slipway as root (with `--as-user` the test user, as the SPANK plugin would).
 fn slipway_root(fx: &Fx, args: &[&str]) -> Output {
     let mut c = Command::new(slipway_bin());
-    c.args(args).current_dir(&fx.root);
+    c.args(with_policy(fx, args)).current_dir(&fx.root);
     run(&mut c)
+}
+
+/// `args` with `--policy` set to an explicit all-defaults file when they name none, so the
+/// tests do not depend on whatever `/etc/slipway/policy.toml` this machine has.
+fn with_policy(fx: &Fx, args: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let verb = ["exec", "run", "shell", "explain"].contains(&args.first().copied().unwrap_or(""));
+    if verb && !args.contains(&"--policy") {
+        v.insert(1, "--policy".into());
+        v.insert(2, policy(fx, "default.toml"));
+    }
+    v
 }
 
 /// Runs slipway as the unprivileged test user.
@@ -236,7 +249,7 @@ fn slipway_user(fx: &Fx, args: &[&str]) -> Output {
     let mut c = Command::new("setpriv");
     c.args(["--reuid", USER, "--regid", USER, "--init-groups"])
         .arg(slipway_bin())
-        .args(args)
+        .args(with_policy(fx, args))
         .current_dir(&fx.root);
     run(&mut c)
 }
@@ -559,6 +572,8 @@ fn environment_rules() {
         .env("FROM_IMAGE", "host wins over ${:-} defaults")
         .args([
             "exec",
+            "--policy",
+            &policy(fx, "default.toml"),
             "--env-file",
             envf.to_str().unwrap(),
             "--env",
@@ -580,7 +595,12 @@ fn environment_rules() {
     c.current_dir(&fx.root)
         .env("SLURM_JOB_ID", "42")
         .env("RANDOM_HOST_VAR", "x")
-        .args(["exec", "--cleanenv"])
+        .args([
+            "exec",
+            "--policy",
+            &policy(fx, "default.toml"),
+            "--cleanenv",
+        ])
         .arg(&fx.dir)
         .arg("/bin/probe");
     let out = run(&mut c);
@@ -698,8 +718,9 @@ fn exit_status_and_signals() {
     );
     assert_eq!(out.status.signal(), Some(15));
     let script = format!(
-        "{} exec {} /bin/probe --signal 15 >/dev/null; echo $?",
+        "{} exec --policy {} {} /bin/probe --signal 15 >/dev/null; echo $?",
         slipway_bin().display(),
+        policy(fx, "default.toml"),
         fx.dir.display()
     );
     let out = run(Command::new("sh")
@@ -890,7 +911,8 @@ fn explain_shows_the_plan() {
         serde_json::json!(["/.singularity.d/runscript"])
     );
     if !Path::new("/etc/slipway/policy.toml").exists() {
-        let out = slipway_user(fx, &["explain", fx.sif.to_str().unwrap()]);
+        let mut c = Command::new(slipway_bin());
+        let out = run(c.args(["explain"]).arg(&fx.sif));
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(
             text.contains("policy: built-in defaults (no policy file at /etc/slipway/policy.toml)"),
@@ -992,9 +1014,12 @@ fn no_temp_files_left() {
             if c.get_program() == "setpriv" {
                 c.args(["--reuid", USER, "--regid", USER, "--init-groups"])
                     .arg(slipway_bin());
-                c.args(["exec", fx.sqfs.to_str().unwrap(), cmd]);
+                c.args(with_policy(fx, &["exec", fx.sqfs.to_str().unwrap(), cmd]));
             } else {
-                c.args(["exec", "--as-user", &uid, fx.sqfs.to_str().unwrap(), cmd]);
+                c.args(with_policy(
+                    fx,
+                    &["exec", "--as-user", &uid, fx.sqfs.to_str().unwrap(), cmd],
+                ));
             }
             c.env("TMPDIR", tmp.path()).current_dir(&fx.root);
             let out = run(&mut c);
