@@ -1139,3 +1139,36 @@ fn an_image_with_its_mount_points_is_the_root() {
     }
     assert_clean(fx);
 }
+
+/// An image made by `slipway build` (with the Apptainer skeleton, whose `99-base.sh` uses
+/// `if [ -z ... ]` blocks) runs without warnings, and the skeleton's environment applies:
+/// the builder and the entry agree on the env-script forms.
+#[test]
+fn built_image_runs_without_warnings() {
+    let _serial = serial();
+    let Some(fx) = need() else { return };
+    let tree = fx.root.join("built-tree");
+    let _ = std::fs::remove_dir_all(&tree);
+    std::fs::create_dir_all(tree.join("bin")).unwrap();
+    std::fs::copy(fx.dir.join("bin/probe"), tree.join("bin/probe")).unwrap();
+    let sif = fx.root.join("built.sif");
+    run_ok(
+        Command::new(slipway_bin())
+            .args(["build", "-q", "--force"])
+            .arg(&sif)
+            .arg(&tree),
+    );
+    chmod(&sif, 0o644);
+    let uid = fx.uid.to_string();
+    let pol = policy(fx, "trusted.toml");
+    let out = slipway_root(
+        fx,
+        &args(&["exec", "--policy", &pol, "--as-user", &uid], &sif, &PROBE),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let r = report(&out);
+    assert!(!stderr.contains("warning"), "warnings: {stderr}");
+    assert_eq!(r["env"]["LD_LIBRARY_PATH"], "/.singularity.d/libs", "{r}");
+    std::fs::remove_file(&sif).unwrap();
+    assert_clean(fx);
+}

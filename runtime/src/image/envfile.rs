@@ -8,6 +8,9 @@
 //! - `export K=V`, `export K="V"`, `export K='V'`, and the same without `export`;
 //! - `export K="${K:-"V"}"` (keep the value from the host, else `V`), `${K:-V}`, `${K}`, `$K`
 //!   references inside unquoted and double-quoted words;
+//! - `if [ -z "$K" ]; then ASSIGNMENTS [else ASSIGNMENTS] fi` (also `${K}`, `${K:-}`,
+//!   `[[ ]]`, `test`), the form of Apptainer's own `99-base.sh`: each assignment becomes
+//!   conditional on K being empty;
 //! - comments, blank lines and the `#!/bin/sh` line.
 
 use std::collections::BTreeMap;
@@ -23,6 +26,8 @@ pub enum Part {
     Var(String),
     /// `${K:-WORD}`: the value of K when set and not empty, else WORD.
     Default(String, Vec<Part>),
+    /// `if [ -z "$K" ]; then X=A; else X=B; fi`: A when K is unset or empty, else B.
+    IfEmpty(String, Vec<Part>, Vec<Part>),
 }
 
 /// An assignment `K=WORD` found in a script.
@@ -69,7 +74,12 @@ pub fn parse(file: &str, text: &str) -> EnvScript {
     // Depth of shell blocks (if/for/while/case/functions): nothing inside one is applied,
     // since whether it runs depends on the shell.
     let mut depth = 0usize;
-    for (i, raw) in text.lines().enumerate() {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut skip_until = 0usize;
+    for (i, raw) in lines.iter().enumerate() {
+        if i < skip_until {
+            continue;
+        }
         let lineno = i + 1;
         let line = raw.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -82,6 +92,13 @@ pub fn parse(file: &str, text: &str) -> EnvScript {
             why: why.to_string(),
         };
         let first = line.split([' ', '\t', ';']).next().unwrap_or("");
+        if depth == 0 && first == "if" {
+            if let Some(block) = parse_if_empty(&lines, i) {
+                out.assignments.extend(block.assignments);
+                skip_until = block.end;
+                continue;
+            }
+        }
         let opens =
             matches!(first, "if" | "for" | "while" | "until" | "case") || line.ends_with('{');
         let closes = matches!(first, "fi" | "done" | "esac" | "}");
@@ -113,6 +130,94 @@ pub fn parse(file: &str, text: &str) -> EnvScript {
         }
     }
     out
+}
+
+/// The conditional assignments of an `if [ -z "$K" ]` block, and the index of the line after
+/// its `fi`.
+struct IfEmptyBlock {
+    assignments: Vec<Assignment>,
+    end: usize,
+}
+
+/// Recognises `if [ -z "$K" ]; then A...; [else B...;] fi` starting at `lines[start]`, where
+/// the branches hold only assignments (and `export NAME` lines). Anything else: `None`, and the
+/// block is reported as shell control flow.
+fn parse_if_empty(lines: &[&str], start: usize) -> Option<IfEmptyBlock> {
+    let head = lines[start].trim();
+    let rest = head.strip_prefix("if ")?.trim();
+    let cond = rest
+        .strip_suffix("then")?
+        .trim_end()
+        .strip_suffix(';')?
+        .trim();
+    let inner = if let Some(c) = cond.strip_prefix("[[").and_then(|c| c.strip_suffix("]]")) {
+        c
+    } else if let Some(c) = cond.strip_prefix('[').and_then(|c| c.strip_suffix(']')) {
+        c
+    } else {
+        cond.strip_prefix("test ")?
+    };
+    let operand = inner.trim().strip_prefix("-z")?.trim();
+    let unquoted = operand
+        .strip_prefix('"')
+        .and_then(|o| o.strip_suffix('"'))
+        .unwrap_or(operand);
+    let var = unquoted
+        .strip_prefix("${")
+        .and_then(|v| v.strip_suffix('}'))
+        .map(|v| v.strip_suffix(":-").unwrap_or(v))
+        .or_else(|| unquoted.strip_prefix('$'))?;
+    if !valid_name(var) {
+        return None;
+    }
+    let (mut then_, mut else_) = (Vec::new(), Vec::new());
+    let mut in_else = false;
+    for (i, raw) in lines.iter().enumerate().skip(start + 1) {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        match line {
+            "else" if !in_else => in_else = true,
+            "fi" => {
+                let mut names: Vec<&String> = then_
+                    .iter()
+                    .chain(else_.iter())
+                    .map(|(n, _, _): &(String, Vec<Part>, usize)| n)
+                    .collect();
+                names.sort();
+                names.dedup();
+                let mut assignments = Vec::new();
+                // Each name keeps its own value in the branch that does not assign it.
+                for name in names {
+                    let pick = |b: &[(String, Vec<Part>, usize)]| {
+                        b.iter()
+                            .rev()
+                            .find(|(n, _, _)| n == name)
+                            .map(|(_, v, l)| (v.clone(), *l))
+                    };
+                    let (t, tl) = pick(&then_).unwrap_or((vec![Part::Var(name.clone())], 0));
+                    let (e, el) = pick(&else_).unwrap_or((vec![Part::Var(name.clone())], 0));
+                    assignments.push(Assignment {
+                        name: name.clone(),
+                        value: vec![Part::IfEmpty(var.to_string(), t, e)],
+                        line: tl.max(el),
+                    });
+                }
+                return Some(IfEmptyBlock {
+                    assignments,
+                    end: i + 1,
+                });
+            }
+            _ => match parse_assignment(line) {
+                Ok(Some((name, value))) if !in_else => then_.push((name, value, i + 1)),
+                Ok(Some((name, value))) => else_.push((name, value, i + 1)),
+                Ok(None) => {}
+                Err(_) => return None,
+            },
+        }
+    }
+    None
 }
 
 /// Parses `[export ]K=WORD` (or a bare `export K`, which changes nothing for us: `Ok(None)`).
@@ -316,6 +421,10 @@ pub fn expand(parts: &[Part], env: &BTreeMap<String, String>) -> String {
                 Some(x) if !x.is_empty() => s.push_str(x),
                 _ => s.push_str(&expand(def, env)),
             },
+            Part::IfEmpty(v, empty, set) => match env.get(v) {
+                Some(x) if !x.is_empty() => s.push_str(&expand(set, env)),
+                _ => s.push_str(&expand(empty, env)),
+            },
         }
     }
     s
@@ -378,16 +487,28 @@ export J=""
     }
 
     #[test]
-    fn nothing_inside_shell_blocks_is_applied() {
-        // Apptainer's own 99-base.sh.
-        let text = "#!/bin/sh\nif [ -z \"$LD_LIBRARY_PATH\" ]; then\n    LD_LIBRARY_PATH=\"/.singularity.d/libs\"\nelse\n    LD_LIBRARY_PATH=\"$LD_LIBRARY_PATH:/.singularity.d/libs\"\nfi\nPS1=\"Singularity> \"\nexport LD_LIBRARY_PATH PS1\nf() {\n  export X=1\n}\nexport AFTER=1\n";
+    fn apptainer_base_script_is_understood() {
+        // Apptainer's own 99-base.sh: the `[ -z ]` blocks become conditional assignments.
+        let text = "#!/bin/sh\nif [ -z \"$LD_LIBRARY_PATH\" ]; then\n    LD_LIBRARY_PATH=\"/.singularity.d/libs\"\nelse\n    LD_LIBRARY_PATH=\"$LD_LIBRARY_PATH:/.singularity.d/libs\"\nfi\nif [ -z \"${PS1:-}\" ]; then\n    PS1=\"Apptainer> \"\nfi\nexport LD_LIBRARY_PATH PS1\n";
         let (env, left) = run(text, &[]);
-        assert_eq!(env.get("LD_LIBRARY_PATH"), None);
+        assert!(left.is_empty(), "{left:?}");
+        assert_eq!(env["LD_LIBRARY_PATH"], "/.singularity.d/libs");
+        assert_eq!(env["PS1"], "Apptainer> ");
+        let (env, _) = run(text, &[("LD_LIBRARY_PATH", "/opt/lib"), ("PS1", "$ ")]);
+        assert_eq!(env["LD_LIBRARY_PATH"], "/opt/lib:/.singularity.d/libs");
+        assert_eq!(env["PS1"], "$ ");
+    }
+
+    #[test]
+    fn nothing_inside_other_shell_blocks_is_applied() {
+        let text = "#!/bin/sh\nif [ -n \"$X\" ]; then\n    Y=1\nfi\nif [ -z \"$Z\" ]; then\n    echo hi\nfi\nPS1=\"Singularity> \"\nf() {\n  export X=1\n}\nexport AFTER=1\n";
+        let (env, left) = run(text, &[]);
+        assert_eq!(env.get("Y"), None);
         assert_eq!(env.get("X"), None);
         assert_eq!(env.get("PS1").map(String::as_str), Some("Singularity> "));
         assert_eq!(env.get("AFTER").map(String::as_str), Some("1"));
         let lines: Vec<usize> = left.iter().map(|l| l.line).collect();
-        assert_eq!(lines, vec![2, 3, 4, 5, 6, 9, 10, 11]);
+        assert_eq!(lines, vec![2, 3, 4, 5, 6, 7, 9, 10, 11]);
     }
 
     #[test]

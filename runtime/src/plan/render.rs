@@ -190,6 +190,9 @@ fn word(parts: &[Part]) -> String {
             Part::Lit(l) => l.clone(),
             Part::Var(v) => format!("${{{v}}}"),
             Part::Default(v, d) => format!("${{{v}:-{}}}", word(d)),
+            Part::IfEmpty(v, e, s) => {
+                format!("(if ${{{v}}} is empty: {}; else: {})", word(e), word(s))
+            }
         })
         .collect()
 }
