@@ -88,7 +88,8 @@ fn user_ids() -> (u32, u32, Vec<u32>, PathBuf) {
 
 /// A directory for the fixtures that the kernel-mount policy can trust and the test user can
 /// reach: every directory up to `/` root-owned, not writable by group or others, and
-/// searchable by everyone. The build's tmp dir when it qualifies, else one under /var/lib.
+/// searchable by everyone. The build's tmp dir when it qualifies, else one under /srv (not under
+/// /var: the plan never binds a working directory inside a system directory such as /var).
 fn scratch() -> PathBuf {
     let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     std::fs::create_dir_all(&target).unwrap();
@@ -104,7 +105,7 @@ fn scratch() -> PathBuf {
         .to_string_lossy()
         .bytes()
         .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32));
-    let d = PathBuf::from(format!("/var/lib/slipway-exec-tests-{tag:08x}"));
+    let d = PathBuf::from(format!("/srv/slipway-exec-tests-{tag:08x}"));
     std::fs::create_dir_all(&d).unwrap();
     chmod(&d, 0o755);
     d
