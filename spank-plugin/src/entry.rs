@@ -17,7 +17,7 @@ use slipway_runtime::exec;
 use slipway_runtime::host::{lookup_user, GroupInfo, HostFacts};
 use slipway_runtime::image::Image;
 use slipway_runtime::plan::{self, BindSpec, MountKind, MountStep, Plan, RealFs, Request};
-use slipway_runtime::policy::LoadedPolicy;
+use slipway_runtime::policy::{LoadedPolicy, DEFAULT_POLICY_PATH};
 
 use crate::config::Config;
 use crate::keeper::Keeper;
@@ -164,8 +164,11 @@ pub fn build_plan(
     config: &Config,
     step: &StepInfo,
 ) -> Result<Plan, EntryError> {
-    let policy = LoadedPolicy::load(Some(&config.policy), true)
-        .map_err(|e| EntryError::Policy(e.to_string()))?;
+    // The default path may be absent (built-in defaults), as for the slipway command; a path
+    // the admin named must exist.
+    let named =
+        (config.policy != Path::new(DEFAULT_POLICY_PATH)).then_some(config.policy.as_path());
+    let policy = LoadedPolicy::load(named, true).map_err(|e| EntryError::Policy(e.to_string()))?;
     let path = image_path(request, step).unwrap_or_default();
     let image = Image::open(&path).map_err(|e| EntryError::Image(e.to_string()))?;
     let user = lookup_user(step.uid).map_err(|e| EntryError::User {
@@ -210,10 +213,22 @@ pub fn build_plan(
         ..Default::default()
     };
     let mut plan = plan::build(&req, &policy, &host, &image, &RealFs)
-        .map_err(|e| EntryError::Plan(e.to_string()))?;
-    plan.check().map_err(|e| EntryError::Plan(e.to_string()))?;
+        .map_err(|e| EntryError::Plan(undouble(&e.to_string())))?;
+    plan.check()
+        .map_err(|e| EntryError::Plan(undouble(&e.to_string())))?;
     add_slurm_mounts(&mut plan, step.spool_dir.as_deref());
     Ok(plan)
+}
+
+/// `image X: image X: why` (the plan's subject, then the policy's message that names it
+/// again) as `image X: why`.
+pub fn undouble(msg: &str) -> String {
+    if let Some((head, rest)) = msg.split_once(": ") {
+        if let Some(tail) = rest.strip_prefix(&format!("{head}: ")) {
+            return format!("{head}: {tail}");
+        }
+    }
+    msg.to_string()
 }
 
 /// What Slurm and PMIx need at the same paths inside: the node's `/tmp` (PMIx's client
@@ -402,6 +417,18 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(image_path(&req, &step), Some(PathBuf::from("/abs.sif")));
+    }
+
+    #[test]
+    fn a_doubled_subject_is_said_once() {
+        assert_eq!(
+            undouble("image /a.sif: image /a.sif: not allowed by policy [rule]"),
+            "image /a.sif: not allowed by policy [rule]"
+        );
+        assert_eq!(
+            undouble("bind /a:/b: source does not exist"),
+            "bind /a:/b: source does not exist"
+        );
     }
 
     #[test]
