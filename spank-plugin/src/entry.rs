@@ -43,6 +43,9 @@ pub struct StepInfo {
     pub spool_dir: Option<PathBuf>,
 }
 
+/// Where srun leaves its working directory for the remote side (`spank_setenv` in srun).
+pub const CWD_VAR: &str = "SLIPWAY_SPANK_CWD";
+
 /// Slurm's step id of the batch script (`SLURM_BATCH_SCRIPT`).
 pub const BATCH_STEP: u32 = 0xffff_fffb;
 /// Slurm's step id of the extern step (`SLURM_EXTERN_CONT`).
@@ -60,10 +63,11 @@ impl StepInfo {
             .map(|(_, v)| v.as_str())
     }
 
-    /// The step's working directory on the host: `PWD` of the job's environment, else
-    /// `SLURM_SUBMIT_DIR`, else `/`.
+    /// The step's working directory on the host: srun's ([`CWD_VAR`]), else `PWD` of the
+    /// job's environment, else `SLURM_SUBMIT_DIR`, else `/`.
     pub fn cwd(&self) -> PathBuf {
-        self.var("PWD")
+        self.var(CWD_VAR)
+            .or_else(|| self.var("PWD"))
             .or_else(|| self.var("SLURM_SUBMIT_DIR"))
             .filter(|p| p.starts_with('/'))
             .map_or_else(|| PathBuf::from("/"), PathBuf::from)
@@ -141,7 +145,10 @@ pub enum EnvChange {
 
 /// Variables whose host value always wins: Slurm's and PMIx's wiring of the step.
 pub fn host_owned(name: &str) -> bool {
-    name.starts_with("SLURM_") || name.starts_with("PMIX_") || name.starts_with("SPANK_")
+    name.starts_with("SLURM_")
+        || name.starts_with("PMIX_")
+        || name.starts_with("SPANK_")
+        || name == CWD_VAR
 }
 
 /// Resolves the requested image against the step's working directory.
