@@ -122,10 +122,8 @@ pub enum EntryError {
 pub struct Prepared {
     /// The container's mount namespace.
     mnt_ns: OwnedFd,
-    /// The container's environment.
-    env: BTreeMap<String, String>,
-    /// Variables the user asked to keep from the host (`--container-env`).
-    keep: Vec<String>,
+    /// What turns the job's environment into the container's.
+    task_env: Vec<EnvChange>,
     /// The working directory inside the container (`--container-workdir`).
     workdir: Option<PathBuf>,
     /// The keeper, ended (and reaped) when this is dropped.
@@ -300,10 +298,12 @@ pub fn prepare(
 ) -> Result<Prepared, EntryError> {
     let plan = build_plan(request, config, step)?;
     let (keeper, mnt_ns, env, warnings) = Keeper::start(&plan, &step.env)?;
+    // Worked out once here, not in every task: a task is a fresh fork of slurmstepd, where
+    // every allocation costs copy-on-write page faults.
+    let task_env = env_changes(&env, &request.env, &step.env);
     Ok(Prepared {
         mnt_ns,
-        env,
-        keep: request.env.clone(),
+        task_env,
         workdir: request.workdir.clone(),
         _keeper: keeper,
         warnings,
@@ -329,15 +329,17 @@ impl Prepared {
         self.workdir.as_deref()
     }
 
-    /// The changes that turn the task's environment (`current`) into the container's:
-    /// every container variable set, every other variable removed, except Slurm's and PMIx's
-    /// (the host's wiring wins) and those of `--container-env`.
-    pub fn env_changes(&self, current: &[(String, String)]) -> Vec<EnvChange> {
-        env_changes(&self.env, &self.keep, current)
+    /// The changes that turn a task's environment into the container's: every container
+    /// variable set, every other variable of the job removed, except Slurm's and PMIx's (the
+    /// host's wiring wins) and those of `--container-env`. Worked out against the job's
+    /// environment at `user_init`; what Slurm adds to a task later keeps its host value.
+    pub fn task_env(&self) -> &[EnvChange] {
+        &self.task_env
     }
 }
 
-/// See [`Prepared::env_changes`].
+/// See [`Prepared::task_env`]: `container` is the container's environment, `keep` the names
+/// of `--container-env`, `current` the job's environment.
 pub fn env_changes(
     container: &BTreeMap<String, String>,
     keep: &[String],

@@ -245,6 +245,15 @@ fn child(plan: &Plan, host_env: &[(String, String)], mut sock: UnixStream) -> i3
         std::mem::forget(sock);
         libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32);
         sock = UnixStream::from_raw_fd(3);
+        // slurmstepd's signal handlers and mask mean nothing here: defaults, nothing blocked.
+        for sig in 1..32 {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
         // slurmstepd runs user_init with the user's euid and groups: back to root.
         libc::setgroups(0, std::ptr::null());
         if libc::setresgid(0, 0, 0) < 0 || libc::setresuid(0, 0, 0) < 0 {

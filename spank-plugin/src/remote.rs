@@ -95,10 +95,10 @@ pub fn task_init_privileged(sp: Spank) -> Result<(), Error> {
             .enter_task(task)
             .map_err(|e: EntryError| Error::Step(e.to_string()))?;
         let joined = t.elapsed();
-        for change in prepared.env_changes(&sp.job_env()) {
+        for change in prepared.task_env() {
             match change {
-                EnvChange::Set(k, v) => sp.setenv(&k, &v).map_err(Error::Spank)?,
-                EnvChange::Unset(k) => sp.unsetenv(&k),
+                EnvChange::Set(k, v) => sp.setenv(k, v).map_err(Error::Spank)?,
+                EnvChange::Unset(k) => sp.unsetenv(k),
             }
         }
         ffi::log_verbose(&format!(

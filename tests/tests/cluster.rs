@@ -1170,6 +1170,25 @@ fn containers_in_cluster() {
     );
     assert_inside(&r, 1, uid, gid, &work);
 
+    // --container-writable: a tmpfs overlay, the image itself untouched.
+    let r = reports(
+        &cluster,
+        "writable",
+        &[
+            "srun",
+            "-N1",
+            "-o",
+            "writable.%t.json",
+            &format!("--container={sif}"),
+            "--container-writable",
+            "/bin/probe",
+            "--write",
+            "/newfile",
+        ],
+    );
+    assert_eq!(r[0]["writes"]["/newfile"], "ok", "{}", r[0]);
+    assert!(!images.tree.join("newfile").exists());
+
     // Mounts, workdir, --container-env.
     let data = work.join("data");
     std::fs::create_dir_all(&data).unwrap();
@@ -1247,12 +1266,10 @@ fn containers_in_cluster() {
     // sbatch with #SBATCH --container and two steps; salloc + srun.
     std::fs::write(
         work.join("job.sh"),
-        format!(
-            "#!/bin/sh\n#SBATCH --container=rel.sif\n#SBATCH -N2 -n4\n#SBATCH -o job.out\n\
+        "#!/bin/sh\n#SBATCH --container=rel.sif\n#SBATCH -N2 -n4\n#SBATCH -o job.out\n\
              srun -o step0.%t.json /bin/probe --read /marker || exit 1\n\
              srun -n2 -o step1.%t.json /bin/probe --read /marker || exit 1\n\
-             echo batch-on-host\n"
-        ),
+             echo batch-on-host\n",
     )
     .unwrap();
     let out = run(&mut cluster.user(&["sbatch", "--wait", "job.sh"]));
