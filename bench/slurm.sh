@@ -74,6 +74,8 @@ logs = open(f"{w}/logs.txt").read()
 join = [int(x) for x in re.findall(r"slipway-timing: task \d+ join (\d+) us", logs)]
 env = [int(x) for x in re.findall(r"slipway-timing: task \d+ join \d+ us env (\d+) us", logs)]
 prep = [int(x) for x in re.findall(r"slipway-timing: job \d+ step \d+ prepare (\d+) us", logs)]
+plan = [int(x) for x in re.findall(r"prepare \d+ us \(plan (\d+) us", logs)]
+keeper = [int(x) for x in re.findall(r"prepare \d+ us \(plan \d+ us, keeper (\d+) us", logs)]
 print(f"srun -N4 -n8, {runs} runs each (median wall time)")
 print(f"  bare:        {bare:8.1f} ms")
 print(f"  --container: {cont:8.1f} ms")
@@ -86,4 +88,7 @@ if join:
 if prep:
     print(f"per-node prepare (plan + keeper + mounts), {len(prep)} nodes: "
           f"median {statistics.median(prep) / 1000:.1f} ms, max {max(prep) / 1000:.1f} ms")
+if plan:
+    print(f"  of which plan (policy, image, user) median {statistics.median(plan) / 1000:.1f} ms, "
+          f"keeper (fork, namespace, mounts) median {statistics.median(keeper) / 1000:.1f} ms")
 EOF

@@ -130,6 +130,9 @@ pub struct Prepared {
     _keeper: Keeper,
     /// Image environment lines not applied (logged).
     pub warnings: Vec<String>,
+    /// Microseconds spent building the plan (policy, image, user; the rest of `prepare` is
+    /// the keeper's).
+    pub plan_us: u128,
 }
 
 /// One change to a task's environment.
@@ -296,7 +299,9 @@ pub fn prepare(
     config: &Config,
     step: &StepInfo,
 ) -> Result<Prepared, EntryError> {
+    let t = std::time::Instant::now();
     let plan = build_plan(request, config, step)?;
+    let plan_us = t.elapsed().as_micros();
     let (keeper, mnt_ns, env, warnings) = Keeper::start(&plan, &step.env)?;
     // Worked out once here, not in every task: a task is a fresh fork of slurmstepd, where
     // every allocation costs copy-on-write page faults.
@@ -307,6 +312,7 @@ pub fn prepare(
         workdir: request.workdir.clone(),
         _keeper: keeper,
         warnings,
+        plan_us,
     })
 }
 

@@ -48,11 +48,14 @@ pub fn user_init(sp: Spank) -> Result<(), Error> {
         let t = Instant::now();
         match entry::prepare(&request, &config, &step) {
             Ok(prepared) => {
+                let total = t.elapsed().as_micros();
                 ffi::log_verbose(&format!(
-                    "slipway-timing: job {} step {} prepare {} us",
+                    "slipway-timing: job {} step {} prepare {} us (plan {} us, keeper {} us)",
                     step.job_id,
                     step.step_id,
-                    t.elapsed().as_micros()
+                    total,
+                    prepared.plan_us,
+                    total.saturating_sub(prepared.plan_us)
                 ));
                 for w in &prepared.warnings {
                     ffi::log_verbose(&format!("slipway: {w}"));

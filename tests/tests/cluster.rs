@@ -838,7 +838,14 @@ fn make_images() -> Images {
     for d in ["bin", "etc", "tmp", "usr", ".singularity.d/env"] {
         std::fs::create_dir_all(tree.join(d)).unwrap();
     }
-    run_ok(Command::new("chmod").arg("1777").arg(tree.join("tmp")));
+    // scratch: open to everyone, so --container-writable shows (the root is root's).
+    std::fs::create_dir_all(tree.join("scratch")).unwrap();
+    run_ok(
+        Command::new("chmod")
+            .arg("1777")
+            .arg(tree.join("tmp"))
+            .arg(tree.join("scratch")),
+    );
     run_ok(
         Command::new("gcc")
             .args(["-static", "-O2", "-o"])
@@ -1183,11 +1190,26 @@ fn containers_in_cluster() {
             "--container-writable",
             "/bin/probe",
             "--write",
-            "/newfile",
+            "/scratch/new",
         ],
     );
-    assert_eq!(r[0]["writes"]["/newfile"], "ok", "{}", r[0]);
-    assert!(!images.tree.join("newfile").exists());
+    assert_eq!(r[0]["writes"]["/scratch/new"], "ok", "{}", r[0]);
+    assert!(!images.tree.join("scratch/new").exists());
+    let r = reports(
+        &cluster,
+        "readonly",
+        &[
+            "srun",
+            "-N1",
+            "-o",
+            "readonly.%t.json",
+            &format!("--container={sif}"),
+            "/bin/probe",
+            "--write",
+            "/scratch/new",
+        ],
+    );
+    assert_eq!(r[0]["writes"]["/scratch/new"], "Read-only file system");
 
     // Mounts, workdir, --container-env.
     let data = work.join("data");
