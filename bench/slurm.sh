@@ -72,7 +72,6 @@ def med(name):
 bare, cont = med("bare"), med("cont")
 logs = open(f"{w}/logs.txt").read()
 join = [int(x) for x in re.findall(r"slipway-timing: task \d+ join (\d+) us", logs)]
-env = [int(x) for x in re.findall(r"slipway-timing: task \d+ join \d+ us env (\d+) us", logs)]
 prep = [int(x) for x in re.findall(r"slipway-timing: job \d+ step \d+ prepare (\d+) us", logs)]
 plan = [int(x) for x in re.findall(r"prepare \d+ us \(plan (\d+) us", logs)]
 keeper = [int(x) for x in re.findall(r"prepare \d+ us \(plan \d+ us, keeper (\d+) us", logs)]
@@ -84,7 +83,6 @@ if join:
     js = sorted(join)
     print(f"per-task join (setns), {len(js)} tasks: median {statistics.median(js)} us, "
           f"p99 {js[int(len(js) * 0.99) - 1]} us, max {js[-1]} us   (goal <= 1000 us)")
-    print(f"per-task environment: median {statistics.median(env)} us")
 if prep:
     print(f"per-node prepare (plan + keeper + mounts), {len(prep)} nodes: "
           f"median {statistics.median(prep) / 1000:.1f} ms, max {max(prep) / 1000:.1f} ms")

@@ -60,6 +60,12 @@ pub fn user_init(sp: Spank) -> Result<(), Error> {
                 for w in &prepared.warnings {
                     ffi::log_verbose(&format!("slipway: {w}"));
                 }
+                // The container environment goes into the job's environment, which every
+                // task of this node inherits when slurmstepd forks it: nothing left to do per
+                // task (a forked task pays copy-on-write faults for every allocation).
+                if let Err(e) = apply_env(sp, &prepared) {
+                    keep_for_tasks(&mut st.pending_error, &step, e);
+                }
                 st.prepared = Some(prepared);
             }
             Err(e) => keep_for_tasks(&mut st.pending_error, &step, e.to_string()),
@@ -77,6 +83,18 @@ fn keep_for_tasks(pending: &mut Option<String>, step: &StepInfo, error: String) 
         step.job_id, step.step_id
     ));
     *pending = Some(error);
+}
+
+/// Sets the container environment in the job's environment (Slurm's and PMIx's variables
+/// keep their host values).
+fn apply_env(sp: Spank, prepared: &entry::Prepared) -> Result<(), String> {
+    for change in prepared.task_env() {
+        match change {
+            EnvChange::Set(k, v) => sp.setenv(k, v)?,
+            EnvChange::Unset(k) => sp.unsetenv(k),
+        }
+    }
+    Ok(())
 }
 
 /// `slurm_spank_task_init_privileged` (root, in each task before it becomes the user): report
@@ -97,17 +115,9 @@ pub fn task_init_privileged(sp: Spank) -> Result<(), Error> {
         prepared
             .enter_task(task)
             .map_err(|e: EntryError| Error::Step(e.to_string()))?;
-        let joined = t.elapsed();
-        for change in prepared.task_env() {
-            match change {
-                EnvChange::Set(k, v) => sp.setenv(k, v).map_err(Error::Spank)?,
-                EnvChange::Unset(k) => sp.unsetenv(k),
-            }
-        }
         ffi::log_verbose(&format!(
-            "slipway-timing: task {task} join {} us env {} us",
-            joined.as_micros(),
-            (t.elapsed() - joined).as_micros()
+            "slipway-timing: task {task} join {} us",
+            t.elapsed().as_micros()
         ));
     }
     Ok(())
