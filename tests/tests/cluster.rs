@@ -3,8 +3,10 @@
 //!
 //! These are the bare-metal baselines the containerized tests reuse: plain steps, batch jobs,
 //! allocations and a PMIx MPI job across nodes, run as an unprivileged test user. Then the
-//! same cluster with the Slipway SPANK plugin loaded. Each test starts its own cluster and
-//! always takes it down (the guard's `Drop`); one lock keeps two clusters from running at once.
+//! same cluster with the Slipway SPANK plugin loaded, and containerized jobs on it
+//! (`containers_in_cluster`: srun, sbatch, salloc, MPI, refusals, leaks), asserted on what a
+//! probe inside the image reports. Each test starts its own cluster and always takes it down
+//! (the guard's `Drop`); one lock keeps two clusters from running at once.
 
 use std::collections::BTreeSet;
 use std::os::fd::AsRawFd;
