@@ -305,3 +305,53 @@ fn child(plan: &Plan, host_env: &[(String, String)], mut sock: UnixStream) -> i3
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_carries_its_fd_and_a_long_payload() {
+        let (mut a, mut b) = UnixStream::pair().unwrap();
+        let fd = OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+        // Longer than a socket buffer's worth in one write: the reader must loop.
+        let mut payload = vec![b'O'];
+        for i in 0..20_000 {
+            payload.extend_from_slice(format!("EVAR{i}=value {i}\0").as_bytes());
+        }
+        payload.extend_from_slice(b"Wline 3: not applied\0");
+        let sent = payload.clone();
+        let writer = std::thread::spawn(move || send(&mut a, &sent, Some(&fd)).unwrap());
+        let (len, got) = recv_header(&mut b).unwrap();
+        assert_eq!(len, payload.len());
+        let got = got.expect("an fd");
+        // A fresh descriptor for the same file (received with MSG_CMSG_CLOEXEC).
+        // SAFETY: fcntl on a descriptor this test owns.
+        let flags = unsafe { libc::fcntl(got.as_raw_fd(), libc::F_GETFD) };
+        assert_eq!(flags & libc::FD_CLOEXEC, libc::FD_CLOEXEC);
+        let mut rest = vec![0u8; len];
+        b.read_exact(&mut rest).unwrap();
+        assert_eq!(rest, payload);
+        writer.join().unwrap();
+    }
+
+    #[test]
+    fn a_failure_has_no_fd() {
+        let (mut a, mut b) = UnixStream::pair().unwrap();
+        send(&mut a, b"Fimage /x.sif: bad", None).unwrap();
+        let (len, fd) = recv_header(&mut b).unwrap();
+        assert!(fd.is_none());
+        assert_eq!(len, 18);
+    }
+
+    #[test]
+    fn a_keeper_that_dies_early_is_an_error() {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        drop(a);
+        let e = recv_header(&mut b).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "container keeper: exited before the container was ready"
+        );
+    }
+}
