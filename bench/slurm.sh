@@ -10,6 +10,7 @@
 # Uses its own cluster names (netns slipb-*, 10.77.3.0/24), so it does not disturb another.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+ROOT=$PWD
 RUNS=${1:-30}
 [ "$(id -u)" -eq 0 ] || { echo "bench/slurm.sh: run as root" >&2; exit 1; }
 for p in gcc srun python3 mksquashfs; do
@@ -38,7 +39,7 @@ chmod 644 "$W/img.sif"
 printf '[images]\nallowed = ["%s/**"]\ntrusted_dirs = ["%s"]\n' "$W" "$W" >"$W/policy.toml"
 chmod 644 "$W/policy.toml"
 
-cleanup() { tests/cluster/cluster.sh down >/dev/null 2>&1 || true; rm -rf "$W"; }
+cleanup() { "$ROOT/tests/cluster/cluster.sh" down >/dev/null 2>&1 || true; rm -rf "$W"; }
 trap cleanup EXIT
 tests/cluster/cluster.sh down >/dev/null 2>&1 || true
 SLIPWAY_SPANK_PLUGIN=$SO SLIPWAY_SPANK_ARGS="policy=$W/policy.toml" tests/cluster/cluster.sh up 4 >&2
