@@ -10,7 +10,7 @@ fn main() {
     let mut builder = bindgen::Builder::default()
         .header("src/spank_wrapper.h")
         // The hooks and callbacks are written in Rust; bind only what the plugin calls.
-        .allowlist_function("spank_(context|option_register|getenv|get_item|setenv)")
+        .allowlist_function("spank_(context|option_register|getenv|get_item|setenv|unsetenv)")
         .allowlist_function("slurm_(error|info|verbose|debug)")
         .allowlist_type("spank_option|spank_t|spank_context|spank_item|spank_err_t")
         .allowlist_var("SLURM_VERSION_NUMBER|ESPANK_.*")

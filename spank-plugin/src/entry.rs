@@ -1,16 +1,30 @@
 //! The container entry: where the remote side hands a request to the Slipway runtime.
 //!
 //! Two calls, both made from [`crate`]'s remote context: [`prepare`] once per node and step
-//! (slurmstepd's `user_init`, as root), and [`Prepared::enter_task`] in every task
-//! (`task_init_privileged`, as root, before the task becomes the user). The runtime's
-//! prepare/enter is wired in here and nowhere else; until then `prepare` refuses, and the
-//! remote side fails the step with this module's message.
+//! (slurmstepd's `user_init`), and [`Prepared::enter_task`] in every task
+//! (`task_init_privileged`, as root, before Slurm makes the task the user).
+//!
+//! [`prepare`] loads the policy, opens the image and builds the plan here, in slurmstepd, then
+//! forks a keeper ([`crate::keeper`]) that builds the mount namespace: the runtime's `prepare`
+//! must run single-threaded, and squashfuse lives only as long as the thread that started it.
+//! The keeper hands the namespace back over a socket and waits for the step's end.
+
+use std::collections::BTreeMap;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use slipway_runtime::exec;
+use slipway_runtime::host::{lookup_user, GroupInfo, HostFacts};
+use slipway_runtime::image::Image;
+use slipway_runtime::plan::{self, BindSpec, MountKind, MountStep, Plan, RealFs, Request};
+use slipway_runtime::policy::{LoadedPolicy, DEFAULT_POLICY_PATH};
 
 use crate::config::Config;
+use crate::keeper::Keeper;
 use crate::options::ContainerRequest;
 
 /// The job step a request belongs to, as slurmstepd reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct StepInfo {
     /// `SLURM_JOB_ID`.
     pub job_id: u32,
@@ -20,56 +34,425 @@ pub struct StepInfo {
     pub uid: u32,
     /// The job's primary group.
     pub gid: u32,
+    /// The job's supplementary groups (`S_JOB_SUPPLEMENTARY_GIDS`).
+    pub groups: Vec<u32>,
+    /// The job's environment (`S_JOB_ENV`).
+    pub env: Vec<(String, String)>,
+    /// slurmd's spool directory (slurmstepd's working directory): PMIx's server directory
+    /// and the batch script live there.
+    pub spool_dir: Option<PathBuf>,
+}
+
+/// Where srun leaves its working directory for the remote side (`spank_setenv` in srun).
+pub const CWD_VAR: &str = "SLIPWAY_SPANK_CWD";
+
+/// Slurm's step id of the batch script (`SLURM_BATCH_SCRIPT`).
+pub const BATCH_STEP: u32 = 0xffff_fffb;
+/// Slurm's step id of the extern step (`SLURM_EXTERN_CONT`).
+pub const EXTERN_STEP: u32 = 0xffff_fffc;
+/// Slurm's step id of an interactive allocation step (`SLURM_INTERACTIVE_STEP`).
+pub const INTERACTIVE_STEP: u32 = 0xffff_fffa;
+
+impl StepInfo {
+    /// A variable of the job's environment.
+    pub fn var(&self, name: &str) -> Option<&str> {
+        self.env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The step's working directory on the host: srun's ([`CWD_VAR`]), else `PWD` of the
+    /// job's environment, else `SLURM_SUBMIT_DIR`, else `/`.
+    pub fn cwd(&self) -> PathBuf {
+        self.var(CWD_VAR)
+            .or_else(|| self.var("PWD"))
+            .or_else(|| self.var("SLURM_SUBMIT_DIR"))
+            .filter(|p| p.starts_with('/'))
+            .map_or_else(|| PathBuf::from("/"), PathBuf::from)
+    }
+
+    /// Whether this step's tasks run in the container. The batch script and the extern step
+    /// run on the host (the script calls `srun`, which needs the host's Slurm); every step it
+    /// starts inherits `SLURM_CONTAINER` and runs in the container.
+    pub fn runs_in_container(&self) -> bool {
+        !matches!(self.step_id, BATCH_STEP | EXTERN_STEP)
+    }
 }
 
 /// Why the container could not be prepared or entered. Shown to the user on srun's stderr.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EntryError {
-    /// This build has no container entry yet.
-    #[error("container entry not available in this build yet")]
-    NotAvailable,
+    /// The policy file could not be loaded.
+    #[error("policy {0}")]
+    Policy(String),
+    /// The image could not be opened.
+    #[error("{0}")]
+    Image(String),
+    /// The job's user is unknown on this node.
+    #[error("user {uid}: {why}")]
+    User {
+        /// The uid.
+        uid: u32,
+        /// Why.
+        why: String,
+    },
+    /// The plan refuses the request (policy, bind safety).
+    #[error("{0}")]
+    Plan(String),
+    /// Building the container failed (in the keeper).
+    #[error("{0}")]
+    Prepare(String),
+    /// The keeper process failed.
+    #[error("container keeper: {0}")]
+    Keeper(String),
+    /// Joining the container failed.
+    #[error("task {task}: cannot enter the container: {why}")]
+    Enter {
+        /// Local task id.
+        task: u32,
+        /// Why.
+        why: String,
+    },
 }
 
 /// A container prepared on this node, ready for the step's tasks to enter.
 #[derive(Debug)]
 pub struct Prepared {
-    _private: (),
+    /// The container's mount namespace.
+    mnt_ns: OwnedFd,
+    /// What turns the job's environment into the container's.
+    task_env: Vec<EnvChange>,
+    /// The working directory inside the container (`--container-workdir`).
+    workdir: Option<PathBuf>,
+    /// The keeper, ended (and reaped) when this is dropped.
+    _keeper: Keeper,
+    /// Image environment lines not applied (logged).
+    pub warnings: Vec<String>,
+    /// Microseconds spent building the plan (policy, image, user; the rest of `prepare` is
+    /// the keeper's).
+    pub plan_us: u128,
 }
 
-/// Prepares the step's container on this node: the one call that will start the runtime.
+/// One change to a task's environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnvChange {
+    /// Set (overwrite).
+    Set(String, String),
+    /// Remove.
+    Unset(String),
+}
+
+/// Variables whose host value always wins: Slurm's and PMIx's wiring of the step.
+pub fn host_owned(name: &str) -> bool {
+    name.starts_with("SLURM_")
+        || name.starts_with("PMIX_")
+        || name.starts_with("SPANK_")
+        || name == CWD_VAR
+}
+
+/// Resolves the requested image against the step's working directory.
+pub fn image_path(request: &ContainerRequest, step: &StepInfo) -> Option<PathBuf> {
+    let given = request
+        .image
+        .as_ref()
+        .or(request.slurm_container.as_ref())?;
+    let p = Path::new(given);
+    Some(if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        step.cwd().join(p)
+    })
+}
+
+/// Builds the plan for one step on this node (no side effects beyond reading files).
+pub fn build_plan(
+    request: &ContainerRequest,
+    config: &Config,
+    step: &StepInfo,
+) -> Result<Plan, EntryError> {
+    // The default path may be absent (built-in defaults), as for the slipway command; a path
+    // the admin named must exist.
+    let named =
+        (config.policy != Path::new(DEFAULT_POLICY_PATH)).then_some(config.policy.as_path());
+    let policy = LoadedPolicy::load(named, true).map_err(|e| EntryError::Policy(e.to_string()))?;
+    let path = image_path(request, step).unwrap_or_default();
+    let image = Image::open(&path).map_err(|e| EntryError::Image(e.to_string()))?;
+    let user = lookup_user(step.uid).map_err(|e| EntryError::User {
+        uid: step.uid,
+        why: e.to_string(),
+    })?;
+    let mut gids = vec![step.gid];
+    for g in &step.groups {
+        if !gids.contains(g) {
+            gids.push(*g);
+        }
+    }
+    let host = HostFacts {
+        euid: 0,
+        user: slipway_runtime::host::UserInfo {
+            gid: step.gid,
+            ..user
+        },
+        groups: gids
+            .into_iter()
+            .map(|gid| GroupInfo {
+                gid,
+                name: slipway_runtime::host::group_name(gid).unwrap_or_else(|| gid.to_string()),
+            })
+            .collect(),
+        cwd: step.cwd(),
+        env: step.env.clone(),
+    };
+    let req = Request {
+        command: vec!["(slurm task)".into()],
+        binds: request
+            .mounts
+            .iter()
+            .map(|m| BindSpec {
+                src: m.source.clone(),
+                dst: m.destination.clone(),
+                readonly: m.readonly,
+            })
+            .collect(),
+        pwd: request.workdir.clone(),
+        writable_tmpfs: request.writable,
+        ..Default::default()
+    };
+    let mut plan = plan::build(&req, &policy, &host, &image, &RealFs)
+        .map_err(|e| EntryError::Plan(undouble(&e.to_string())))?;
+    plan.check()
+        .map_err(|e| EntryError::Plan(undouble(&e.to_string())))?;
+    add_slurm_mounts(&mut plan, step.spool_dir.as_deref());
+    Ok(plan)
+}
+
+/// `image X: image X: why` (the plan's subject, then the policy's message that names it
+/// again) as `image X: why`.
+pub fn undouble(msg: &str) -> String {
+    if let Some((head, rest)) = msg.split_once(": ") {
+        if let Some(tail) = rest.strip_prefix(&format!("{head}: ")) {
+            return format!("{head}: {tail}");
+        }
+    }
+    msg.to_string()
+}
+
+/// What Slurm and PMIx need at the same paths inside: the node's `/tmp` (PMIx's client
+/// directories, `PMIX_SYSTEM_TMPDIR`), recursively, in place of whatever the plan had there,
+/// and slurmd's spool directory (`PMIX_SERVER_TMPDIR`, the batch script) when not below it.
+pub fn add_slurm_mounts(plan: &mut Plan, spool: Option<&Path>) {
+    let rule = "slipway spank (Slurm and PMIx: the node's /tmp and slurmd's spool directory)";
+    let bind = |p: &Path| MountStep {
+        dest: p.to_path_buf(),
+        kind: MountKind::Bind {
+            source: p.to_path_buf(),
+            recursive: true,
+        },
+        readonly: false,
+        nosuid: true,
+        nodev: true,
+        rule: rule.into(),
+        as_user: false,
+    };
+    let tmp = Path::new("/tmp");
+    match plan.mounts.iter().position(|m| m.dest == tmp) {
+        Some(i) => plan.mounts[i] = bind(tmp),
+        None => plan.mounts.push(bind(tmp)),
+    }
+    if let Some(s) = spool.filter(|s| !s.starts_with(tmp) && s.is_dir()) {
+        // Before the generated /etc files, after the base mounts: put it right after /tmp.
+        let i = plan.mounts.iter().position(|m| m.dest == tmp).unwrap_or(0);
+        plan.mounts.insert(i + 1, bind(s));
+    }
+}
+
+/// Where the keeper mounts its staging tmpfs (in its private namespace; the host never sees
+/// it). Not the runtime's default, `/tmp`: the node's `/tmp` is bound recursively into the
+/// container, and a recursive bind taken after the staging mount would carry it along. The
+/// first candidate that exists and lies below no recursive bind source.
+pub fn staging_dir(plan: &Plan) -> PathBuf {
+    let recursive: Vec<&Path> = plan
+        .mounts
+        .iter()
+        .filter_map(|m| match &m.kind {
+            MountKind::Bind {
+                source,
+                recursive: true,
+            } => Some(source.as_path()),
+            _ => None,
+        })
+        .collect();
+    ["/mnt", "/media", "/srv", "/opt", "/boot", "/root"]
+        .iter()
+        .map(Path::new)
+        .find(|c| c.is_dir() && !recursive.iter().any(|r| c.starts_with(r)))
+        .unwrap_or(Path::new(exec::STAGING))
+        .to_path_buf()
+}
+
+/// Prepares the step's container on this node: builds the plan here and the mount namespace
+/// in a forked keeper.
 pub fn prepare(
     request: &ContainerRequest,
     config: &Config,
     step: &StepInfo,
 ) -> Result<Prepared, EntryError> {
-    let _ = (request, config, step);
-    Err(EntryError::NotAvailable)
+    let t = std::time::Instant::now();
+    let plan = build_plan(request, config, step)?;
+    let plan_us = t.elapsed().as_micros();
+    let (keeper, mnt_ns, env, warnings) = Keeper::start(&plan, &step.env)?;
+    // Worked out once here, not in every task: a task is a fresh fork of slurmstepd, where
+    // every allocation costs copy-on-write page faults.
+    let task_env = env_changes(&env, &request.env, &step.env);
+    Ok(Prepared {
+        mnt_ns,
+        task_env,
+        workdir: request.workdir.clone(),
+        _keeper: keeper,
+        warnings,
+        plan_us,
+    })
 }
 
 impl Prepared {
-    /// Moves the calling task (local task id `task`) into the prepared container.
+    /// Moves the calling task (local task id `task`) into the prepared container's mount
+    /// namespace (root and working directory become the container's `/`).
     pub fn enter_task(&self, task: u32) -> Result<(), EntryError> {
-        let _ = task;
-        Err(EntryError::NotAvailable)
+        // SAFETY: setns with a namespace fd we own.
+        if unsafe { libc::setns(self.mnt_ns.as_raw_fd(), libc::CLONE_NEWNS) } < 0 {
+            return Err(EntryError::Enter {
+                task,
+                why: format!("setns: {}", std::io::Error::last_os_error()),
+            });
+        }
+        Ok(())
     }
+
+    /// `--container-workdir`, for the task to change into once it is the user.
+    pub fn workdir(&self) -> Option<&Path> {
+        self.workdir.as_deref()
+    }
+
+    /// The changes that turn a task's environment into the container's: every container
+    /// variable set, every other variable of the job removed, except Slurm's and PMIx's (the
+    /// host's wiring wins) and those of `--container-env`. Worked out against the job's
+    /// environment at `user_init`; what Slurm adds to a task later keeps its host value.
+    pub fn task_env(&self) -> &[EnvChange] {
+        &self.task_env
+    }
+}
+
+/// See [`Prepared::task_env`]: `container` is the container's environment, `keep` the names
+/// of `--container-env`, `current` the job's environment.
+pub fn env_changes(
+    container: &BTreeMap<String, String>,
+    keep: &[String],
+    current: &[(String, String)],
+) -> Vec<EnvChange> {
+    let kept = |k: &str| host_owned(k) || keep.iter().any(|n| n == k);
+    let mut out = Vec::new();
+    for (k, _) in current {
+        if !kept(k) && !container.contains_key(k) {
+            out.push(EnvChange::Unset(k.clone()));
+        }
+    }
+    for (k, v) in container {
+        let host = current.iter().rev().find(|(n, _)| n == k).map(|(_, v)| v);
+        if host_owned(k) || (kept(k) && host.is_some()) {
+            continue;
+        }
+        if host != Some(v) {
+            out.push(EnvChange::Set(k.clone(), v.clone()));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn s(a: &str, b: &str) -> (String, String) {
+        (a.into(), b.into())
+    }
+
     #[test]
-    fn not_available_yet_says_so() {
+    fn host_wiring_wins_and_the_rest_follows_the_container() {
+        let container: BTreeMap<String, String> = [
+            s("PATH", "/usr/bin"),
+            s("PMIX_RANK", "99"),
+            s("SLURM_PROCID", "7"),
+            s("FROM_IMAGE", "1"),
+            s("KEEP", "image"),
+        ]
+        .into_iter()
+        .collect();
+        let current = vec![
+            s("PATH", "/host/bin"),
+            s("SLURM_PROCID", "0"),
+            s("HOSTONLY", "x"),
+            s("KEEP", "host"),
+        ];
+        let ch = env_changes(&container, &["KEEP".into()], &current);
+        assert!(ch.contains(&EnvChange::Unset("HOSTONLY".into())));
+        assert!(ch.contains(&EnvChange::Set("PATH".into(), "/usr/bin".into())));
+        assert!(ch.contains(&EnvChange::Set("FROM_IMAGE".into(), "1".into())));
+        assert!(!ch
+            .iter()
+            .any(|c| matches!(c, EnvChange::Set(k, _) if k == "SLURM_PROCID")));
+        assert!(!ch
+            .iter()
+            .any(|c| matches!(c, EnvChange::Set(k, _) if k == "KEEP")));
+        // The image's PMIX_* never lands in a task, even where the host has none (yet).
+        assert!(!ch
+            .iter()
+            .any(|c| matches!(c, EnvChange::Set(k, _) if k == "PMIX_RANK")));
+        assert_eq!(ch.len(), 3);
+    }
+
+    #[test]
+    fn relative_images_are_below_the_step_directory() {
         let step = StepInfo {
-            job_id: 1,
-            step_id: 0,
-            uid: 1000,
-            gid: 1000,
+            env: vec![s("PWD", "/home/u/run")],
+            ..Default::default()
         };
-        let err = prepare(&ContainerRequest::default(), &Config::default(), &step).unwrap_err();
+        let req = ContainerRequest {
+            slurm_container: Some("img.sif".into()),
+            ..Default::default()
+        };
         assert_eq!(
-            err.to_string(),
-            "container entry not available in this build yet"
+            image_path(&req, &step),
+            Some(PathBuf::from("/home/u/run/img.sif"))
         );
+        let req = ContainerRequest {
+            image: Some("/abs.sif".into()),
+            slurm_container: Some("img.sif".into()),
+            ..Default::default()
+        };
+        assert_eq!(image_path(&req, &step), Some(PathBuf::from("/abs.sif")));
+    }
+
+    #[test]
+    fn a_doubled_subject_is_said_once() {
+        assert_eq!(
+            undouble("image /a.sif: image /a.sif: not allowed by policy [rule]"),
+            "image /a.sif: not allowed by policy [rule]"
+        );
+        assert_eq!(
+            undouble("bind /a:/b: source does not exist"),
+            "bind /a:/b: source does not exist"
+        );
+    }
+
+    #[test]
+    fn batch_and_extern_steps_stay_on_the_host() {
+        let mut step = StepInfo::default();
+        assert!(step.runs_in_container());
+        step.step_id = BATCH_STEP;
+        assert!(!step.runs_in_container());
+        step.step_id = EXTERN_STEP;
+        assert!(!step.runs_in_container());
     }
 }

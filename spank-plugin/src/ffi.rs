@@ -113,13 +113,87 @@ impl Spank {
         }
     }
 
-    /// Job, step, user and group of the step (remote context).
+    /// Job, step, user, groups and environment of the step (remote context).
     pub fn step_info(&self) -> StepInfo {
         StepInfo {
             job_id: self.item_u32(sys::S_JOB_ID),
             step_id: self.item_u32(sys::S_JOB_STEPID),
             uid: self.item_u32(sys::S_JOB_UID),
             gid: self.item_u32(sys::S_JOB_GID),
+            groups: self.supplementary_gids(),
+            env: self.job_env(),
+            // slurmd works in its spool directory, and slurmstepd inherits it.
+            spool_dir: std::env::current_dir().ok(),
+        }
+    }
+
+    /// `S_JOB_SUPPLEMENTARY_GIDS`.
+    fn supplementary_gids(&self) -> Vec<u32> {
+        let mut p: *mut libc::gid_t = std::ptr::null_mut();
+        let mut n: c_int = 0;
+        // SAFETY: S_JOB_SUPPLEMENTARY_GIDS takes (gid_t **, int *); Slurm keeps the array.
+        let rc = unsafe {
+            sys::spank_get_item(
+                self.0,
+                sys::S_JOB_SUPPLEMENTARY_GIDS,
+                &mut p as *mut *mut libc::gid_t,
+                &mut n as *mut c_int,
+            )
+        };
+        if rc != sys::ESPANK_SUCCESS || p.is_null() || n <= 0 {
+            return Vec::new();
+        }
+        // SAFETY: Slurm's array of n gids.
+        unsafe { std::slice::from_raw_parts(p, n as usize) }.to_vec()
+    }
+
+    /// The job's (or, in a task callback, the task's) environment (`S_JOB_ENV`).
+    pub fn job_env(&self) -> Vec<(String, String)> {
+        let mut p: *mut *mut c_char = std::ptr::null_mut();
+        // SAFETY: S_JOB_ENV takes a char ***.
+        let rc =
+            unsafe { sys::spank_get_item(self.0, sys::S_JOB_ENV, &mut p as *mut *mut *mut c_char) };
+        let mut out = Vec::new();
+        if rc != sys::ESPANK_SUCCESS || p.is_null() {
+            return out;
+        }
+        let mut i = 0;
+        loop {
+            // SAFETY: a NULL-terminated array of C strings.
+            let e = unsafe { *p.add(i) };
+            if e.is_null() {
+                break;
+            }
+            // SAFETY: as above.
+            if let Some(s) = unsafe { cstr(e) } {
+                if let Some((k, v)) = s.split_once('=') {
+                    out.push((k.to_string(), v.to_string()));
+                }
+            }
+            i += 1;
+        }
+        out
+    }
+
+    /// `spank_setenv` (overwrite) in the job's or task's environment.
+    pub fn setenv(&self, name: &str, value: &str) -> Result<(), String> {
+        let (Ok(n), Ok(v)) = (CString::new(name), CString::new(value)) else {
+            return Err(format!("setenv {name}: NUL in name or value"));
+        };
+        // SAFETY: two C strings.
+        let rc = unsafe { sys::spank_setenv(self.0, n.as_ptr(), v.as_ptr(), 1) };
+        if rc == sys::ESPANK_SUCCESS {
+            Ok(())
+        } else {
+            Err(format!("spank_setenv {name}: {rc}"))
+        }
+    }
+
+    /// `spank_unsetenv`.
+    pub fn unsetenv(&self, name: &str) {
+        if let Ok(n) = CString::new(name) {
+            // SAFETY: a C string.
+            unsafe { sys::spank_unsetenv(self.0, n.as_ptr()) };
         }
     }
 

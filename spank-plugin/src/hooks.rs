@@ -107,6 +107,14 @@ pub extern "C" fn slurm_spank_task_init_privileged(
     })
 }
 
+/// `slurm_spank_task_init` (remote, each task, as the user): the container working directory.
+#[no_mangle]
+pub extern "C" fn slurm_spank_task_init(sp: spank_t, _ac: c_int, _av: *mut *mut c_char) -> c_int {
+    barrier("slurm_spank_task_init", || {
+        remote::task_init(Spank::new(sp))
+    })
+}
+
 /// `slurm_spank_exit`: forget the process's state.
 #[no_mangle]
 pub extern "C" fn slurm_spank_exit(_sp: spank_t, _ac: c_int, _av: *mut *mut c_char) -> c_int {

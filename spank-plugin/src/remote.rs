@@ -8,7 +8,9 @@
 //! without draining the node.
 
 use crate::barrier::fault_point;
-use crate::entry::{self, EntryError, StepInfo};
+use std::time::Instant;
+
+use crate::entry::{self, EntryError, EnvChange, StepInfo};
 use crate::ffi::{self, Spank};
 use crate::options::{self, build_request};
 use crate::state::state;
@@ -37,14 +39,35 @@ pub fn user_init(sp: Spank) -> Result<(), Error> {
             return Ok(());
         }
     };
-    if request.wants_container() {
+    if request.wants_container() && step.runs_in_container() {
         ffi::log_verbose(&format!(
             "slipway: job {} step {} uid {}: requested {request:?}",
             step.job_id, step.step_id, step.uid
         ));
         let config = st.config.clone().unwrap_or_default();
+        let t = Instant::now();
         match entry::prepare(&request, &config, &step) {
-            Ok(prepared) => st.prepared = Some(prepared),
+            Ok(prepared) => {
+                let total = t.elapsed().as_micros();
+                ffi::log_verbose(&format!(
+                    "slipway-timing: job {} step {} prepare {} us (plan {} us, keeper {} us)",
+                    step.job_id,
+                    step.step_id,
+                    total,
+                    prepared.plan_us,
+                    total.saturating_sub(prepared.plan_us)
+                ));
+                for w in &prepared.warnings {
+                    ffi::log_verbose(&format!("slipway: {w}"));
+                }
+                // The container environment goes into the job's environment, which every
+                // task of this node inherits when slurmstepd forks it: nothing left to do per
+                // task (a forked task pays copy-on-write faults for every allocation).
+                if let Err(e) = apply_env(sp, &prepared) {
+                    keep_for_tasks(&mut st.pending_error, &step, e);
+                }
+                st.prepared = Some(prepared);
+            }
             Err(e) => keep_for_tasks(&mut st.pending_error, &step, e.to_string()),
         }
     }
@@ -62,6 +85,18 @@ fn keep_for_tasks(pending: &mut Option<String>, step: &StepInfo, error: String) 
     *pending = Some(error);
 }
 
+/// Sets the container environment in the job's environment (Slurm's and PMIx's variables
+/// keep their host values).
+fn apply_env(sp: Spank, prepared: &entry::Prepared) -> Result<(), String> {
+    for change in prepared.task_env() {
+        match change {
+            EnvChange::Set(k, v) => sp.setenv(k, v)?,
+            EnvChange::Unset(k) => sp.unsetenv(k),
+        }
+    }
+    Ok(())
+}
+
 /// `slurm_spank_task_init_privileged` (root, in each task before it becomes the user): report
 /// what `user_init` kept (once per node, from local task 0; every task fails), or enter the
 /// prepared container.
@@ -76,9 +111,30 @@ pub fn task_init_privileged(sp: Spank) -> Result<(), Error> {
     }
     if let Some(prepared) = &st.prepared {
         let task = sp.task_id().unwrap_or(0);
+        let t = Instant::now();
         prepared
             .enter_task(task)
             .map_err(|e: EntryError| Error::Step(e.to_string()))?;
+        ffi::log_verbose(&format!(
+            "slipway-timing: task {task} join {} us",
+            t.elapsed().as_micros()
+        ));
+    }
+    Ok(())
+}
+
+/// `slurm_spank_task_init` (each task, as the user, after Slurm changed to the step's
+/// working directory): `--container-workdir`.
+pub fn task_init(sp: Spank) -> Result<(), Error> {
+    let st = state();
+    if let Some(dir) = st.prepared.as_ref().and_then(|p| p.workdir()) {
+        std::env::set_current_dir(dir).map_err(|e| {
+            Error::Step(format!(
+                "--container-workdir={}: cannot enter it in the container: {e}",
+                dir.display()
+            ))
+        })?;
+        let _ = sp.setenv("PWD", &dir.display().to_string());
     }
     Ok(())
 }

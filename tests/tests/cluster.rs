@@ -3,8 +3,10 @@
 //!
 //! These are the bare-metal baselines the containerized tests reuse: plain steps, batch jobs,
 //! allocations and a PMIx MPI job across nodes, run as an unprivileged test user. Then the
-//! same cluster with the Slipway SPANK plugin loaded. Each test starts its own cluster and
-//! always takes it down (the guard's `Drop`); one lock keeps two clusters from running at once.
+//! same cluster with the Slipway SPANK plugin loaded, and containerized jobs on it
+//! (`containers_in_cluster`: srun, sbatch, salloc, MPI, refusals, leaks), asserted on what a
+//! probe inside the image reports. Each test starts its own cluster and always takes it down
+//! (the guard's `Drop`); one lock keeps two clusters from running at once.
 
 use std::collections::BTreeSet;
 use std::os::fd::AsRawFd;
@@ -585,11 +587,11 @@ fn assert_quiet_panic(out: &Output) {
     );
 }
 
-/// The message the remote side shows while the container entry is not wired in.
-const NOT_AVAILABLE: &str = "slipway: container entry not available in this build yet";
+/// What the remote side says for an image that does not exist (x.sif in the work directory).
+const NO_IMAGE: &str = "/work/x.sif: No such file or directory (os error 2)";
 
 /// The Slipway SPANK plugin loaded through plugstack.conf: (c) a typo'd plugin argument is
-/// reported, (a) jobs without a container run as before, (b) a container request fails the
+/// reported, (a) jobs without a container run as before, (b) a request for a missing image fails the
 /// step with a clear message and a non-zero exit, without draining the node.
 #[test]
 fn spank_plugin_in_cluster() {
@@ -670,7 +672,7 @@ fn spank_plugin_in_cluster() {
     let err = stderr(&out);
     assert!(!out.status.success(), "srun --container-image succeeded");
     assert_eq!(
-        err.matches(NOT_AVAILABLE).count(),
+        err.matches(NO_IMAGE).count(),
         2,
         "the message once per node:\n{err}"
     );
@@ -679,32 +681,34 @@ fn spank_plugin_in_cluster() {
     // The same request from the environment, and from Slurm's own --container.
     for args in [
         &["env", "SLIPWAY_CONTAINER_IMAGE=x.sif", "srun", "true"][..],
-        &["srun", "--container=/nonexistent/bundle", "true"][..],
+        &["srun", "--container=x.sif", "true"][..],
     ] {
         let out = run(&mut cluster.user(args));
         assert!(!out.status.success(), "{args:?} succeeded");
         assert!(
-            stderr(&out).contains(NOT_AVAILABLE),
+            stderr(&out).contains(NO_IMAGE),
             "{args:?}:\n{}",
             stderr(&out)
         );
     }
 
-    // In a batch script (#SBATCH): the batch step fails, the message is in its output.
+    // In a batch script (#SBATCH): the script runs on the host (it calls srun), its steps
+    // inherit the request and fail; the message is in the job's output.
     let work = cluster.workdir();
     std::fs::write(
         work.join("in_container.sh"),
-        "#!/bin/bash\n#SBATCH --container-image=x.sif\n#SBATCH -o in_container-%j.out\necho ran\n",
+        "#!/bin/bash\n#SBATCH --container-image=x.sif\n#SBATCH -o in_container-%j.out\n\
+         srun true && echo ran\n",
     )
     .unwrap();
     let out = run(&mut cluster.user(&["sbatch", "--parsable", "--wait", "in_container.sh"]));
     assert!(!out.status.success(), "the batch job succeeded");
     let job = stdout(&out).trim().split(';').next().unwrap().to_string();
     let text = std::fs::read_to_string(work.join(format!("in_container-{job}.out"))).unwrap();
-    assert!(text.contains(NOT_AVAILABLE), "batch output:\n{text}");
+    assert!(text.contains(NO_IMAGE), "batch output:\n{text}");
     assert!(
         !text.contains("ran"),
-        "the script ran outside a container:\n{text}"
+        "the step ran outside a container:\n{text}"
     );
 
     // Bad values stop srun before anything is allocated, naming option and value.
@@ -804,4 +808,702 @@ fn spank_plugin_in_cluster() {
     );
 
     down_and_check(cluster);
+}
+
+/// Where the container tests keep their images and policy: outside /tmp, which every node has
+/// its own of, and owned by root (the plugin checks the policy file's owner and mode).
+const IMAGES: &str = "/var/lib/slipway-cluster-test-images";
+
+/// A supplementary group of the test user, to see groups reach the tasks.
+const TEST_GROUP: &str = "slipgrp";
+
+/// One probe report (`tests/probe/probe.c`), parsed.
+type Report = serde_json::Value;
+
+/// The images of the container tests: a tree with the static probe, a marker only the image
+/// has and an environment script; the same tree as a SIF; a tree with a symlink that points
+/// out of the image; the MPI image (when mpicc is there).
+struct Images {
+    dir: PathBuf,
+    sif: PathBuf,
+    tree: PathBuf,
+    escape: PathBuf,
+    mpi: Option<PathBuf>,
+}
+
+fn make_images() -> Images {
+    let dir = PathBuf::from(IMAGES);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    run_ok(Command::new("chmod").arg("755").arg(&dir));
+    let tree = dir.join("tree");
+    for d in ["bin", "etc", "tmp", "usr", ".singularity.d/env"] {
+        std::fs::create_dir_all(tree.join(d)).unwrap();
+    }
+    // scratch: open to everyone, so --container-writable shows (the root is root's).
+    std::fs::create_dir_all(tree.join("scratch")).unwrap();
+    run_ok(
+        Command::new("chmod")
+            .arg("1777")
+            .arg(tree.join("tmp"))
+            .arg(tree.join("scratch")),
+    );
+    run_ok(
+        Command::new("gcc")
+            .args(["-static", "-O2", "-o"])
+            .arg(tree.join("bin/probe"))
+            .arg(workspace().join("tests/probe/probe.c")),
+    );
+    std::fs::write(tree.join("marker"), "inside-image\n").unwrap();
+    // The image's own SLURM_*/PMIX_* must never reach a task; KEEPME shows --container-env.
+    std::fs::write(
+        tree.join(".singularity.d/env/90-environment.sh"),
+        "export FROM_IMAGE=yes\nexport SLURM_PROCID=999\nexport PMIX_RANK=999\nexport KEEPME=image\n",
+    )
+    .unwrap();
+    let sif = dir.join("img.sif");
+    run_ok(
+        slipway_tests::slipway()
+            .args(["build", "-q", "--force"])
+            .arg(&sif)
+            .arg(&tree),
+    );
+    let esc_tree = dir.join("esc-tree");
+    run_ok(Command::new("cp").arg("-a").arg(&tree).arg(&esc_tree));
+    std::os::unix::fs::symlink("/../../../../../etc", esc_tree.join("esc")).unwrap();
+    let escape = dir.join("esc.sif");
+    run_ok(
+        slipway_tests::slipway()
+            .args(["build", "-q", "--force"])
+            .arg(&escape)
+            .arg(&esc_tree),
+    );
+    let mpi = have("mpicc").then(|| {
+        let mpi = dir.join("mpi.sif");
+        let t0 = Instant::now();
+        run_ok(
+            Command::new(workspace().join("tests/cluster/mpi-image.sh"))
+                .arg(&mpi)
+                .env("SLIPWAY", slipway_tests::slipway_bin()),
+        );
+        eprintln!("mpi image in {:.2?}", t0.elapsed());
+        mpi
+    });
+    for f in [&sif, &escape] {
+        run_ok(Command::new("chmod").arg("644").arg(f));
+    }
+    Images {
+        dir,
+        sif,
+        tree,
+        escape,
+        mpi,
+    }
+}
+
+/// The policy of the container tests: images of [`IMAGES`] and the cluster's work directory
+/// admitted; those of [`IMAGES`] trusted for kernel mounts (the work directory's go through
+/// squashfuse).
+fn write_policy(images: &Images, extra: &str) -> PathBuf {
+    let policy = images.dir.join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "[images]\nallowed = [\"{0}/**\", \"{STATE_DIR}/work/**\"]\ntrusted_dirs = [\"{0}\"]\n{extra}",
+            images.dir.display()
+        ),
+    )
+    .unwrap();
+    run_ok(Command::new("chmod").arg("644").arg(&policy));
+    policy
+}
+
+/// The test user with a supplementary group (before the cluster starts: slurmd looks the
+/// groups up when it launches a step).
+fn user_with_group() -> u32 {
+    if run(Command::new("id").arg(TEST_USER)).status.code() != Some(0) {
+        run_ok(Command::new("useradd").args(["-m", TEST_USER]));
+    }
+    run(Command::new("groupadd").args(["-f", TEST_GROUP]));
+    run_ok(Command::new("usermod").args(["-aG", TEST_GROUP, TEST_USER]));
+    run_ok(Command::new("getent").args(["group", TEST_GROUP]))
+        .split(':')
+        .nth(2)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Runs `args` as the test user with `-o report.%t.json` style output and returns the reports
+/// (one per task, by SLURM_PROCID order of the files).
+fn reports(cluster: &Cluster, name: &str, args: &[&str]) -> Vec<Report> {
+    let work = cluster.workdir();
+    for e in std::fs::read_dir(&work).unwrap().filter_map(|e| e.ok()) {
+        let f = e.file_name().to_string_lossy().into_owned();
+        if f.starts_with(&format!("{name}.")) && f.ends_with(".json") {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    let out = run(&mut cluster.user(args));
+    if !out.status.success() {
+        // With -o, the tasks' stderr (the plugin's message) is in the files.
+        let mut files = String::new();
+        for e in std::fs::read_dir(&work).unwrap().filter_map(|e| e.ok()) {
+            if e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("{name}."))
+            {
+                files += &std::fs::read_to_string(e.path()).unwrap_or_default();
+            }
+        }
+        panic!(
+            "{args:?} failed with {}:\n{}\n{files}\n{}",
+            out.status,
+            stderr(&out),
+            cluster.log_tails()
+        );
+    }
+    read_reports(&work, name)
+}
+
+fn read_reports(work: &Path, name: &str) -> Vec<Report> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(work)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| {
+            let f = p.file_name().unwrap().to_string_lossy();
+            f.starts_with(&format!("{name}.")) && f.ends_with(".json")
+        })
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .map(|f| {
+            let text = std::fs::read_to_string(f).unwrap();
+            serde_json::from_str(text.trim())
+                .unwrap_or_else(|e| panic!("{}: {e}: {text}", f.display()))
+        })
+        .collect()
+}
+
+fn env_of<'a>(r: &'a Report, k: &str) -> Option<&'a str> {
+    r["env"][k].as_str()
+}
+
+fn mount_type<'a>(r: &'a Report, target: &str) -> Option<&'a str> {
+    r["mounts"]
+        .as_array()?
+        .iter()
+        .rev()
+        .find(|m| m["target"] == target)
+        .and_then(|m| m["fstype"].as_str())
+}
+
+/// Each report comes from inside the image, as the test user with their groups, in `cwd`,
+/// with its own rank; the host's Slurm wiring won over the image's.
+fn assert_inside(reports: &[Report], n: usize, uid: u32, gid: u32, cwd: &Path) {
+    assert_eq!(reports.len(), n, "{reports:#?}");
+    let mut ranks = BTreeSet::new();
+    for r in reports {
+        assert_eq!(
+            r["reads"]["/marker"], "inside-image\n",
+            "not in the image: {r}"
+        );
+        assert_eq!(r["uid"], uid);
+        assert_eq!(r["euid"], uid);
+        assert!(
+            r["groups"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|g| g.as_u64() == Some(u64::from(gid))),
+            "group {gid} missing: {}",
+            r["groups"]
+        );
+        assert_eq!(r["cwd"], cwd.display().to_string());
+        assert_eq!(env_of(r, "FROM_IMAGE"), Some("yes"));
+        assert_eq!(env_of(r, "PMIX_RANK"), None, "the image's PMIX_RANK leaked");
+        ranks.insert(env_of(r, "SLURM_PROCID").unwrap().parse::<usize>().unwrap());
+    }
+    assert_eq!(ranks, (0..n).collect::<BTreeSet<_>>());
+}
+
+/// What one node holds that a step could leak: mounts in its mount namespace, slurmd's open
+/// fds, processes in its network namespace (slurmd and any straggler), and the machine's loop
+/// devices and squashfuse processes.
+fn node_state(cluster: &Cluster) -> Vec<String> {
+    let mut out = Vec::new();
+    for node in 1..=4 {
+        let pid = std::fs::read_to_string(cluster.dir.join(format!("nodes/node{node}/slurmd.pid")))
+            .unwrap()
+            .trim()
+            .to_string();
+        let mounts = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+        let mut m: Vec<&str> = mounts.lines().filter_map(|l| l.split(' ').nth(4)).collect();
+        m.sort_unstable();
+        out.push(format!("node{node} mounts: {}", m.join(" ")));
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count();
+        out.push(format!("node{node} slurmd fds: {fds}"));
+    }
+    let fp = cluster.footprint();
+    let mut procs: Vec<String> = fp
+        .in_netns
+        .iter()
+        .map(|p| p.split_once(": ").map_or(p.clone(), |(_, c)| c.to_string()))
+        .collect();
+    procs.sort();
+    out.push(format!("processes in the nodes: {procs:?}"));
+    let loops = run_ok(Command::new("losetup").args(["-n", "-O", "NAME,BACK-FILE"]));
+    let ours: Vec<&str> = loops.lines().filter(|l| l.contains(IMAGES)).collect();
+    out.push(format!("loop devices on test images: {ours:?}"));
+    let fuse = run(Command::new("pgrep").args(["-a", "squashfuse"]));
+    let fuse: Vec<String> = stdout(&fuse)
+        .lines()
+        .filter(|l| l.contains(STATE_DIR) || l.contains(IMAGES) || l.contains("/mnt"))
+        .map(String::from)
+        .collect();
+    out.push(format!("squashfuse: {fuse:?}"));
+    out
+}
+
+/// Waits until no step is left on the nodes (slurmstepd gone), then returns [`node_state`].
+fn settled_state(cluster: &Cluster) -> Vec<String> {
+    let t0 = Instant::now();
+    loop {
+        let busy = cluster
+            .footprint()
+            .in_netns
+            .iter()
+            .any(|p| p.contains("slurmstepd") && !p.contains("defunct"));
+        if !busy || t0.elapsed().as_secs() > 20 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    node_state(cluster)
+}
+
+/// Containers in a real cluster: srun, sbatch, salloc, mounts, workdir, environment, MPI over
+/// PMIx, every refusal with its message, and nothing left behind after many steps.
+#[test]
+fn containers_in_cluster() {
+    if let Some(why) = cannot_run() {
+        return skip(&why);
+    }
+    for p in ["gcc", "mksquashfs", "squashfuse_ll", "losetup"] {
+        if !have(p) {
+            return skip(&format!("{p} missing"));
+        }
+    }
+    let _one = one_cluster();
+    let so = plugin_so();
+    let gid = user_with_group();
+    let uid: u32 = run_ok(Command::new("id").args(["-u", TEST_USER]))
+        .trim()
+        .parse()
+        .unwrap();
+    let t0 = Instant::now();
+    let images = make_images();
+    eprintln!("images in {:.2?}", t0.elapsed());
+    let policy = write_policy(&images, "");
+    let cluster = Cluster::up(4, Some((&so, &format!("policy={}", policy.display()))));
+    let work = cluster.workdir();
+    let before = settled_state(&cluster);
+    let sif = images.sif.display().to_string();
+
+    // srun -N4 -n8: every task in the image (kernel mount: a trusted directory).
+    let t0 = Instant::now();
+    let r = reports(
+        &cluster,
+        "basic",
+        &[
+            "srun",
+            "-N4",
+            "-n8",
+            "-o",
+            "basic.%2t.json",
+            &format!("--container={sif}"),
+            "/bin/probe",
+            "--read",
+            "/marker",
+        ],
+    );
+    eprintln!("srun -N4 -n8 --container: {:.2?}", t0.elapsed());
+    assert_inside(&r, 8, uid, gid, &work);
+    let hosts: BTreeSet<&str> = r.iter().map(|r| r["hostname"].as_str().unwrap()).collect();
+    assert_eq!(hosts.len(), 4, "{hosts:?}");
+    assert_eq!(mount_type(&r[0], "/bin"), Some("squashfs"));
+
+    // A relative image path (the work directory: not trusted, so squashfuse), Slipway's own
+    // option and a directory image.
+    std::fs::copy(&images.sif, work.join("rel.sif")).unwrap();
+    run_ok(
+        Command::new("chown")
+            .arg(TEST_USER)
+            .arg(work.join("rel.sif")),
+    );
+    let r = reports(
+        &cluster,
+        "rel",
+        &[
+            "srun",
+            "-N2",
+            "-n2",
+            "-o",
+            "rel.%t.json",
+            "--container=rel.sif",
+            "/bin/probe",
+            "--read",
+            "/marker",
+        ],
+    );
+    assert_inside(&r, 2, uid, gid, &work);
+    assert_eq!(mount_type(&r[0], "/bin"), Some("fuse.squashfuse"));
+    let tree = format!("--container-image={}", images.tree.display());
+    let r = reports(
+        &cluster,
+        "dir",
+        &[
+            "srun",
+            "-N1",
+            "-o",
+            "dir.%t.json",
+            &tree,
+            "/bin/probe",
+            "--read",
+            "/marker",
+        ],
+    );
+    assert_inside(&r, 1, uid, gid, &work);
+
+    // --container-writable: a tmpfs overlay, the image itself untouched.
+    let r = reports(
+        &cluster,
+        "writable",
+        &[
+            "srun",
+            "-N1",
+            "-o",
+            "writable.%t.json",
+            &format!("--container={sif}"),
+            "--container-writable",
+            "/bin/probe",
+            "--write",
+            "/scratch/new",
+        ],
+    );
+    assert_eq!(r[0]["writes"]["/scratch/new"], "ok", "{}", r[0]);
+    assert!(!images.tree.join("scratch/new").exists());
+    let r = reports(
+        &cluster,
+        "readonly",
+        &[
+            "srun",
+            "-N1",
+            "-o",
+            "readonly.%t.json",
+            &format!("--container={sif}"),
+            "/bin/probe",
+            "--write",
+            "/scratch/new",
+        ],
+    );
+    assert_eq!(r[0]["writes"]["/scratch/new"], "Read-only file system");
+
+    // Mounts, workdir, --container-env.
+    let data = work.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("f"), "hi\n").unwrap();
+    run_ok(Command::new("chown").args(["-R", TEST_USER]).arg(&data));
+    let mounts = format!("--container-mounts={}:/data:ro", data.display());
+    let r = reports(
+        &cluster,
+        "mounts",
+        &[
+            "env",
+            "KEEPME=host",
+            "srun",
+            "-N2",
+            "-n2",
+            "-o",
+            "mounts.%t.json",
+            &format!("--container={sif}"),
+            &mounts,
+            "--container-workdir=/data",
+            "--container-env=KEEPME",
+            "/bin/probe",
+            "--read",
+            "/data/f",
+            "--write",
+            "/data/new",
+        ],
+    );
+    for r in &r {
+        assert_eq!(r["cwd"], "/data");
+        assert_eq!(r["reads"]["/data/f"], "hi\n");
+        assert_eq!(r["writes"]["/data/new"], "Read-only file system");
+        assert_eq!(env_of(r, "KEEPME"), Some("host"));
+    }
+    let r = reports(
+        &cluster,
+        "noenv",
+        &[
+            "env",
+            "KEEPME=host",
+            "srun",
+            "-N1",
+            "-o",
+            "noenv.%t.json",
+            &format!("--container={sif}"),
+            "/bin/probe",
+        ],
+    );
+    assert_eq!(env_of(&r[0], "KEEPME"), Some("image"));
+
+    // A mount destination through an image symlink pointing out of the image stays inside.
+    let esc = format!("--container={}", images.escape.display());
+    let m = format!("--container-mounts={}:/esc/pwned", data.display());
+    let r = reports(
+        &cluster,
+        "esc",
+        &[
+            "srun",
+            "-N1",
+            "-o",
+            "esc.%t.json",
+            &esc,
+            &m,
+            "/bin/probe",
+            "--read",
+            "/etc/pwned/f",
+        ],
+    );
+    assert_eq!(r[0]["reads"]["/etc/pwned/f"], "hi\n");
+    assert!(
+        !Path::new("/etc/pwned").exists(),
+        "a mount escaped to the host"
+    );
+
+    // sbatch with #SBATCH --container and two steps; salloc + srun.
+    std::fs::write(
+        work.join("job.sh"),
+        "#!/bin/sh\n#SBATCH --container=rel.sif\n#SBATCH -N2 -n4\n#SBATCH -o job.out\n\
+             srun -o step0.%t.json /bin/probe --read /marker || exit 1\n\
+             srun -n2 -o step1.%t.json /bin/probe --read /marker || exit 1\n\
+             echo batch-on-host\n",
+    )
+    .unwrap();
+    let out = run(&mut cluster.user(&["sbatch", "--wait", "job.sh"]));
+    let text = std::fs::read_to_string(work.join("job.out")).unwrap_or_default();
+    assert!(out.status.success(), "{}\n{text}", stderr(&out));
+    assert!(text.contains("batch-on-host"), "{text}");
+    assert_inside(&read_reports(&work, "step0"), 4, uid, gid, &work);
+    assert_inside(&read_reports(&work, "step1"), 2, uid, gid, &work);
+    let r = reports(
+        &cluster,
+        "alloc",
+        &[
+            "salloc",
+            "-N2",
+            &format!("--container-image={sif}"),
+            "srun",
+            "-o",
+            // Absolute: under salloc, srun resolves a relative -o elsewhere.
+            &format!("{}/alloc.%t.json", work.display()),
+            "/bin/probe",
+            "--read",
+            "/marker",
+        ],
+    );
+    assert_inside(&r, 2, uid, gid, &work);
+
+    // MPI over PMIx from inside the image: 2 ranks per node (shared memory), and 1.
+    if let Some(mpi) = &images.mpi {
+        let c = format!("--container={}", mpi.display());
+        for (n, per_node) in [(8, 2), (4, 1)] {
+            let t0 = Instant::now();
+            let tasks = format!("-n{n}");
+            let out = run(&mut cluster.user(&[
+                "env",
+                "OMPI_MCA_pml=ob1",
+                "OMPI_MCA_btl=self,vader,tcp",
+                "OMPI_MCA_btl_tcp_if_include=eth0",
+                "srun",
+                "-N4",
+                &tasks,
+                "--mpi=pmix",
+                &c,
+                "mpi_hello",
+            ]));
+            eprintln!("MPI {n} ranks in containers: {:.2?}", t0.elapsed());
+            assert!(
+                out.status.success(),
+                "MPI in containers failed:\n{}\n{}",
+                stderr(&out),
+                cluster.log_tails()
+            );
+            let text = stdout(&out);
+            let mut ranks = BTreeSet::new();
+            let mut per_host = std::collections::BTreeMap::new();
+            for line in text.lines() {
+                let field = |k: &str| {
+                    line.split_whitespace()
+                        .find_map(|f| f.strip_prefix(&format!("{k}=")))
+                        .unwrap_or_else(|| panic!("no {k}= in {line:?}"))
+                        .to_string()
+                };
+                assert_eq!(field("size"), n.to_string(), "{line}");
+                assert_eq!(field("sum"), (n * (n - 1) / 2).to_string(), "{line}");
+                assert_eq!(field("marker"), "slipway-mpi-image", "{line}");
+                ranks.insert(field("rank").parse::<usize>().unwrap());
+                *per_host.entry(field("host")).or_insert(0) += 1;
+            }
+            assert_eq!(ranks, (0..n).collect::<BTreeSet<_>>(), "{text}");
+            assert!(per_host.values().all(|c| *c == per_node), "{per_host:?}");
+        }
+    } else {
+        eprintln!("SKIP (part): mpicc missing, no MPI image");
+    }
+
+    // Refusals: one line on srun's stderr, the step fails, the nodes stay up.
+    std::fs::write(
+        images.dir.join("bad.sif"),
+        b"SIF_MAGIC but not a SIF at all\n",
+    )
+    .unwrap();
+    std::fs::write(
+        images.dir.join("short.sif"),
+        &std::fs::read(&images.sif).unwrap()[..200],
+    )
+    .unwrap();
+    let secret = images.dir.join("secret.sif");
+    std::fs::copy(&images.sif, &secret).unwrap();
+    run_ok(Command::new("chmod").arg("600").arg(&secret));
+    let denied = PathBuf::from("/var/tmp/slipway-cluster-test-denied.sif");
+    std::fs::copy(&images.sif, &denied).unwrap();
+    run_ok(Command::new("chmod").arg("644").arg(&denied));
+    let d = images.dir.display();
+    let cases: Vec<(Vec<String>, String)> = vec![
+        (
+            vec![format!("--container={d}/missing.sif")],
+            format!("slipway: image {d}/missing.sif: No such file or directory (os error 2)"),
+        ),
+        (
+            vec![format!("--container={}", secret.display())],
+            format!("slipway: image {}: Permission denied (os error 13)", secret.display()),
+        ),
+        (
+            vec![format!("--container={}", denied.display())],
+            format!(
+                "slipway: image {}: not allowed by policy (images.allowed: {d}/**, {STATE_DIR}/work/**) [{}:2 (images.allowed)]",
+                denied.display(),
+                policy.display()
+            ),
+        ),
+        (
+            vec![format!("--container={d}/bad.sif")],
+            format!("slipway: image {d}/bad.sif: not a SIF, a squashfs file or a directory"),
+        ),
+        (
+            vec![format!("--container={d}/short.sif")],
+            format!("slipway: image {d}/short.sif: header: descriptor table"),
+        ),
+        (
+            vec![format!("--container={sif}"), format!("--container-mounts={}/nope:/data", work.display())],
+            format!(
+                "slipway: bind {}/nope:/data: source does not exist [slipway (bind safety)]",
+                work.display()
+            ),
+        ),
+        (
+            vec![format!("--container={sif}"), format!("--container-mounts={}:/a/../b", data.display())],
+            format!(
+                "slipway: bind {}:/a/../b: destination must not be / nor contain `..` [slipway (bind safety)]",
+                data.display()
+            ),
+        ),
+    ];
+    for (opts, want) in &cases {
+        let mut args = vec!["srun", "-N2"];
+        args.extend(opts.iter().map(String::as_str));
+        args.push("/bin/true");
+        let out = run(&mut cluster.user(&args));
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{opts:?}:\n{err}");
+        assert!(
+            err.contains(want.as_str()),
+            "{opts:?}: want {want:?} in:\n{err}"
+        );
+        assert_eq!(err.matches("slipway: ").count(), 2, "once per node:\n{err}");
+    }
+    // A bad mount spec is refused where it is typed, before anything is allocated.
+    let out = run(&mut cluster.user(&[
+        "srun",
+        &format!("--container={sif}"),
+        "--container-mounts=data:/data",
+        "true",
+    ]));
+    assert!(
+        stderr(&out).contains(
+            "srun: error: slipway: --container-mounts=data:/data: 'data' is not an absolute path"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    // A policy file with a typo (read at every step) and one others may write.
+    write_policy(&images, "[mounts]\nsytem = []\n");
+    let out = run(&mut cluster.user(&["srun", &format!("--container={sif}"), "true"]));
+    assert!(
+        stderr(&out).contains(&format!(
+            "slipway: policy {}:5: mounts.sytem: unknown key; did you mean `system`?",
+            policy.display()
+        )),
+        "{}",
+        stderr(&out)
+    );
+    write_policy(&images, "");
+    run_ok(Command::new("chmod").arg("666").arg(&policy));
+    let out = run(&mut cluster.user(&["srun", &format!("--container={sif}"), "true"]));
+    assert!(
+        stderr(&out).contains(&format!(
+            "slipway: policy {}: writable by group and others (mode 0666): refusing to trust it",
+            policy.display()
+        )),
+        "{}",
+        stderr(&out)
+    );
+    run_ok(Command::new("chmod").arg("644").arg(&policy));
+    let _ = std::fs::remove_file(&denied);
+    assert_nodes_idle(&cluster, 4);
+
+    // Many container steps (one batch job, so they are cheap): nothing left on any node.
+    let steps: usize = std::env::var("SLIPWAY_LEAK_STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200);
+    std::fs::write(
+        work.join("many.sh"),
+        format!(
+            "#!/bin/sh\n#SBATCH -N4 -n4\n#SBATCH -o many.out\n\
+             i=0; while [ $i -lt {steps} ]; do srun --container={sif} /bin/probe --read /marker >/dev/null || exit 1; i=$((i+1)); done\n\
+             srun --container=rel.sif /bin/probe >/dev/null || exit 1\necho done {steps}\n"
+        ),
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    let mut cmd = cluster.user(&["sbatch", "--wait", "many.sh"]);
+    let out = run(&mut cmd);
+    let text = std::fs::read_to_string(work.join("many.out")).unwrap_or_default();
+    assert!(out.status.success(), "{}\n{text}", stderr(&out));
+    assert!(text.contains(&format!("done {steps}")), "{text}");
+    eprintln!("{steps} container steps in {:.2?}", t0.elapsed());
+    assert_nodes_idle(&cluster, 4);
+    let after = settled_state(&cluster);
+    assert_eq!(before, after, "container steps left something behind");
+
+    down_and_check(cluster);
+    let _ = std::fs::remove_dir_all(&images.dir);
 }

@@ -136,7 +136,8 @@ pub fn lookup_user(uid: u32) -> Result<UserInfo, HostError> {
     })
 }
 
-fn group_name(gid: u32) -> Option<String> {
+/// The name of group `gid` (NSS), if it has one.
+pub fn group_name(gid: u32) -> Option<String> {
     let mut buf = vec![0u8; 65536];
     // SAFETY: group is plain old data.
     let mut gr: libc::group = unsafe { std::mem::zeroed() };

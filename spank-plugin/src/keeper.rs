@@ -1,0 +1,357 @@
+//! The keeper: a process forked from slurmstepd that builds the step's container and keeps it
+//! for the step's life.
+//!
+//! Why a process: the runtime's `prepare` must run single-threaded (user namespaces require
+//! it, and its temporary group change affects every thread) while slurmstepd has many
+//! threads; and squashfuse is killed (`PR_SET_PDEATHSIG`) when the thread that started it
+//! exits. The keeper is that thread, and waits.
+//!
+//! Protocol over a socketpair: the keeper sends one message, an 8-byte length and a payload,
+//! the mount namespace fd attached (`SCM_RIGHTS`) on success. Payload: `O` then `E<K>=<V>` and
+//! `W<warning>` entries, each NUL-terminated; or `F<error>`. Then it reads until end of file:
+//! slurmstepd closes its end in `slurm_spank_exit` (or dies), the keeper tears down (squashfuse
+//! ends; mounts and loop devices go with the namespace) and exits; the plugin reaps it.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+
+use slipway_runtime::exec::{self, sys::Linux};
+use slipway_runtime::plan::Plan;
+
+use crate::entry::EntryError;
+
+/// The parent's handle on a running keeper: dropping it ends the keeper and reaps it.
+#[derive(Debug)]
+pub struct Keeper {
+    pid: libc::pid_t,
+    sock: Option<UnixStream>,
+}
+
+/// The keeper's answer: the namespace, the container environment, warnings.
+type Answer = (OwnedFd, BTreeMap<String, String>, Vec<String>);
+
+/// What a successful start hands back.
+pub type Started = (Keeper, OwnedFd, BTreeMap<String, String>, Vec<String>);
+
+fn keeper_err(what: &str, e: std::io::Error) -> EntryError {
+    EntryError::Keeper(format!("{what}: {e}"))
+}
+
+impl Keeper {
+    /// Forks the keeper, which prepares `plan`; waits for its answer.
+    pub fn start(plan: &Plan, host_env: &[(String, String)]) -> Result<Started, EntryError> {
+        let (ours, theirs) = UnixStream::pair().map_err(|e| keeper_err("socketpair", e))?;
+        // SAFETY: the child runs only async-signal-safe work until it is alone in its process
+        // (glibc's fork makes malloc usable in the child), and always leaves with _exit.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(keeper_err("fork", std::io::Error::last_os_error()));
+        }
+        if pid == 0 {
+            drop(ours);
+            let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                child(plan, host_env, theirs)
+            }))
+            .unwrap_or(70);
+            // SAFETY: leave the forked process without running slurmstepd's atexit handlers.
+            unsafe { libc::_exit(code) };
+        }
+        drop(theirs);
+        let mut keeper = Keeper {
+            pid,
+            sock: Some(ours),
+        };
+        match keeper.receive() {
+            Ok((fd, env, warnings)) => Ok((keeper, fd, env, warnings)),
+            Err(e) => {
+                keeper.stop();
+                Err(e)
+            }
+        }
+    }
+
+    fn receive(&mut self) -> Result<Answer, EntryError> {
+        let sock = self.sock.as_mut().expect("open until stop");
+        let (len, fd) = recv_header(sock)?;
+        let mut payload = vec![0u8; len];
+        sock.read_exact(&mut payload)
+            .map_err(|e| keeper_err("read", e))?;
+        match payload.first() {
+            Some(b'O') => {
+                let fd = fd.ok_or_else(|| EntryError::Keeper("no namespace fd".into()))?;
+                let mut env = BTreeMap::new();
+                let mut warnings = Vec::new();
+                for entry in payload[1..].split(|b| *b == 0).filter(|e| !e.is_empty()) {
+                    let text = String::from_utf8_lossy(&entry[1..]).into_owned();
+                    match entry[0] {
+                        b'E' => {
+                            if let Some((k, v)) = text.split_once('=') {
+                                env.insert(k.to_string(), v.to_string());
+                            }
+                        }
+                        _ => warnings.push(text),
+                    }
+                }
+                Ok((fd, env, warnings))
+            }
+            Some(b'F') => Err(EntryError::Prepare(
+                String::from_utf8_lossy(&payload[1..]).into_owned(),
+            )),
+            _ => Err(EntryError::Keeper("malformed answer".into())),
+        }
+    }
+
+    /// Ends the keeper (closing the socket is its signal) and reaps it.
+    fn stop(&mut self) {
+        drop(self.sock.take());
+        if self.pid > 0 {
+            let mut status = 0;
+            loop {
+                // SAFETY: waiting for our own child. ECHILD (slurmstepd's own reaping loop
+                // took it) ends the wait too.
+                let r = unsafe { libc::waitpid(self.pid, &mut status, 0) };
+                if r >= 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                    break;
+                }
+            }
+            self.pid = 0;
+        }
+    }
+}
+
+impl Drop for Keeper {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Reads the 8-byte length and the attached fd, if any.
+fn recv_header(sock: &mut UnixStream) -> Result<(usize, Option<OwnedFd>), EntryError> {
+    let mut len = [0u8; 8];
+    // Room for one fd.
+    let mut cbuf = [0u64; 4];
+    let mut iov = libc::iovec {
+        iov_base: len.as_mut_ptr().cast(),
+        iov_len: len.len(),
+    };
+    // SAFETY: msghdr is plain old data.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&cbuf);
+    let n = loop {
+        // SAFETY: msg points at live buffers.
+        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if n >= 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            break n;
+        }
+    };
+    if n < 0 {
+        return Err(keeper_err("recvmsg", std::io::Error::last_os_error()));
+    }
+    let mut fd = None;
+    // SAFETY: walking the control buffer the kernel filled.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let raw = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
+                fd = Some(OwnedFd::from_raw_fd(raw));
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    if n == 0 {
+        return Err(EntryError::Keeper(
+            "exited before the container was ready".into(),
+        ));
+    }
+    let mut got = n as usize;
+    while got < len.len() {
+        let m = sock
+            .read(&mut len[got..])
+            .map_err(|e| keeper_err("read", e))?;
+        if m == 0 {
+            return Err(EntryError::Keeper("short answer".into()));
+        }
+        got += m;
+    }
+    Ok((u64::from_le_bytes(len) as usize, fd))
+}
+
+/// Sends the header with `fd` attached, then the payload.
+fn send(sock: &mut UnixStream, payload: &[u8], fd: Option<&OwnedFd>) -> std::io::Result<()> {
+    let len = (payload.len() as u64).to_le_bytes();
+    let mut cbuf = [0u64; 4];
+    let iov = libc::iovec {
+        iov_base: len.as_ptr() as *mut libc::c_void,
+        iov_len: len.len(),
+    };
+    // SAFETY: msghdr is plain old data.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &iov as *const libc::iovec as *mut libc::iovec;
+    msg.msg_iovlen = 1;
+    if let Some(fd) = fd {
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        // SAFETY: CMSG_* on a buffer large enough for one int.
+        unsafe {
+            msg.msg_controllen = libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) as _;
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as _;
+            std::ptr::write_unaligned(CMSG_DATA_INT(c), fd.as_raw_fd());
+        }
+    }
+    // SAFETY: msg points at live buffers.
+    let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    sock.write_all(&len[n as usize..])?;
+    sock.write_all(payload)
+}
+
+#[allow(non_snake_case)]
+unsafe fn CMSG_DATA_INT(c: *mut libc::cmsghdr) -> *mut libc::c_int {
+    // SAFETY: c is a valid control message header (caller).
+    unsafe { libc::CMSG_DATA(c).cast() }
+}
+
+/// The keeper's life: become root for real, leave slurmstepd's fds behind, prepare, answer,
+/// wait, tear down. Returns the exit code.
+fn child(plan: &Plan, host_env: &[(String, String)], mut sock: UnixStream) -> i32 {
+    // Only the socket, and /dev/null as stdin/out/err: slurmstepd's connections must not be
+    // held open by a process that outlives their use.
+    // SAFETY: fd juggling on fds this process owns; the socket moves to fd 3.
+    unsafe {
+        let null = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+            .map_or(-1, std::os::fd::IntoRawFd::into_raw_fd);
+        if null >= 0 {
+            for fd in 0..3 {
+                libc::dup2(null, fd);
+            }
+        }
+        let s = sock.as_raw_fd();
+        if s != 3 && libc::dup3(s, 3, libc::O_CLOEXEC) < 0 {
+            return 71;
+        }
+        std::mem::forget(sock);
+        libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32);
+        sock = UnixStream::from_raw_fd(3);
+        // slurmstepd's signal handlers and mask mean nothing here: defaults, nothing blocked.
+        for sig in 1..32 {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+        // slurmstepd runs user_init with the user's euid and groups: back to root.
+        libc::setgroups(0, std::ptr::null());
+        if libc::setresgid(0, 0, 0) < 0 || libc::setresuid(0, 0, 0) < 0 {
+            let _ = send(&mut sock, b"Fsetresuid(0): permission denied", None);
+            return 72;
+        }
+        libc::umask(0o022);
+    }
+    if std::env::set_current_dir("/").is_err() {
+        return 74;
+    }
+    let staging = crate::entry::staging_dir(plan);
+    match exec::prepare(plan, host_env, &Linux, &staging) {
+        Ok(prepared) => {
+            let mut payload = vec![b'O'];
+            for (k, v) in &prepared.env {
+                payload.push(b'E');
+                payload.extend_from_slice(k.as_bytes());
+                payload.push(b'=');
+                payload.extend_from_slice(v.as_bytes());
+                payload.push(0);
+            }
+            for w in &prepared.warnings {
+                payload.push(b'W');
+                payload.extend_from_slice(w.replace('\0', " ").as_bytes());
+                payload.push(0);
+            }
+            if send(&mut sock, &payload, Some(&prepared.mnt_ns)).is_err() {
+                prepared.teardown();
+                return 73;
+            }
+            // Wait for the end of the step (or slurmstepd's death).
+            let mut buf = [0u8; 64];
+            loop {
+                match sock.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(_) => continue,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => break,
+                }
+            }
+            prepared.teardown();
+            0
+        }
+        Err(e) => {
+            let msg = format!("F{e}");
+            let _ = send(&mut sock, msg.as_bytes(), None);
+            1
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_carries_its_fd_and_a_long_payload() {
+        let (mut a, mut b) = UnixStream::pair().unwrap();
+        let fd = OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+        // Longer than a socket buffer's worth in one write: the reader must loop.
+        let mut payload = vec![b'O'];
+        for i in 0..20_000 {
+            payload.extend_from_slice(format!("EVAR{i}=value {i}\0").as_bytes());
+        }
+        payload.extend_from_slice(b"Wline 3: not applied\0");
+        let sent = payload.clone();
+        let writer = std::thread::spawn(move || send(&mut a, &sent, Some(&fd)).unwrap());
+        let (len, got) = recv_header(&mut b).unwrap();
+        assert_eq!(len, payload.len());
+        let got = got.expect("an fd");
+        // A fresh descriptor for the same file (received with MSG_CMSG_CLOEXEC).
+        // SAFETY: fcntl on a descriptor this test owns.
+        let flags = unsafe { libc::fcntl(got.as_raw_fd(), libc::F_GETFD) };
+        assert_eq!(flags & libc::FD_CLOEXEC, libc::FD_CLOEXEC);
+        let mut rest = vec![0u8; len];
+        b.read_exact(&mut rest).unwrap();
+        assert_eq!(rest, payload);
+        writer.join().unwrap();
+    }
+
+    #[test]
+    fn a_failure_has_no_fd() {
+        let (mut a, mut b) = UnixStream::pair().unwrap();
+        send(&mut a, b"Fimage /x.sif: bad", None).unwrap();
+        let (len, fd) = recv_header(&mut b).unwrap();
+        assert!(fd.is_none());
+        assert_eq!(len, 18);
+    }
+
+    #[test]
+    fn a_keeper_that_dies_early_is_an_error() {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        drop(a);
+        let e = recv_header(&mut b).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "container keeper: exited before the container was ready"
+        );
+    }
+}
