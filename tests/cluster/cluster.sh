@@ -17,6 +17,7 @@
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
 STATE=${SLIPWAY_CLUSTER_DIR:-/tmp/slipway-cluster}
 NAME=${SLIPWAY_CLUSTER_NAME:-slip}             # prefix of netns and veth names
 BRIDGE=${SLIPWAY_CLUSTER_BRIDGE:-slipbr0}
@@ -40,15 +41,24 @@ ns_exec() {
     shift 3
     hostname "$host"
     if [[ -n $tmpdir ]]; then
-        # The state directory may itself live under /tmp: keep it visible at the same path
-        # inside the private /tmp, so config, munge socket and spool resolve as on the host.
-        case $STATE/ in
-        /tmp/*)
-            local rel=${STATE#/tmp/}
-            mkdir -p "$tmpdir/$rel"
-            mount --bind "$STATE" "$tmpdir/$rel"
-            ;;
-        esac
+        # The state directory, the checkout (plugin, slipway, test images) and any
+        # $SLIPWAY_CLUSTER_KEEP paths (colon-separated) may live under /tmp: keep each visible
+        # at the same path inside the private /tmp, as a shared file system would be on a
+        # real cluster.
+        local keep rel
+        local -a keeps=("$STATE" "$REPO")
+        IFS=: read -r -a extra <<<"${SLIPWAY_CLUSTER_KEEP:-}"
+        keeps+=("${extra[@]}")
+        for keep in "${keeps[@]}"; do
+            case $keep/ in
+            /tmp/?*)
+                [[ -d $keep ]] || continue
+                rel=${keep#/tmp/}
+                mkdir -p "$tmpdir/$rel"
+                mount --bind "$keep" "$tmpdir/$rel"
+                ;;
+            esac
+        done
         mount --rbind "$tmpdir" /tmp
         # Its own /dev/shm (and, with --ipc below, its own SysV IPC), as a separate machine
         # has: MPI and PMIx shared-memory segments of different nodes, or of an earlier
