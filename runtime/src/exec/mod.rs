@@ -324,23 +324,27 @@ pub fn prepare(
     // The container root: the image, with a tmpfs in place of each directory where a mount
     // point must be created (the root itself when a top-level one is missing).
     let dests = image_dests(plan);
-    let replicate = rootfs::replicas(&img_dir, &dests)?;
+    let replicate = rootfs::replicas(&img_dir, &img_fd, &dests)?;
     let (mut count, layers) = rootfs::build_root(sys, &img_dir, &img_fd, &root, &replicate)?;
     let root_fd = rootfs::open_path(&root)?;
     let mut ours = Vec::new();
-    for (dir, _) in &layers {
-        ours.push(dev_of(&root.join(dir.strip_prefix("/").unwrap_or(dir)))?);
+    for (_, fd) in &layers {
+        ours.push(fd_stat(fd)?.st_dev);
     }
     if plan.image.writable_tmpfs {
         ours.push(dev_of(&img_dir)?);
     }
 
     // The generated passwd and group.
-    let (passwd, group) = identity_files(plan, &img_dir)?;
+    let (passwd, group) = identity_files(sys, plan, &img_fd)?;
     write_file(&files.join("passwd"), &passwd)?;
     write_file(&files.join("group"), &group)?;
 
-    // Every mount of the plan, in order.
+    // Every mount of the plan, in order. `made_in`: the directory the last missing mount point
+    // was made in (container path, and an fd checked to be a directory on a Slipway tmpfs),
+    // kept while only mount points made in it are mounted on: the minimal /dev's nodes all go
+    // there, so each costs one create instead of a walk of its path.
+    let mut made_in: Option<(PathBuf, OwnedFd)> = None;
     for (m, src) in plan.mounts.iter().zip(&sources) {
         let gen_fd;
         let src_fd = match (&m.kind, src) {
@@ -359,6 +363,7 @@ pub fn prepare(
         // Most mount points exist (in the image or on an earlier mount): one openat2, which
         // resolves inside the root. Only a missing one is made, on a Slipway tmpfs.
         let dest_rel = m.dest.strip_prefix("/").unwrap_or(&m.dest).to_path_buf();
+        let mut made = false;
         let to = match sys.open_in(
             root_fd.as_fd(),
             &dest_rel,
@@ -378,16 +383,29 @@ pub fn prepare(
                 fd
             }
             Err(ExecError::Sys { ref err, .. }) if err.raw_os_error() == Some(libc::ENOENT) => {
-                let canon = rootfs::mount_point(&root, &m.dest, is_dir, &ours)?;
-                let rel = canon.strip_prefix("/").unwrap_or(&canon).to_path_buf();
-                sys.open_in(
-                    root_fd.as_fd(),
-                    &rel,
-                    RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
-                )?
+                if make_in_ours(sys, &root_fd, &m.dest, is_dir, &ours, &mut made_in)? {
+                    made = true;
+                    sys.open_in(
+                        root_fd.as_fd(),
+                        &dest_rel,
+                        RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+                    )?
+                } else {
+                    let canon = rootfs::mount_point(&root, &m.dest, is_dir, &ours)?;
+                    let rel = canon.strip_prefix("/").unwrap_or(&canon).to_path_buf();
+                    sys.open_in(
+                        root_fd.as_fd(),
+                        &rel,
+                        RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+                    )?
+                }
             }
             Err(e) => return Err(e),
         };
+        // A mount anywhere but on an entry just made in `made_in` could cover that directory.
+        if !made {
+            made_in = None;
+        }
         let rel = dest_rel;
         let mut attrs = 0;
         if m.readonly {
@@ -446,8 +464,29 @@ pub fn prepare(
         }
         count += 1;
     }
+    // Links (all in the minimal /dev): made relative to an fd of their parent, opened inside
+    // the root once per directory and checked to be a directory on a Slipway tmpfs.
+    let mut link_dir: Option<(PathBuf, OwnedFd)> = None;
     for l in &plan.links {
         let parent = l.dest.parent().unwrap_or(Path::new("/"));
+        if let (Some(dir), Some(name)) = (
+            ours_dir(sys, &root_fd, parent, &ours, &mut link_dir)?,
+            l.dest.file_name(),
+        ) {
+            let t = CString::new(l.target.as_bytes()).map_err(|_| ExecError::MountPoint {
+                dest: l.dest.clone(),
+                why: "link target has a NUL byte".into(),
+            })?;
+            let n = CString::new(name.as_bytes()).map_err(|_| ExecError::MountPoint {
+                dest: l.dest.clone(),
+                why: "name has a NUL byte".into(),
+            })?;
+            // SAFETY: both strings are NUL-terminated; dir is an open directory fd.
+            if unsafe { libc::symlinkat(t.as_ptr(), dir.as_raw_fd(), n.as_ptr()) } < 0 {
+                return Err(sys_err("symlink", &l.dest));
+            }
+            continue;
+        }
         let r = rootfs::resolve(&root, parent)?;
         let host = root.join(r.path.strip_prefix("/").unwrap_or(&r.path));
         if r.existing.is_some() || !ours.contains(&dev_of(&host)?) {
@@ -503,6 +542,88 @@ pub fn prepare(
         mounts: count,
         squashfuse: guard.0.take(),
     })
+}
+
+/// An fd of the container directory `dir` (resolved inside the root) if it is a directory on a
+/// Slipway tmpfs (`ours`), reusing `cache` when it holds that directory. `None` when `dir`
+/// is missing, is not a plain container path (`..`), or is not ours.
+fn ours_dir<'a>(
+    sys: &dyn Sys,
+    root_fd: &OwnedFd,
+    dir: &Path,
+    ours: &[u64],
+    cache: &'a mut Option<(PathBuf, OwnedFd)>,
+) -> Result<Option<&'a OwnedFd>, ExecError> {
+    if cache.as_ref().map(|(p, _)| p.as_path()) != Some(dir) {
+        *cache = None;
+        let rel = dir.strip_prefix("/").unwrap_or(dir);
+        if rel.as_os_str().is_empty()
+            || rel
+                .components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            return Ok(None);
+        }
+        let Ok(fd) = sys.open_in(
+            root_fd.as_fd(),
+            rel,
+            RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+        ) else {
+            return Ok(None);
+        };
+        let st = fd_stat(&fd)?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFDIR || !ours.contains(&st.st_dev) {
+            return Ok(None);
+        }
+        *cache = Some((dir.to_path_buf(), fd));
+    }
+    Ok(cache.as_ref().map(|(_, fd)| fd))
+}
+
+/// Makes the missing mount point `dest` (a directory if `dir`, else an empty file) in its
+/// parent directory when that exists on a Slipway tmpfs, relative to an fd of the parent
+/// (`cache`, see [`ours_dir`]). `false` when this does not apply (the parent is missing or not
+/// ours, or the name is taken, e.g. by a dangling symlink): [`rootfs::mount_point`] then walks
+/// the destination and decides.
+fn make_in_ours(
+    sys: &dyn Sys,
+    root_fd: &OwnedFd,
+    dest: &Path,
+    dir: bool,
+    ours: &[u64],
+    cache: &mut Option<(PathBuf, OwnedFd)>,
+) -> Result<bool, ExecError> {
+    let (Some(parent), Some(name)) = (dest.parent(), dest.file_name()) else {
+        return Ok(false);
+    };
+    let Ok(name) = CString::new(name.as_bytes()) else {
+        return Ok(false);
+    };
+    let Some(pfd) = ours_dir(sys, root_fd, parent, ours, cache)? else {
+        return Ok(false);
+    };
+    let rc = if dir {
+        // SAFETY: pfd is an open directory fd; name is NUL-terminated.
+        unsafe { libc::mkdirat(pfd.as_raw_fd(), name.as_ptr(), 0o755) }
+    } else {
+        // SAFETY: as above; the fd returned is closed at once.
+        let fd = unsafe {
+            libc::openat(
+                pfd.as_raw_fd(),
+                name.as_ptr(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                0o644 as libc::c_uint,
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: fd was just opened here.
+            unsafe { libc::close(fd) };
+            0
+        } else {
+            -1
+        }
+    };
+    Ok(rc == 0)
 }
 
 /// Destinations that are checked against the image (for replication): those not below an
@@ -576,24 +697,32 @@ fn write_file(p: &Path, text: &str) -> Result<(), ExecError> {
         .map_err(|e| io_err("write", p, e))
 }
 
-/// Reads a file of the image, resolving it inside the image.
-fn read_image_file(img: &Path, path: &str) -> Option<String> {
-    let r = rootfs::resolve(img, Path::new(path)).ok()?;
-    if r.existing.is_some() {
-        return None;
-    }
-    std::fs::read_to_string(img.join(r.path.strip_prefix("/").ok()?)).ok()
+/// Reads a file of the image (`img_fd`), resolving it inside the image.
+fn read_image_file(img_fd: &OwnedFd, path: &str) -> Option<String> {
+    sys::read_in(img_fd.as_fd(), Path::new(path.trim_start_matches('/')))
 }
 
 /// The image's `/etc/passwd` and `/etc/group` with the user's entries (replacing any of the
 /// same id or name).
-fn identity_files(plan: &Plan, img: &Path) -> Result<(String, String), ExecError> {
+fn identity_files(
+    sys: &dyn Sys,
+    plan: &Plan,
+    img_fd: &OwnedFd,
+) -> Result<(String, String), ExecError> {
     let id = &plan.identity;
     let mut line: Vec<String> = id.passwd_line.split(':').map(String::from).collect();
     // A shell the image lacks would make login shells fail: use /bin/sh.
     if let Some(shell) = line.get(6) {
-        let r = rootfs::resolve(img, Path::new(shell)).ok();
-        if shell.is_empty() || !matches!(r, Some(r) if r.existing.is_none()) {
+        // Resolved inside the image, as the kernel will when the shell is run.
+        let exists = !shell.is_empty()
+            && sys
+                .open_in(
+                    img_fd.as_fd(),
+                    Path::new(shell.trim_start_matches('/')),
+                    RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+                )
+                .is_ok();
+        if !exists {
             line[6] = "/bin/sh".into();
         }
     }
@@ -624,8 +753,8 @@ fn identity_files(plan: &Plan, img: &Path) -> Result<(String, String), ExecError
         out
     };
     Ok((
-        merge(read_image_file(img, "/etc/passwd"), &[ours]),
-        merge(read_image_file(img, "/etc/group"), &id.group_lines),
+        merge(read_image_file(img_fd, "/etc/passwd"), &[ours]),
+        merge(read_image_file(img_fd, "/etc/group"), &id.group_lines),
     ))
 }
 

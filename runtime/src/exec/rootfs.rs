@@ -139,9 +139,13 @@ pub fn resolve(root: &Path, dest: &Path) -> Result<Resolved, ExecError> {
 
 /// Directories (container paths) that must be replicated so that every destination's mount
 /// point can be created: the existing ancestors of the first missing component, below `/`.
-pub fn replicas(image: &Path, dests: &[PathBuf]) -> Result<BTreeSet<PathBuf>, ExecError> {
+/// `image_fd` is an `O_PATH` fd of `image`.
+pub fn replicas(
+    image: &Path,
+    image_fd: &OwnedFd,
+    dests: &[PathBuf],
+) -> Result<BTreeSet<PathBuf>, ExecError> {
     let mut out = BTreeSet::new();
-    let image_fd = open_path(image)?;
     for d in dests {
         // Existing destinations (the common case) need no walk.
         let rel = d.strip_prefix("/").unwrap_or(d);
@@ -267,12 +271,15 @@ fn fill(
         let cpath = dir.join(&name);
         let crel = cpath.strip_prefix("/").unwrap_or(&cpath);
         let dst = root.join(crel);
-        let meta = fs::symlink_metadata(e.path()).map_err(|er| io_err("lstat", &e.path(), er))?;
-        let ft = meta.file_type();
+        // The type from the directory entry (no stat); d_type-less file systems make std
+        // lstat the entry.
+        let ft = e.file_type().map_err(|er| io_err("lstat", &e.path(), er))?;
         if ft.is_symlink() {
             let t = fs::read_link(e.path()).map_err(|er| io_err("readlink", &e.path(), er))?;
             std::os::unix::fs::symlink(&t, &dst).map_err(|er| io_err("symlink", &dst, er))?;
         } else if ft.is_dir() && replicate.contains(&cpath) {
+            let meta =
+                fs::symlink_metadata(e.path()).map_err(|er| io_err("lstat", &e.path(), er))?;
             mkdir(&dst, meta.mode() & 0o7777)?;
             fill(
                 sys, image, image_fd, root, root_fd, &cpath, replicate, mounts,
@@ -429,6 +436,7 @@ mod tests {
 
         let reps = replicas(
             r,
+            &open_path(r).unwrap(),
             &["/a/b/new".into(), "/etc/hosts".into(), "/newtop/x".into()],
         )
         .unwrap();

@@ -18,6 +18,36 @@ struct OpenHow {
     resolve: u64,
 }
 
+/// Reads the file at `path` resolved inside `dirfd` (`RESOLVE_IN_ROOT|RESOLVE_NO_MAGICLINKS`),
+/// in one `openat2` instead of a walk of the path. `None` if it cannot be opened or read.
+pub fn read_in(dirfd: BorrowedFd, path: &Path) -> Option<String> {
+    use std::io::Read;
+    let p = cstr(path).ok()?;
+    let how = OpenHow {
+        flags: (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK) as u64,
+        mode: 0,
+        resolve: RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+    };
+    // SAFETY: how is a valid open_how of the size given; p is NUL-terminated.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dirfd.as_raw_fd(),
+            p.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    };
+    if rc < 0 {
+        return None;
+    }
+    // SAFETY: rc is a file descriptor just opened here and owned by nothing else.
+    let mut f = unsafe { std::fs::File::from_raw_fd(rc as RawFd) };
+    let mut text = String::new();
+    f.read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
 /// `struct mount_attr` for `mount_setattr(2)`.
 #[repr(C)]
 struct MountAttr {
