@@ -50,17 +50,21 @@ fn io_err(syscall: &'static str, path: &Path, err: std::io::Error) -> ExecError 
     }
 }
 
-/// Resolves `dest` inside the tree at `root` (a host path), following symlinks but never out
-/// of `root`: absolute targets restart at `root`, `..` stops at it.
-pub fn resolve(root: &Path, dest: &Path) -> Result<Resolved, ExecError> {
-    let mut pending: VecDeque<PathBuf> = dest
-        .components()
+/// The names and `..` steps of a path, to walk one at a time (`/` and `.` dropped).
+fn steps(p: &Path) -> VecDeque<PathBuf> {
+    p.components()
         .filter_map(|c| match c {
             Component::Normal(n) => Some(PathBuf::from(n)),
             Component::ParentDir => Some(PathBuf::from("..")),
             _ => None,
         })
-        .collect();
+        .collect()
+}
+
+/// Resolves `dest` inside the tree at `root` (a host path), following symlinks but never out
+/// of `root`: absolute targets restart at `root`, `..` stops at it.
+pub fn resolve(root: &Path, dest: &Path) -> Result<Resolved, ExecError> {
+    let mut pending = steps(dest);
     let mut cur = PathBuf::from("/");
     let mut links = 0;
     let mut missing_at: Option<usize> = None;
@@ -99,14 +103,7 @@ pub fn resolve(root: &Path, dest: &Path) -> Result<Resolved, ExecError> {
                 if target.is_absolute() {
                     cur = PathBuf::from("/");
                 }
-                let mut t: VecDeque<PathBuf> = target
-                    .components()
-                    .filter_map(|c| match c {
-                        Component::Normal(n) => Some(PathBuf::from(n)),
-                        Component::ParentDir => Some(PathBuf::from("..")),
-                        _ => None,
-                    })
-                    .collect();
+                let mut t = steps(&target);
                 t.extend(pending);
                 pending = t;
                 kind = Some(Kind::Dir);

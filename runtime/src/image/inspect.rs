@@ -11,7 +11,7 @@ use std::fs::File;
 use std::io::Read;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
@@ -244,7 +244,7 @@ impl Reader {
                 Ok(Some(buf))
             }
             Reader::Squashfs { file, span } => {
-                let out = unsquashfs(file, *span)
+                let out = unsquashfs(*span)
                     .arg("-cat")
                     .arg(file)
                     .arg(path.trim_start_matches('/'))
@@ -288,7 +288,7 @@ impl Reader {
             Reader::Squashfs { file, span } => {
                 // `-lc` lists files only (not directories), one path per line, prefixed by the
                 // destination ("squashfs-root" unless -d is given).
-                let out = unsquashfs(file, *span)
+                let out = unsquashfs(*span)
                     .args(["-lc", "-d", ""])
                     .arg(file)
                     .arg(path.trim_start_matches('/'))
@@ -311,7 +311,7 @@ impl Reader {
     }
 }
 
-fn unsquashfs(_file: &Path, span: Span) -> Command {
+fn unsquashfs(span: Span) -> Command {
     let mut c = Command::new("unsquashfs");
     c.arg("-o").arg(span.offset.to_string()).arg("-no-progress");
     c
