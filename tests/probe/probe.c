@@ -55,6 +55,21 @@ int main(int argc, char **argv) {
     field("cwd"); str(getcwd(buf, sizeof buf) ? buf : strerror(errno)); printf(",");
     gethostname(buf, sizeof buf);
     field("hostname"); str(buf); printf(",");
+    /* Signals ignored and blocked at start (what exec passed on): numbers, as lists. */
+    const char *sigs[] = {"ignored", "blocked"};
+    for (int k = 0; k < 2; k++) {
+        struct sigaction sa;
+        sigset_t mask;
+        sigprocmask(SIG_BLOCK, NULL, &mask);
+        field(sigs[k]); printf("[");
+        int first = 1;
+        for (int sig = 1; sig < 32; sig++) {
+            int on = k == 0 ? (sigaction(sig, NULL, &sa) == 0 && sa.sa_handler == SIG_IGN)
+                            : sigismember(&mask, sig) == 1;
+            if (on) { printf("%s%d", first ? "" : ",", sig); first = 0; }
+        }
+        printf("],");
+    }
     field("env"); printf("{");
     for (char **e = environ; *e; e++) {
         char *eq = strchr(*e, '=');

@@ -298,6 +298,22 @@ fn u32s(v: &Value) -> Vec<u32> {
 
 /// What every container must look like, whatever the mode.
 fn assert_common(fx: &Fx, r: &Value, image_fs: Option<&str>) {
+    // No signal ignored or blocked on the way in: the test harness starts slipway with default
+    // dispositions, and the command must get them (a Rust program's runtime ignores SIGPIPE,
+    // which `exec` would otherwise pass on: `slipway exec IMG yes | head` would never end
+    // quietly).
+    assert_eq!(
+        r["ignored"],
+        serde_json::json!([]),
+        "signals ignored: {}",
+        r["ignored"]
+    );
+    assert_eq!(
+        r["blocked"],
+        serde_json::json!([]),
+        "signals blocked: {}",
+        r["blocked"]
+    );
     assert_eq!(r["uid"], fx.uid, "{r}");
     assert_eq!(r["euid"], fx.uid);
     assert_eq!(r["gid"], fx.gid);

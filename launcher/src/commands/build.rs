@@ -2,7 +2,6 @@
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use slipway_runtime::build::{self, BuildError, BuildOptions, Event, Platform};
 
@@ -33,7 +32,7 @@ fn parse_platform(s: &str) -> Result<Platform, String> {
 }
 
 /// Runs `slipway build`.
-pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+pub fn run(a: Args) -> anyhow::Result<u8> {
     if let Err(e) = build::interrupt::install() {
         anyhow::bail!("cannot install the Ctrl-C handler: {e}");
     }
@@ -52,10 +51,10 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         ..BuildOptions::new(a.output, a.source)
     };
     match build::build_sif(&opts) {
-        Ok(_) => Ok(ExitCode::SUCCESS),
+        Ok(_) => Ok(0),
         Err(BuildError::Interrupted) => {
             eprintln!("slipway build: interrupted; nothing was written");
-            Ok(ExitCode::from(130))
+            Ok(130)
         }
         // The message already quotes its source; the chain would repeat it.
         Err(e) => Err(anyhow::anyhow!(e.to_string())),

@@ -3,7 +3,6 @@
 //! signal, is slipway's).
 
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 
 use anyhow::Context;
 use slipway_runtime::exec::{self, sys::Linux};
@@ -173,7 +172,7 @@ fn libc_geteuid() -> u32 {
 }
 
 /// Prepares and enters the container, then execs; returns only on failure.
-fn launch(plan: Plan, host: HostFacts) -> anyhow::Result<ExitCode> {
+fn launch(plan: Plan, host: HostFacts) -> anyhow::Result<u8> {
     plan.check()?;
     let prepared = exec::prepare(&plan, &host.env, &Linux, Path::new(exec::STAGING))?;
     for w in &prepared.warnings {
@@ -188,13 +187,13 @@ fn launch(plan: Plan, host: HostFacts) -> anyhow::Result<ExitCode> {
 }
 
 /// Runs `slipway exec`.
-pub fn run_exec(a: ExecArgs) -> anyhow::Result<ExitCode> {
+pub fn run_exec(a: ExecArgs) -> anyhow::Result<u8> {
     let (plan, host) = build_plan(&a.opts, &a.image, a.command, false, false)?;
     launch(plan, host)
 }
 
 /// Runs `slipway run`.
-pub fn run_run(a: RunArgs) -> anyhow::Result<ExitCode> {
+pub fn run_run(a: RunArgs) -> anyhow::Result<u8> {
     let mut cmd = vec![RUNSCRIPT.to_string()];
     cmd.extend(a.args);
     let (plan, host) = build_plan(&a.opts, &a.image, cmd, false, false)?;
@@ -202,7 +201,7 @@ pub fn run_run(a: RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Runs `slipway shell`.
-pub fn run_shell(a: ShellArgs) -> anyhow::Result<ExitCode> {
+pub fn run_shell(a: ShellArgs) -> anyhow::Result<u8> {
     let (plan, host) = build_plan(&a.opts, &a.image, vec!["/bin/bash".into()], true, false)?;
     launch(plan, host)
 }

@@ -3,7 +3,6 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use super::exec::{build_plan, Opts, RUNSCRIPT};
 
@@ -23,7 +22,7 @@ pub struct Args {
 }
 
 /// Runs `slipway explain`.
-pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+pub fn run(a: Args) -> anyhow::Result<u8> {
     let command = if a.command.is_empty() {
         vec![RUNSCRIPT.to_string()]
     } else {
@@ -40,9 +39,5 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
         _ => {}
     }
-    Ok(if plan.refused.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(if plan.refused.is_empty() { 0 } else { 1 })
 }

@@ -1,6 +1,6 @@
 //! One module per verb.
 
-use std::process::ExitCode;
+use std::ffi::OsString;
 
 use clap::Subcommand;
 
@@ -29,8 +29,26 @@ pub enum Command {
     Policy(policy::Args),
 }
 
+/// Parses the launch verbs (`exec`, `run`, `shell`) on their own, without building the
+/// other verbs' parsers: launch time counts. `None` for anything else (other verbs, a global
+/// option before the verb, `--help`), which the whole command-line parser then handles; the
+/// messages and usage lines are the same either way.
+pub fn parse_launch(args: &[OsString]) -> Option<Result<(u8, Command), clap::Error>> {
+    let verb = args.get(1)?.to_str()?;
+    let rest = &args[1..];
+    Some(match verb {
+        "exec" => crate::parse_verb("exec", "Run a command inside an image", rest)
+            .map(|(v, a)| (v, Command::Exec(a))),
+        "run" => crate::parse_verb("run", "Run an image's runscript", rest)
+            .map(|(v, a)| (v, Command::Run(a))),
+        "shell" => crate::parse_verb("shell", "Start a shell inside an image", rest)
+            .map(|(v, a)| (v, Command::Shell(a))),
+        _ => return None,
+    })
+}
+
 /// Runs a verb; `Ok` carries the exit status to return.
-pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
+pub fn run(cmd: Command) -> anyhow::Result<u8> {
     match cmd {
         Command::Build(a) => build::run(a),
         Command::Inspect(a) => inspect::run(a),

@@ -145,9 +145,14 @@ fn as_user<T>(plan: &Plan, f: impl FnOnce() -> Result<T, ExecError>) -> Result<T
     if plan.mode != Mode::Privileged || id.uid == 0 {
         return f();
     }
-    let mut saved = vec![0 as libc::gid_t; 65536];
+    // SAFETY: a zero size only asks for the count.
+    let n = unsafe { libc::getgroups(0, std::ptr::null_mut()) };
+    if n < 0 {
+        return Err(sys_err("getgroups", "/"));
+    }
+    let mut saved = vec![0 as libc::gid_t; n as usize];
     // SAFETY: saved has room for the count given.
-    let n = unsafe { libc::getgroups(saved.len() as i32, saved.as_mut_ptr()) };
+    let n = unsafe { libc::getgroups(n, saved.as_mut_ptr()) };
     if n < 0 {
         return Err(sys_err("getgroups", "/"));
     }

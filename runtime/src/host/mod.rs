@@ -108,64 +108,85 @@ impl HostFacts {
 
 /// Looks a user up by uid (NSS: files, LDAP, sssd as the host has them).
 pub fn lookup_user(uid: u32) -> Result<UserInfo, HostError> {
-    let mut buf = vec![0u8; 16384];
-    // SAFETY: passwd is plain old data; zeroed is a valid initial value.
-    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut res: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: all pointers are valid for the given sizes; getpwuid_r fills pw from buf.
-    let rc =
-        unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr().cast(), buf.len(), &mut res) };
-    if rc != 0 {
-        return Err(HostError::Sys {
-            syscall: "getpwuid_r",
-            err: std::io::Error::from_raw_os_error(rc),
+    // A small buffer first (one page is plenty for a passwd entry), larger on ERANGE.
+    let mut buf = vec![0u8; 1024];
+    loop {
+        // SAFETY: passwd is plain old data; zeroed is a valid initial value.
+        let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut res: *mut libc::passwd = std::ptr::null_mut();
+        // SAFETY: all pointers are valid for the given sizes; getpwuid_r fills pw from buf.
+        let rc =
+            unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr().cast(), buf.len(), &mut res) };
+        if rc == libc::ERANGE && buf.len() < 1 << 20 {
+            buf = vec![0u8; buf.len() * 4];
+            continue;
+        }
+        if rc != 0 {
+            return Err(HostError::Sys {
+                syscall: "getpwuid_r",
+                err: std::io::Error::from_raw_os_error(rc),
+            });
+        }
+        if res.is_null() {
+            return Err(HostError::NoUser { uid });
+        }
+        // SAFETY: on success the fields point into buf, NUL-terminated.
+        let s =
+            |p: *const libc::c_char| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned();
+        return Ok(UserInfo {
+            uid,
+            gid: pw.pw_gid,
+            name: s(pw.pw_name),
+            gecos: s(pw.pw_gecos),
+            home: PathBuf::from(s(pw.pw_dir)),
+            shell: s(pw.pw_shell),
         });
     }
-    if res.is_null() {
-        return Err(HostError::NoUser { uid });
-    }
-    // SAFETY: on success the fields point into buf, NUL-terminated.
-    let s = |p: *const libc::c_char| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned();
-    Ok(UserInfo {
-        uid,
-        gid: pw.pw_gid,
-        name: s(pw.pw_name),
-        gecos: s(pw.pw_gecos),
-        home: PathBuf::from(s(pw.pw_dir)),
-        shell: s(pw.pw_shell),
-    })
 }
 
 /// The name of group `gid` (NSS), if it has one.
 pub fn group_name(gid: u32) -> Option<String> {
-    let mut buf = vec![0u8; 65536];
-    // SAFETY: group is plain old data.
-    let mut gr: libc::group = unsafe { std::mem::zeroed() };
-    let mut res: *mut libc::group = std::ptr::null_mut();
-    // SAFETY: valid pointers and sizes.
-    let rc =
-        unsafe { libc::getgrgid_r(gid, &mut gr, buf.as_mut_ptr().cast(), buf.len(), &mut res) };
-    if rc != 0 || res.is_null() {
-        return None;
+    // Group entries list their members and can be long: start at 4 KiB, grow on ERANGE.
+    let mut buf = vec![0u8; 4096];
+    loop {
+        // SAFETY: group is plain old data.
+        let mut gr: libc::group = unsafe { std::mem::zeroed() };
+        let mut res: *mut libc::group = std::ptr::null_mut();
+        // SAFETY: valid pointers and sizes.
+        let rc =
+            unsafe { libc::getgrgid_r(gid, &mut gr, buf.as_mut_ptr().cast(), buf.len(), &mut res) };
+        if rc == libc::ERANGE && buf.len() < 16 << 20 {
+            buf = vec![0u8; buf.len() * 8];
+            continue;
+        }
+        if rc != 0 || res.is_null() {
+            return None;
+        }
+        // SAFETY: gr_name points into buf.
+        return Some(
+            unsafe { CStr::from_ptr(gr.gr_name) }
+                .to_string_lossy()
+                .into_owned(),
+        );
     }
-    // SAFETY: gr_name points into buf.
-    Some(
-        unsafe { CStr::from_ptr(gr.gr_name) }
-            .to_string_lossy()
-            .into_owned(),
-    )
 }
 
 /// The calling process's groups, primary gid first.
 fn own_groups(primary: u32) -> Result<Vec<u32>, HostError> {
-    let mut list = vec![0 as libc::gid_t; 65536];
-    // SAFETY: list has room for the count given.
-    let n = unsafe { libc::getgroups(list.len() as i32, list.as_mut_ptr()) };
+    let err = || HostError::Sys {
+        syscall: "getgroups",
+        err: std::io::Error::last_os_error(),
+    };
+    // SAFETY: a zero size only asks for the count.
+    let n = unsafe { libc::getgroups(0, std::ptr::null_mut()) };
     if n < 0 {
-        return Err(HostError::Sys {
-            syscall: "getgroups",
-            err: std::io::Error::last_os_error(),
-        });
+        return Err(err());
+    }
+    let mut list = vec![0 as libc::gid_t; n as usize];
+    // SAFETY: list has room for the count given.
+    let n = unsafe { libc::getgroups(n, list.as_mut_ptr()) };
+    if n < 0 {
+        return Err(err());
     }
     list.truncate(n as usize);
     Ok(order(primary, list))
