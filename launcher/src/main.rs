@@ -90,7 +90,9 @@ fn run() -> i32 {
     i32::from(code)
 }
 
-/// Logging to stderr: `-v` levels, or `$SLIPWAY_LOG` directives (parsed only when set).
+/// Logging to stderr: `-v` levels, or `$SLIPWAY_LOG` directives. Without either nothing is
+/// set up (a launch pays for every microsecond): what a user must see, warnings included,
+/// the commands print themselves; tracing carries diagnostics only.
 fn init_logging(verbose: u8) {
     let level = match verbose {
         0 => tracing::Level::WARN,
@@ -108,7 +110,8 @@ fn init_logging(verbose: u8) {
                     .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level.as_str())),
             )
             .init(),
-        None => fmt.with_max_level(level).init(),
+        None if verbose > 0 => fmt.with_max_level(level).init(),
+        None => {}
     }
 }
 

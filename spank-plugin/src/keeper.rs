@@ -281,7 +281,7 @@ fn child(plan: &Plan, host_env: &[(String, String)], mut sock: UnixStream) -> i3
                 payload.extend_from_slice(w.replace('\0', " ").as_bytes());
                 payload.push(0);
             }
-            if send(&mut sock, &payload, Some(&prepared.mnt_ns)).is_err() {
+            if send(&mut sock, &payload, prepared.mnt_ns.as_ref()).is_err() {
                 prepared.teardown();
                 return 73;
             }

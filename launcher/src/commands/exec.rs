@@ -174,7 +174,7 @@ fn libc_geteuid() -> u32 {
 /// Prepares and enters the container, then execs; returns only on failure.
 fn launch(plan: Plan, host: HostFacts) -> anyhow::Result<u8> {
     plan.check()?;
-    let prepared = exec::prepare(&plan, &host.env, &Linux, Path::new(exec::STAGING))?;
+    let prepared = exec::prepare_for_exec(&plan, &host.env, &Linux, Path::new(exec::STAGING))?;
     for w in &prepared.warnings {
         eprintln!("slipway: warning: {w}");
     }

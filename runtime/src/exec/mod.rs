@@ -14,6 +14,7 @@
 
 pub mod fuse;
 pub mod loopdev;
+pub mod prefetch;
 pub mod rootfs;
 pub mod sys;
 
@@ -23,7 +24,7 @@ use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Child;
 
@@ -100,9 +101,10 @@ fn io_err(syscall: &'static str, path: impl AsRef<Path>, err: std::io::Error) ->
 /// A prepared container: its namespaces and what is needed to enter and tear it down.
 #[derive(Debug)]
 pub struct Prepared {
-    /// The container's mount namespace (`/proc/self/ns/mnt` after `pivot_root`).
-    pub mnt_ns: OwnedFd,
-    /// The user namespace, in unprivileged mode.
+    /// The container's mount namespace (`/proc/self/ns/mnt` after `pivot_root`); `None` from
+    /// [`prepare_for_exec`].
+    pub mnt_ns: Option<OwnedFd>,
+    /// The user namespace, in unprivileged mode (and not from [`prepare_for_exec`]).
     pub user_ns: Option<OwnedFd>,
     /// The container's environment (image scripts applied).
     pub env: BTreeMap<String, String>,
@@ -125,6 +127,17 @@ fn kill(c: &mut Option<Child>) {
     if let Some(mut c) = c.take() {
         let _ = c.kill();
         let _ = c.wait();
+    }
+}
+
+/// Stops a [`prefetch::Prefetch`] when dropped.
+struct StopOnDrop(Option<prefetch::Prefetch>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            p.finish();
+        }
     }
 }
 
@@ -177,13 +190,41 @@ fn as_user<T>(plan: &Plan, f: impl FnOnce() -> Result<T, ExecError>) -> Result<T
     r
 }
 
-/// Builds the container's mount namespace and moves the calling process into its root.
+/// Builds the container's mount namespace and moves the calling process into its root, keeping
+/// fds of the namespaces for other processes to join ([`enter_namespace`]).
 /// Must be called single-threaded (user namespaces require it).
 pub fn prepare(
     plan: &Plan,
     host_env: &[(String, String)],
     sys: &dyn Sys,
     staging: &Path,
+) -> Result<Prepared, ExecError> {
+    let mut p = prepare_inner(plan, host_env, sys, staging, false)?;
+    p.mnt_ns = Some(open_ro("/proc/self/ns/mnt")?);
+    if plan.mode != Mode::Privileged {
+        p.user_ns = Some(open_ro("/proc/self/ns/user")?);
+    }
+    Ok(p)
+}
+
+/// [`prepare`] for a caller that stays in the container and execs (`slipway exec`): no
+/// namespace fds are opened, and the command's executable is read ahead from a squashfs
+/// image while the container is laid out ([`prefetch`]).
+pub fn prepare_for_exec(
+    plan: &Plan,
+    host_env: &[(String, String)],
+    sys: &dyn Sys,
+    staging: &Path,
+) -> Result<Prepared, ExecError> {
+    prepare_inner(plan, host_env, sys, staging, true)
+}
+
+fn prepare_inner(
+    plan: &Plan,
+    host_env: &[(String, String)],
+    sys: &dyn Sys,
+    staging: &Path,
+    prefetch: bool,
 ) -> Result<Prepared, ExecError> {
     plan.check()?;
     let privileged = plan.mode == Mode::Privileged;
@@ -325,12 +366,22 @@ pub fn prepare(
         img_dir = merged;
     }
     let img_fd = rootfs::open_path(&img_dir)?;
+    // Decompressing the command's pages can start now, beside the rest of the set-up.
+    let reader = match (&plan.image.mount, plan.command.first()) {
+        (ImageMount::Directory, _) | (_, None) => None,
+        (_, Some(cmd)) if prefetch => prefetch::start(img_fd.as_fd(), cmd),
+        _ => None,
+    };
+    // Stopped on every way out (before credentials change or the command is executed).
+    let reader = StopOnDrop(reader);
 
     // The container root: the image, with a tmpfs in place of each directory where a mount
     // point must be created (the root itself when a top-level one is missing).
     let dests = image_dests(plan);
     let replicate = rootfs::replicas(&img_dir, &img_fd, &dests)?;
-    let (mut count, layers) = rootfs::build_root(sys, &img_dir, &img_fd, &root, &replicate)?;
+    let covered: BTreeSet<PathBuf> = plan.mounts.iter().map(|m| m.dest.clone()).collect();
+    let (mut count, layers) =
+        rootfs::build_root(sys, &img_dir, &img_fd, &root, &replicate, &covered)?;
     let root_fd = rootfs::open_path(&root)?;
     let mut ours = Vec::new();
     for (_, fd) in &layers {
@@ -340,10 +391,10 @@ pub fn prepare(
         ours.push(dev_of(&img_dir)?);
     }
 
-    // The generated passwd and group.
+    // The generated passwd and group: written where they go when that is a directory on a
+    // Slipway tmpfs (a replicated /etc), else into the staging directory and bound from there.
     let (passwd, group) = identity_files(sys, plan, &img_fd)?;
-    write_file(&files.join("passwd"), &passwd)?;
-    write_file(&files.join("group"), &group)?;
+    let generated = |file: &str| if file == "passwd" { &passwd } else { &group };
 
     // Every mount of the plan, in order. `made_in`: the directory the last missing mount point
     // was made in (container path, and an fd checked to be a directory on a Slipway tmpfs),
@@ -351,10 +402,17 @@ pub fn prepare(
     // there, so each costs one create instead of a walk of its path.
     let mut made_in: Option<(PathBuf, OwnedFd)> = None;
     for (m, src) in plan.mounts.iter().zip(&sources) {
+        if let MountKind::Generated { file } = &m.kind {
+            if write_in_ours(sys, &root_fd, &m.dest, generated(file), &ours, &mut made_in)? {
+                continue;
+            }
+        }
         let gen_fd;
         let src_fd = match (&m.kind, src) {
             (MountKind::Generated { file }, _) => {
-                gen_fd = rootfs::open_path(&files.join(file))?;
+                let at = files.join(file);
+                write_file(&at, generated(file))?;
+                gen_fd = rootfs::open_path(&at)?;
                 Some(&gen_fd)
             }
             (_, s) => s.as_ref(),
@@ -388,13 +446,10 @@ pub fn prepare(
                 fd
             }
             Err(ExecError::Sys { ref err, .. }) if err.raw_os_error() == Some(libc::ENOENT) => {
-                if make_in_ours(sys, &root_fd, &m.dest, is_dir, &ours, &mut made_in)? {
+                if let Some(fd) = make_in_ours(sys, &root_fd, &m.dest, is_dir, &ours, &mut made_in)?
+                {
                     made = true;
-                    sys.open_in(
-                        root_fd.as_fd(),
-                        &dest_rel,
-                        RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
-                    )?
+                    fd
                 } else {
                     let canon = rootfs::mount_point(&root, &m.dest, is_dir, &ours)?;
                     let rel = canon.strip_prefix("/").unwrap_or(&canon).to_path_buf();
@@ -458,7 +513,7 @@ pub fn prepare(
                 let t = sys.clone_tree(fd.as_fd(), recursive, &m.dest)?;
                 // A clone keeps its source's flags: skip mount_setattr when they are already
                 // there (only a non-recursive clone can be judged from the source alone).
-                if !recursive {
+                if !recursive && attrs != 0 {
                     attrs &= !mount_flags(fd)?;
                 }
                 if attrs != 0 {
@@ -533,15 +588,10 @@ pub fn prepare(
         .map(|l| format!("{}:{}: not applied ({}): {}", l.file, l.line, l.why, l.text))
         .collect();
 
-    let mnt_ns = open_ro("/proc/self/ns/mnt")?;
-    let user_ns = if privileged {
-        None
-    } else {
-        Some(open_ro("/proc/self/ns/user")?)
-    };
+    drop(reader);
     Ok(Prepared {
-        mnt_ns,
-        user_ns,
+        mnt_ns: None,
+        user_ns: None,
         env,
         warnings,
         mounts: count,
@@ -587,9 +637,9 @@ fn ours_dir<'a>(
 
 /// Makes the missing mount point `dest` (a directory if `dir`, else an empty file) in its
 /// parent directory when that exists on a Slipway tmpfs, relative to an fd of the parent
-/// (`cache`, see [`ours_dir`]). `false` when this does not apply (the parent is missing or not
-/// ours, or the name is taken, e.g. by a dangling symlink): [`rootfs::mount_point`] then walks
-/// the destination and decides.
+/// (`cache`, see [`ours_dir`]), and returns an fd of it to mount on. `None` when this does not
+/// apply (the parent is missing or not ours, or the name is taken, e.g. by a dangling
+/// symlink): [`rootfs::mount_point`] then walks the destination and decides.
 fn make_in_ours(
     sys: &dyn Sys,
     root_fd: &OwnedFd,
@@ -597,38 +647,89 @@ fn make_in_ours(
     dir: bool,
     ours: &[u64],
     cache: &mut Option<(PathBuf, OwnedFd)>,
-) -> Result<bool, ExecError> {
+) -> Result<Option<OwnedFd>, ExecError> {
     let (Some(parent), Some(name)) = (dest.parent(), dest.file_name()) else {
-        return Ok(false);
+        return Ok(None);
     };
     let Ok(name) = CString::new(name.as_bytes()) else {
-        return Ok(false);
+        return Ok(None);
     };
     let Some(pfd) = ours_dir(sys, root_fd, parent, ours, cache)? else {
-        return Ok(false);
+        return Ok(None);
     };
-    let rc = if dir {
+    let fd = if dir {
         // SAFETY: pfd is an open directory fd; name is NUL-terminated.
-        unsafe { libc::mkdirat(pfd.as_raw_fd(), name.as_ptr(), 0o755) }
+        if unsafe { libc::mkdirat(pfd.as_raw_fd(), name.as_ptr(), 0o755) } < 0 {
+            return Ok(None);
+        }
+        // SAFETY: as above; the directory was just made here, in a directory only Slipway
+        // writes to.
+        unsafe {
+            libc::openat(
+                pfd.as_raw_fd(),
+                name.as_ptr(),
+                libc::O_PATH | libc::O_NOFOLLOW | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        }
     } else {
-        // SAFETY: as above; the fd returned is closed at once.
-        let fd = unsafe {
+        // SAFETY: as above. The new file's fd is the mount target itself.
+        unsafe {
             libc::openat(
                 pfd.as_raw_fd(),
                 name.as_ptr(),
                 libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
                 0o644 as libc::c_uint,
             )
-        };
-        if fd >= 0 {
-            // SAFETY: fd was just opened here.
-            unsafe { libc::close(fd) };
-            0
-        } else {
-            -1
         }
     };
-    Ok(rc == 0)
+    if fd < 0 {
+        return Ok(None);
+    }
+    // SAFETY: fd was just opened here and nothing else owns it.
+    Ok(Some(unsafe {
+        <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd)
+    }))
+}
+
+/// Writes the generated file `dest` with `text` straight into its parent directory when that
+/// is on a Slipway tmpfs and the name is free (as [`make_in_ours`]), mode 0644 whatever the
+/// umask; the layer is made read-only with the others. `false` when this does not apply: the
+/// file is then bind-mounted.
+fn write_in_ours(
+    sys: &dyn Sys,
+    root_fd: &OwnedFd,
+    dest: &Path,
+    text: &str,
+    ours: &[u64],
+    cache: &mut Option<(PathBuf, OwnedFd)>,
+) -> Result<bool, ExecError> {
+    let (Some(parent), Some(name)) = (dest.parent(), dest.file_name()) else {
+        return Ok(false);
+    };
+    let Ok(cname) = CString::new(name.as_bytes()) else {
+        return Ok(false);
+    };
+    let Some(pfd) = ours_dir(sys, root_fd, parent, ours, cache)? else {
+        return Ok(false);
+    };
+    // SAFETY: pfd is an open directory fd; cname is NUL-terminated.
+    let fd = unsafe {
+        libc::openat(
+            pfd.as_raw_fd(),
+            cname.as_ptr(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            0o644 as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Ok(false);
+    }
+    // SAFETY: fd was just opened here and is owned by the File from now on.
+    let mut f = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    f.set_permissions(std::fs::Permissions::from_mode(0o644))
+        .and_then(|()| f.write_all(text.as_bytes()))
+        .map_err(|e| io_err("write", dest, e))?;
+    Ok(true)
 }
 
 /// Destinations that are checked against the image (for replication): those not below an
@@ -698,7 +799,9 @@ fn write_file(p: &Path, text: &str) -> Result<(), ExecError> {
         .mode(0o644)
         .open(p)
         .map_err(|e| io_err("create", p, e))?;
-    f.write_all(text.as_bytes())
+    // 0644 whatever the umask (a root launcher with umask 077 would hide passwd from the user).
+    f.set_permissions(std::fs::Permissions::from_mode(0o644))
+        .and_then(|()| f.write_all(text.as_bytes()))
         .map_err(|e| io_err("write", p, e))
 }
 
@@ -797,8 +900,14 @@ pub fn enter_namespace(p: &Prepared) -> Result<(), ExecError> {
             return Err(sys_err("setns", "user namespace"));
         }
     }
+    let Some(mnt) = &p.mnt_ns else {
+        return Err(ExecError::MountPoint {
+            dest: "/".into(),
+            why: "prepared without namespace fds (prepare_for_exec): nothing to join".into(),
+        });
+    };
     // SAFETY: as above.
-    if unsafe { libc::setns(p.mnt_ns.as_raw_fd(), libc::CLONE_NEWNS) } < 0 {
+    if unsafe { libc::setns(mnt.as_raw_fd(), libc::CLONE_NEWNS) } < 0 {
         return Err(sys_err("setns", "mount namespace"));
     }
     Ok(())

@@ -176,14 +176,18 @@ pub fn replicas(
 /// image itself becomes the root (one mount, the fast path for images that have their mount
 /// points); otherwise, and for every other directory in `replicate`, a tmpfs takes the
 /// directory's place, holding its entries bound in from the image (symlinks copied) and room
-/// for new mount points. Returns the number of mounts and the tmpfs layers, each with an fd of
-/// its own mount (to make it read-only at the end, whatever is mounted over it later).
+/// for new mount points. Entries named in `covered` (destinations of the plan's mounts) are
+/// left out of a replicated directory: whatever the image has there would be hidden, and the
+/// mount point is made when the mount comes. Returns the number of mounts and the tmpfs
+/// layers, each with an fd of its own mount (to make it read-only at the end, whatever is
+/// mounted over it later).
 pub fn build_root(
     sys: &dyn Sys,
     image: &Path,
     image_fd: &OwnedFd,
     root: &Path,
     replicate: &BTreeSet<PathBuf>,
+    covered: &BTreeSet<PathBuf>,
 ) -> Result<(usize, Vec<(PathBuf, OwnedFd)>), ExecError> {
     let mut mounts = 1;
     let mut layers = Vec::new();
@@ -226,16 +230,15 @@ pub fn build_root(
             mounts += 1;
         }
         let layer = open_path(&root.join(rel))?;
-        fill(
-            sys,
+        let dirs = Dirs {
             image,
             image_fd,
             root,
-            &root_fd,
-            top,
+            root_fd: &root_fd,
             replicate,
-            &mut mounts,
-        )?;
+            covered,
+        };
+        fill(sys, &dirs, top, &mut mounts)?;
         layers.push((top.clone(), layer));
     }
     Ok((mounts, layers))
@@ -245,17 +248,26 @@ fn dir_mode(p: &Path) -> u32 {
     fs::metadata(p).map(|m| m.mode() & 0o7777).unwrap_or(0o755)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn fill(
-    sys: &dyn Sys,
-    image: &Path,
-    image_fd: &OwnedFd,
-    root: &Path,
-    root_fd: &OwnedFd,
-    dir: &Path,
-    replicate: &BTreeSet<PathBuf>,
-    mounts: &mut usize,
-) -> Result<(), ExecError> {
+/// What [`fill`] works from: the mounted image and the root being laid out (paths and fds),
+/// the directories to replicate and the paths the plan mounts over.
+struct Dirs<'a> {
+    image: &'a Path,
+    image_fd: &'a OwnedFd,
+    root: &'a Path,
+    root_fd: &'a OwnedFd,
+    replicate: &'a BTreeSet<PathBuf>,
+    covered: &'a BTreeSet<PathBuf>,
+}
+
+fn fill(sys: &dyn Sys, d: &Dirs, dir: &Path, mounts: &mut usize) -> Result<(), ExecError> {
+    let Dirs {
+        image,
+        image_fd,
+        root,
+        root_fd,
+        replicate,
+        covered,
+    } = *d;
     let rel = dir.strip_prefix("/").unwrap_or(dir);
     let src_dir = image.join(rel);
     let mut entries: Vec<_> = fs::read_dir(&src_dir)
@@ -274,13 +286,14 @@ fn fill(
         if ft.is_symlink() {
             let t = fs::read_link(e.path()).map_err(|er| io_err("readlink", &e.path(), er))?;
             std::os::unix::fs::symlink(&t, &dst).map_err(|er| io_err("symlink", &dst, er))?;
+        } else if covered.contains(&cpath) && !replicate.contains(&cpath) {
+            // A mount goes here: the image's entry would be hidden.
+            continue;
         } else if ft.is_dir() && replicate.contains(&cpath) {
             let meta =
                 fs::symlink_metadata(e.path()).map_err(|er| io_err("lstat", &e.path(), er))?;
             mkdir(&dst, meta.mode() & 0o7777)?;
-            fill(
-                sys, image, image_fd, root, root_fd, &cpath, replicate, mounts,
-            )?;
+            fill(sys, d, &cpath, mounts)?;
         } else if ft.is_dir() || ft.is_file() {
             if ft.is_dir() {
                 mkdir(&dst, 0o755)?;

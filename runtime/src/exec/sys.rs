@@ -22,6 +22,15 @@ struct OpenHow {
 /// in one `openat2` instead of a walk of the path. `None` if it cannot be opened or read.
 pub fn read_in(dirfd: BorrowedFd, path: &Path) -> Option<String> {
     use std::io::Read;
+    let mut f = open_file_in(dirfd, path)?;
+    let mut text = String::new();
+    f.read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
+/// Opens `path` for reading, resolved inside `dirfd` as [`read_in`] does (no blocking on a
+/// FIFO, no controlling terminal).
+pub fn open_file_in(dirfd: BorrowedFd, path: &Path) -> Option<std::fs::File> {
     let p = cstr(path).ok()?;
     let how = OpenHow {
         flags: (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK) as u64,
@@ -42,10 +51,7 @@ pub fn read_in(dirfd: BorrowedFd, path: &Path) -> Option<String> {
         return None;
     }
     // SAFETY: rc is a file descriptor just opened here and owned by nothing else.
-    let mut f = unsafe { std::fs::File::from_raw_fd(rc as RawFd) };
-    let mut text = String::new();
-    f.read_to_string(&mut text).ok()?;
-    Some(text)
+    Some(unsafe { std::fs::File::from_raw_fd(rc as RawFd) })
 }
 
 /// `struct mount_attr` for `mount_setattr(2)`.
