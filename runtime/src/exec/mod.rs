@@ -293,13 +293,18 @@ fn prepare_inner(
     let img = staging.join("image");
     let root = staging.join("root");
     let files = staging.join("files");
-    for d in [&img, &root, &files] {
+    let layer_dir = staging.join("layers");
+    for d in [&img, &root, &files, &layer_dir] {
         mkdir(d)?;
     }
 
-    // The image.
+    // The image. A directory image without --writable-tmpfs is used where it is, through the
+    // fd opened (as the user) above, and each bind from it is made read-only, nosuid and
+    // nodev itself; anything else is mounted at `img` first.
+    let direct = matches!(plan.image.mount, ImageMount::Directory) && !plan.image.writable_tmpfs;
     let mut guard = Guard(None);
     match plan.image.mount {
+        ImageMount::Directory if direct => {}
         ImageMount::Directory => {
             let fd = image_dir_fd.as_ref().expect("opened above");
             let t = sys.clone_tree(fd.as_fd(), false, &plan.image.path)?;
@@ -365,7 +370,17 @@ fn prepare_inner(
         )?;
         img_dir = merged;
     }
-    let img_fd = rootfs::open_path(&img_dir)?;
+    let (img_dir, img_fd, entry_attrs) = match image_dir_fd {
+        Some(fd) if direct => (
+            plan.image.path.clone(),
+            fd,
+            MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+        ),
+        _ => {
+            let fd = rootfs::open_path(&img_dir)?;
+            (img_dir, fd, 0)
+        }
+    };
     // Decompressing the command's pages can start now, beside the rest of the set-up.
     let reader = match (&plan.image.mount, plan.command.first()) {
         (ImageMount::Directory, _) | (_, None) => None,
@@ -375,13 +390,20 @@ fn prepare_inner(
     // Stopped on every way out (before credentials change or the command is executed).
     let reader = StopOnDrop(reader);
 
-    // The container root: the image, with a tmpfs in place of each directory where a mount
+    // The container root: the image, with a layer in place of each directory where a mount
     // point must be created (the root itself when a top-level one is missing).
     let dests = image_dests(plan);
     let replicate = rootfs::replicas(&img_dir, &img_fd, &dests)?;
     let covered: BTreeSet<PathBuf> = plan.mounts.iter().map(|m| m.dest.clone()).collect();
-    let (mut count, layers) =
-        rootfs::build_root(sys, &img_dir, &img_fd, &root, &replicate, &covered)?;
+    let (mut count, layers) = rootfs::build_root(
+        sys,
+        &img_fd,
+        entry_attrs,
+        &root,
+        &replicate,
+        &covered,
+        &layer_dir,
+    )?;
     let root_fd = rootfs::open_path(&root)?;
     let mut ours = Vec::new();
     for (_, fd) in &layers {

@@ -1,12 +1,15 @@
-//! Laying out the container's root: a tmpfs that holds the image's top-level entries (each
-//! bound in from the mounted image, symlinks copied) and every mount point the plan needs.
+//! Laying out the container's root: the image itself when every mount point exists in it,
+//! otherwise "layers" in place of the directories where one must be created.
 //!
-//! Why a tmpfs root and not the image itself: a squashfs is read-only, so a missing
-//! `/home/<user>`, `/tmp` or bind destination cannot be created in it. A directory the plan
-//! needs to create something in is "replicated": made a directory on the tmpfs whose entries
-//! are again bound one by one from the image (Apptainer's "underlay"). An overlay with a tmpfs
-//! upper layer would do the same in one mount as root, but in an unprivileged user namespace
-//! the image's root-owned directories are not writable through it; binds work in both modes.
+//! Why layers: a squashfs is read-only, and a directory image is not ours to change, so a
+//! missing `/home/<user>`, `/etc/localtime` or bind destination cannot be created in the image.
+//! A directory the plan needs to create something in is "replicated": a layer (a directory of
+//! the staging tmpfs, bind-mounted in its place, read-only at the end) whose entries are again
+//! bound one by one from the image, symlinks copied (Apptainer's "underlay"); entries a plan
+//! mount covers are left out. An overlay with a tmpfs upper layer would do the same in one
+//! mount as root, but in an unprivileged user namespace the image's root-owned directories are
+//! not writable through it; binds work in both modes. The image's directories are read
+//! through fds resolved inside the image, never through host paths.
 //!
 //! Destinations are resolved inside the root as the kernel's `RESOLVE_IN_ROOT` does (symlinks
 //! and `..` are followed but clamped at the container's `/`), and the final open that the
@@ -156,6 +159,15 @@ pub fn replicas(
         {
             continue;
         }
+        // A missing name in a directory that exists with no symlink on the way (the usual
+        // case: /home/<user>, /etc/localtime): its ancestors are the replicas, no walk needed.
+        if let Some(parents) = plain_parents(image_fd, rel) {
+            if parents.is_empty() {
+                out.insert(PathBuf::from("/"));
+            }
+            out.extend(parents);
+            continue;
+        }
         let r = resolve(image, d)?;
         if let Some(n) = r.existing {
             let mut p = PathBuf::from("/");
@@ -171,8 +183,45 @@ pub fn replicas(
     Ok(out)
 }
 
+/// For `rel` (a relative container path of plain names) whose parent exists as a directory
+/// reached without any symlink and whose last name does not exist (not even as a dangling
+/// symlink): the parent and its ancestors below `/`, outermost first. `None` when that is not
+/// the case ([`resolve`] then walks the path).
+fn plain_parents(image_fd: &OwnedFd, rel: &Path) -> Option<Vec<PathBuf>> {
+    use super::sys::RESOLVE_NO_SYMLINKS;
+    if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
+        return None;
+    }
+    let parent = rel.parent()?;
+    let linux = super::sys::Linux;
+    let how = RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
+    if !parent.as_os_str().is_empty() {
+        let fd = linux.open_in(image_fd.as_fd(), parent, how).ok()?;
+        // SAFETY: stat is plain old data; zeroed is a valid initial value.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: fd is open; st is valid for fstat to fill.
+        if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } < 0
+            || st.st_mode & libc::S_IFMT != libc::S_IFDIR
+        {
+            return None;
+        }
+    }
+    match linux.open_in(image_fd.as_fd(), rel, how) {
+        Err(ExecError::Sys { err, .. }) if err.raw_os_error() == Some(libc::ENOENT) => {}
+        _ => return None,
+    }
+    let mut out = Vec::new();
+    let mut p = PathBuf::from("/");
+    for c in parent.components() {
+        p.push(c);
+        out.push(p.clone());
+    }
+    Some(out)
+}
+
 /// Lays out the container root at `root` (an empty directory) from `image` (the mounted
-/// image, `image_fd` an `O_PATH` fd of it). When nothing must be created at the top level the
+/// image, `image_fd` an `O_PATH` fd of it); layer directories are made in `layer_dir` (on the
+/// staging tmpfs). When nothing must be created at the top level the
 /// image itself becomes the root (one mount, the fast path for images that have their mount
 /// points); otherwise, and for every other directory in `replicate`, a tmpfs takes the
 /// directory's place, holding its entries bound in from the image (symlinks copied) and room
@@ -183,11 +232,12 @@ pub fn replicas(
 /// mounted over it later).
 pub fn build_root(
     sys: &dyn Sys,
-    image: &Path,
     image_fd: &OwnedFd,
+    entry_attrs: u64,
     root: &Path,
     replicate: &BTreeSet<PathBuf>,
     covered: &BTreeSet<PathBuf>,
+    layer_dir: &Path,
 ) -> Result<(usize, Vec<(PathBuf, OwnedFd)>), ExecError> {
     let mut mounts = 1;
     let mut layers = Vec::new();
@@ -196,125 +246,208 @@ pub fn build_root(
         .filter(|r| !r.ancestors().skip(1).any(|a| replicate.contains(a)))
         .collect();
     if replicate.contains(Path::new("/")) {
-        let data = format!("mode={:o}", dir_mode(image));
-        sys.mount(
-            "tmpfs",
-            root,
-            Some("tmpfs"),
-            libc::MS_NOSUID | libc::MS_NODEV,
-            Some(&data),
-        )?;
+        let to = open_path(root)?;
+        new_layer(sys, layer_dir, 0, mode_of(image_fd)?, &to, Path::new("/"))?;
     } else {
         let tree = sys.clone_tree(image_fd.as_fd(), false, Path::new("/"))?;
+        if entry_attrs != 0 {
+            sys.set_attr(tree.as_fd(), false, entry_attrs, Path::new("/"))?;
+        }
         let to = open_path(root)?;
         sys.move_mount(tree.as_fd(), to.as_fd(), Path::new("/"))?;
     }
     let root_fd = open_path(root)?;
-    for top in tops {
+    let dirs = Dirs {
+        entry_attrs,
+        root,
+        root_fd: &root_fd,
+        replicate,
+        covered,
+    };
+    for (n, top) in tops.into_iter().enumerate() {
         let rel = top.strip_prefix("/").unwrap_or(top);
+        // The image's directory, looked up inside the image (really: the lookups only read,
+        // also when the mount calls are recorded).
+        let src = if rel.as_os_str().is_empty() {
+            image_fd.try_clone().map_err(|e| io_err("dup", top, e))?
+        } else {
+            super::sys::Linux.open_in(
+                image_fd.as_fd(),
+                rel,
+                RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+            )?
+        };
         if !rel.as_os_str().is_empty() {
             let to = sys.open_in(
                 root_fd.as_fd(),
                 rel,
                 RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
             )?;
-            let data = format!("mode={:o}", dir_mode(&image.join(rel)));
-            let target = PathBuf::from(format!("/proc/self/fd/{}", to.as_raw_fd()));
-            sys.mount(
-                "tmpfs",
-                &target,
-                Some("tmpfs"),
-                libc::MS_NOSUID | libc::MS_NODEV,
-                Some(&data),
-            )?;
+            new_layer(sys, layer_dir, n + 1, mode_of(&src)?, &to, top)?;
             mounts += 1;
         }
         let layer = open_path(&root.join(rel))?;
-        let dirs = Dirs {
-            image,
-            image_fd,
-            root,
-            root_fd: &root_fd,
-            replicate,
-            covered,
-        };
-        fill(sys, &dirs, top, &mut mounts)?;
+        fill(sys, &dirs, top, &src, &mut mounts)?;
         layers.push((top.clone(), layer));
     }
     Ok((mounts, layers))
 }
 
-fn dir_mode(p: &Path) -> u32 {
-    fs::metadata(p).map(|m| m.mode() & 0o7777).unwrap_or(0o755)
+/// Makes layer `n`: a directory with `mode` on the staging tmpfs (in `layer_dir`), bound onto
+/// `target` (the container directory `what` it replaces). A bind of a directory of the one
+/// staging tmpfs costs less than a tmpfs of its own (no superblock to set up and tear down);
+/// each layer is still its own mount, made read-only at the end.
+fn new_layer(
+    sys: &dyn Sys,
+    layer_dir: &Path,
+    n: usize,
+    mode: u32,
+    target: &OwnedFd,
+    what: &Path,
+) -> Result<(), ExecError> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = layer_dir.join(n.to_string());
+    mkdir(&dir, 0o700)?;
+    // The image directory's mode exactly (mkdir's is cut by the umask).
+    fs::set_permissions(&dir, fs::Permissions::from_mode(mode))
+        .map_err(|e| io_err("chmod", &dir, e))?;
+    let src = open_path(&dir)?;
+    let tree = sys.clone_tree(src.as_fd(), false, what)?;
+    sys.move_mount(tree.as_fd(), target.as_fd(), what)
 }
 
-/// What [`fill`] works from: the mounted image and the root being laid out (paths and fds),
-/// the directories to replicate and the paths the plan mounts over.
+/// The permission bits of what `fd` refers to.
+fn mode_of(fd: &OwnedFd) -> Result<u32, ExecError> {
+    Ok(stat_at(fd, None)?.st_mode & 0o7777)
+}
+
+/// `fstatat(fd, name, AT_SYMLINK_NOFOLLOW)`, or `fstat(fd)` without a name.
+fn stat_at(fd: &OwnedFd, name: Option<&std::ffi::CStr>) -> Result<libc::stat, ExecError> {
+    // SAFETY: stat is plain old data; zeroed is a valid initial value.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    let (name, flags) = match name {
+        Some(n) => (n.as_ptr(), libc::AT_SYMLINK_NOFOLLOW),
+        None => (c"".as_ptr(), libc::AT_EMPTY_PATH),
+    };
+    // SAFETY: fd is open; name is NUL-terminated; st is valid for fstatat to fill.
+    if unsafe { libc::fstatat(fd.as_raw_fd(), name, &mut st, flags) } < 0 {
+        return Err(io_err(
+            "fstatat",
+            Path::new(&format!("fd {}", fd.as_raw_fd())),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(st)
+}
+
+/// What [`fill`] works from: the mount flags each bind from the image needs, the root being
+/// laid out (path and fd), the directories to replicate and the paths the plan mounts over.
 struct Dirs<'a> {
-    image: &'a Path,
-    image_fd: &'a OwnedFd,
+    entry_attrs: u64,
     root: &'a Path,
     root_fd: &'a OwnedFd,
     replicate: &'a BTreeSet<PathBuf>,
     covered: &'a BTreeSet<PathBuf>,
 }
 
-fn fill(sys: &dyn Sys, d: &Dirs, dir: &Path, mounts: &mut usize) -> Result<(), ExecError> {
+/// Fills the replicated container directory `dir` from the image's directory `src` (an fd,
+/// so nothing is looked up by a host path that a concurrent change could redirect): its
+/// entries bound in one by one, symlinks copied, replicated subdirectories filled in turn.
+fn fill(
+    sys: &dyn Sys,
+    d: &Dirs,
+    dir: &Path,
+    src: &OwnedFd,
+    mounts: &mut usize,
+) -> Result<(), ExecError> {
+    use nix::dir::{Dir, Type};
+    use nix::fcntl::OFlag;
+    use nix::sys::stat::Mode;
+    use std::os::unix::ffi::OsStrExt;
     let Dirs {
-        image,
-        image_fd,
+        entry_attrs,
         root,
         root_fd,
         replicate,
         covered,
     } = *d;
-    let rel = dir.strip_prefix("/").unwrap_or(dir);
-    let src_dir = image.join(rel);
-    let mut entries: Vec<_> = fs::read_dir(&src_dir)
-        .map_err(|e| io_err("opendir", &src_dir, e))?
-        .filter_map(|e| e.ok())
-        .collect();
-    entries.sort_by_key(|e| e.file_name());
-    for e in entries {
+    let err = |what: &'static str, p: &Path, e: nix::Error| io_err(what, p, e.into());
+    let mut list = Dir::openat(
+        Some(src.as_raw_fd()),
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| err("opendir", dir, e))?;
+    let mut entries: Vec<(std::ffi::CString, Option<Type>)> = Vec::new();
+    for e in list.iter() {
+        let e = e.map_err(|e| err("readdir", dir, e))?;
         let name = e.file_name();
-        let cpath = dir.join(&name);
+        if name.to_bytes() != b"." && name.to_bytes() != b".." {
+            entries.push((name.to_owned(), e.file_type()));
+        }
+    }
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, ty) in entries {
+        let os = std::ffi::OsStr::from_bytes(name.to_bytes());
+        let cpath = dir.join(os);
         let crel = cpath.strip_prefix("/").unwrap_or(&cpath);
         let dst = root.join(crel);
-        // The type from the directory entry (no stat); d_type-less file systems make std
-        // lstat the entry.
-        let ft = e.file_type().map_err(|er| io_err("lstat", &e.path(), er))?;
-        if ft.is_symlink() {
-            let t = fs::read_link(e.path()).map_err(|er| io_err("readlink", &e.path(), er))?;
-            std::os::unix::fs::symlink(&t, &dst).map_err(|er| io_err("symlink", &dst, er))?;
-        } else if covered.contains(&cpath) && !replicate.contains(&cpath) {
-            // A mount goes here: the image's entry would be hidden.
-            continue;
-        } else if ft.is_dir() && replicate.contains(&cpath) {
-            let meta =
-                fs::symlink_metadata(e.path()).map_err(|er| io_err("lstat", &e.path(), er))?;
-            mkdir(&dst, meta.mode() & 0o7777)?;
-            fill(sys, d, &cpath, mounts)?;
-        } else if ft.is_dir() || ft.is_file() {
-            if ft.is_dir() {
-                mkdir(&dst, 0o755)?;
-            } else {
-                touch(&dst)?;
+        // The type from the directory entry (no stat), or from lstat where d_type is unknown.
+        let ty = match ty {
+            Some(t) => t,
+            None => match stat_at(src, Some(&name))?.st_mode & libc::S_IFMT {
+                libc::S_IFLNK => Type::Symlink,
+                libc::S_IFDIR => Type::Directory,
+                libc::S_IFREG => Type::File,
+                _ => Type::Fifo,
+            },
+        };
+        match ty {
+            Type::Symlink => {
+                let t = nix::fcntl::readlinkat(Some(src.as_raw_fd()), os)
+                    .map_err(|e| err("readlink", &cpath, e))?;
+                std::os::unix::fs::symlink(&t, &dst).map_err(|er| io_err("symlink", &dst, er))?;
             }
-            let src = sys.open_in(
-                image_fd.as_fd(),
-                crel,
-                RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
-            )?;
-            let tree = sys.clone_tree(src.as_fd(), false, &cpath)?;
-            let to = sys.open_in(
-                root_fd.as_fd(),
-                crel,
-                RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
-            )?;
-            sys.move_mount(tree.as_fd(), to.as_fd(), &cpath)?;
-            *mounts += 1;
+            Type::Directory | Type::File
+                if covered.contains(&cpath) && !replicate.contains(&cpath) =>
+            {
+                // A mount goes here: the image's entry would be hidden.
+            }
+            Type::Directory | Type::File => {
+                // The entry itself (never a symlink: O_NOFOLLOW; a child of a directory inside
+                // the image is inside it).
+                let flags = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+                let child = nix::fcntl::openat(Some(src.as_raw_fd()), os, flags, Mode::empty())
+                    .map_err(|e| err("open", &cpath, e))?;
+                // SAFETY: openat returned a new fd that nothing else owns.
+                let child = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(child) };
+                if ty == Type::Directory && replicate.contains(&cpath) {
+                    mkdir(&dst, mode_of(&child)?)?;
+                    fill(sys, d, &cpath, &child, mounts)?;
+                    continue;
+                }
+                if ty == Type::Directory {
+                    mkdir(&dst, 0o755)?;
+                } else {
+                    touch(&dst)?;
+                }
+                let tree = sys.clone_tree(child.as_fd(), false, &cpath)?;
+                if entry_attrs != 0 {
+                    sys.set_attr(tree.as_fd(), false, entry_attrs, &cpath)?;
+                }
+                let to = sys.open_in(
+                    root_fd.as_fd(),
+                    crel,
+                    RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+                )?;
+                sys.move_mount(tree.as_fd(), to.as_fd(), &cpath)?;
+                *mounts += 1;
+            }
+            // Device nodes, fifos and sockets in an image are left out (mounts are nodev
+            // anyway).
+            _ => {}
         }
-        // Device nodes, fifos and sockets in an image are left out (mounts are nodev anyway).
     }
     Ok(())
 }
@@ -444,10 +577,19 @@ mod tests {
         assert!(resolve(r, Path::new("/loop/x")).is_err());
         assert!(resolve(r, Path::new("/file/x")).is_err());
 
+        // A dangling symlink as the last name: its target's directories are replicated, not
+        // the link's own (the quick path for plain missing names must not take it).
+        fs::create_dir_all(r.join("deep/er")).unwrap();
+        symlink("/deep/er/new", r.join("a/b/dangle")).unwrap();
         let reps = replicas(
             r,
             &open_path(r).unwrap(),
-            &["/a/b/new".into(), "/etc/hosts".into(), "/newtop/x".into()],
+            &[
+                "/a/b/new".into(),
+                "/etc/hosts".into(),
+                "/newtop/x".into(),
+                "/a/b/dangle".into(),
+            ],
         )
         .unwrap();
         let reps: Vec<_> = reps.into_iter().collect();
@@ -457,6 +599,8 @@ mod tests {
                 PathBuf::from("/"),
                 PathBuf::from("/a"),
                 PathBuf::from("/a/b"),
+                PathBuf::from("/deep"),
+                PathBuf::from("/deep/er"),
                 PathBuf::from("/host-etc")
             ]
         );

@@ -67,6 +67,8 @@ struct MountAttr {
 pub const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
 /// `RESOLVE_IN_ROOT`: resolve as if `dirfd` were `/` (no escape by `..` or absolute links).
 pub const RESOLVE_IN_ROOT: u64 = 0x10;
+/// `RESOLVE_NO_SYMLINKS`: fail (`ELOOP`) on any symlink on the way.
+pub const RESOLVE_NO_SYMLINKS: u64 = 0x04;
 /// `MOUNT_ATTR_RDONLY`.
 pub const MOUNT_ATTR_RDONLY: u64 = 0x01;
 /// `MOUNT_ATTR_NOSUID`.
