@@ -9,6 +9,7 @@ mod exec;
 mod explain;
 mod inspect;
 mod policy;
+mod quick;
 
 /// The verbs.
 #[derive(Subcommand)]
@@ -30,10 +31,19 @@ pub enum Command {
 }
 
 /// Parses the launch verbs (`exec`, `run`, `shell`) on their own, without building the
-/// other verbs' parsers: launch time counts. `None` for anything else (other verbs, a global
-/// option before the verb, `--help`), which the whole command-line parser then handles; the
+/// other verbs' parsers: launch time counts. The usual lines are read without clap at all
+/// ([`quick`]); the rest by clap for that verb alone. `None` for anything else (other verbs, a
+/// global option before the verb), which the whole command-line parser then handles; the
 /// messages and usage lines are the same either way.
 pub fn parse_launch(args: &[OsString]) -> Option<Result<(u8, Command), clap::Error>> {
+    if let Some(c) = quick::parse(args) {
+        return Some(Ok(c));
+    }
+    parse_launch_clap(args)
+}
+
+/// [`parse_launch`] with clap only.
+fn parse_launch_clap(args: &[OsString]) -> Option<Result<(u8, Command), clap::Error>> {
     let verb = args.get(1)?.to_str()?;
     let rest = &args[1..];
     Some(match verb {
