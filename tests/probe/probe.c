@@ -55,6 +55,22 @@ int main(int argc, char **argv) {
     field("cwd"); str(getcwd(buf, sizeof buf) ? buf : strerror(errno)); printf(",");
     gethostname(buf, sizeof buf);
     field("hostname"); str(buf); printf(",");
+    /* Capability sets and no_new_privs, as /proc/self/status shows them. */
+    field("status"); printf("{");
+    FILE *st = fopen("/proc/self/status", "r");
+    int fs = 1;
+    while (st && fgets(buf, sizeof buf, st)) {
+        char *colon = strchr(buf, ':');
+        if (!colon || (strncmp(buf, "Cap", 3) && strncmp(buf, "NoNewPrivs", 10))) continue;
+        *colon = 0;
+        char *v = colon + 1;
+        while (*v == ' ' || *v == '\t') v++;
+        v[strcspn(v, "\n")] = 0;
+        printf("%s", fs ? "" : ","); fs = 0;
+        field(buf); str(v);
+    }
+    if (st) fclose(st);
+    printf("},");
     /* Signals ignored and blocked at start (what exec passed on): numbers, as lists. */
     const char *sigs[] = {"ignored", "blocked"};
     for (int k = 0; k < 2; k++) {

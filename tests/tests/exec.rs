@@ -314,6 +314,13 @@ fn assert_common(fx: &Fx, r: &Value, image_fs: Option<&str>) {
         "signals blocked: {}",
         r["blocked"]
     );
+    // No privilege past exec: every capability set empty (the bounding set too, so not even
+    // a set-user-ID-root or file-capability binary could regain one), no_new_privs set.
+    let st = &r["status"];
+    for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(st[set], "0000000000000000", "{set}: {st}");
+    }
+    assert_eq!(st["NoNewPrivs"], "1", "{st}");
     assert_eq!(r["uid"], fx.uid, "{r}");
     assert_eq!(r["euid"], fx.uid);
     assert_eq!(r["gid"], fx.gid);
@@ -469,6 +476,11 @@ fn root_as_root_has_no_capabilities() {
     );
     let r = report(&out);
     assert_eq!(r["uid"], 0);
+    let st = &r["status"];
+    for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(st[set], "0000000000000000", "{set}: {st}");
+    }
+    assert_eq!(st["NoNewPrivs"], "1", "{st}");
     // Root without capabilities cannot write the read-only image nor the root.
     assert_eq!(r["writes"]["/bin/x"], "Read-only file system");
     assert_eq!(r["root_writable"], false);

@@ -939,13 +939,14 @@ pub fn enter_namespace(p: &Prepared) -> Result<(), ExecError> {
 /// (privileged mode), gid, uid, no capabilities, `no_new_privs`.
 pub fn drop_identity(plan: &Plan) -> Result<(), ExecError> {
     let id = &plan.identity;
-    let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse::<libc::c_ulong>().ok())
-        .unwrap_or(40);
-    for cap in 0..=last {
+    // Every capability the kernel knows, up to the first it does not (EINVAL): no need to read
+    // /proc/sys/kernel/cap_last_cap.
+    for cap in 0..=255 as libc::c_ulong {
         // SAFETY: prctl with integer arguments.
         if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } < 0 {
+            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) && cap > 0 {
+                break;
+            }
             return Err(sys_err("prctl(PR_CAPBSET_DROP)", format!("cap {cap}")));
         }
     }
