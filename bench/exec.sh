@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
 # Launch-time benchmark: median wall time per launch of a static probe, bare and inside
-# containers (slipway, Charliecloud's ch-run, bubblewrap), measured in one hyperfine run.
+# containers (slipway, Charliecloud's ch-run, bubblewrap), measured in one run with the
+# commands interleaved (bench/interleave.py: each round runs every command once, so the drift
+# of a shared machine falls on all of them alike).
 #
 #   bench/exec.sh [RUNS]            (as root; builds slipway --release first)
 #
 # Unprivileged commands run through `setpriv` as the user `sliptest` (created if missing); a
 # bare `setpriv probe` line measures that wrapper, and the ratios are printed both raw and with
-# the wrapper's time subtracted. Needs: hyperfine, gcc (static glibc), mksquashfs,
+# the wrapper's time subtracted. Needs: python3, gcc (static glibc), mksquashfs,
 # squashfuse_ll, ch-run, bwrap, python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+BENCH=$PWD/bench
 RUNS=${1:-300}
 [ "$(id -u)" -eq 0 ] || { echo "bench/exec.sh: run as root" >&2; exit 1; }
-for p in hyperfine gcc mksquashfs squashfuse_ll ch-run bwrap python3 setpriv; do
+for p in gcc mksquashfs squashfuse_ll ch-run bwrap python3 setpriv; do
   command -v "$p" >/dev/null || { echo "bench/exec.sh: $p not found" >&2; exit 1; }
 done
 id sliptest >/dev/null 2>&1 || useradd -m sliptest
@@ -59,18 +62,20 @@ failed() {
   grep -h -E "error|denied" "$W"/*.log | sort | uniq -c >&2
   exit 1
 }
-hyperfine -N -w 20 -r "$RUNS" --export-json "$W/results.json" --output "$W/main.log" \
-  -n "bare probe" "$W/probe" \
-  -n "bare probe (setpriv)" "$AS_USER $W/probe" \
-  -n "slipway dir (unprivileged)" "$AS_USER $SLIPWAY exec $IMG /bin/probe" \
-  -n "slipway dir (root)" "$SLIPWAY exec $IMG /bin/probe" \
-  -n "slipway SIF kernel mount (root)" "$SLIPWAY exec --policy $W/trusted.toml $W/image.sif /bin/probe" \
-  -n "slipway SIF squashfuse (root)" "$SLIPWAY exec --policy $W/never.toml $W/image.sif /bin/probe" \
-  -n "slipway SIF squashfuse (unprivileged)" "$AS_USER $SLIPWAY exec $W/image.sif /bin/probe" \
-  -n "ch-run dir (unprivileged)" "$AS_USER ch-run $IMG -- /bin/probe" \
-  -n "ch-run squashfs (unprivileged)" "$AS_USER ch-run $W/image.sqfs -- /bin/probe" \
-  -n "bwrap dir (unprivileged)" "$AS_USER bwrap --ro-bind $IMG / --proc /proc --dev /dev /bin/probe" \
-  >&2 || failed
+python3 "$BENCH/interleave.py" --warmup 20 --runs "$RUNS" --json "$W/results.json" --log "$W/main.log" \
+  "bare probe=$W/probe" \
+  "bare probe (setpriv)=$AS_USER $W/probe" \
+  "slipway dir (unprivileged)=$AS_USER $SLIPWAY exec $IMG /bin/probe" \
+  "slipway dir (root)=$SLIPWAY exec $IMG /bin/probe" \
+  "slipway SIF kernel mount (root)=$SLIPWAY exec --policy $W/trusted.toml $W/image.sif /bin/probe" \
+  "slipway SIF squashfuse (root)=$SLIPWAY exec --policy $W/never.toml $W/image.sif /bin/probe" \
+  "slipway SIF squashfuse (unprivileged)=$AS_USER $SLIPWAY exec $W/image.sif /bin/probe" \
+  "ch-run dir (unprivileged)=$AS_USER ch-run $IMG -- /bin/probe" \
+  "ch-run squashfs (unprivileged)=$AS_USER ch-run $W/image.sqfs -- /bin/probe" \
+  "ch-run dir (root)=ch-run $IMG -- /bin/probe" \
+  "ch-run squashfs (root)=ch-run $W/image.sqfs -- /bin/probe" \
+  "bwrap dir (unprivileged)=$AS_USER bwrap --ro-bind $IMG / --proc /proc --dev /dev /bin/probe" \
+  || failed
 
 # The same SIF while another container of it runs on the node (many tasks of one job): the
 # loop device, the squashfs superblock and its page cache are shared.
@@ -78,9 +83,9 @@ hyperfine -N -w 20 -r "$RUNS" --export-json "$W/results.json" --output "$W/main.
 HOLDER=$!
 trap 'kill $HOLDER 2>/dev/null || true; wait $HOLDER 2>/dev/null || true; rm -rf "$W"' EXIT
 sleep 0.5
-hyperfine -N -w 20 -r "$RUNS" --export-json "$W/shared.json" --output "$W/shared.log" \
-  -n "slipway SIF kernel mount (root, image in use)" "$SLIPWAY exec --policy $W/trusted.toml $W/image.sif /bin/probe" \
-  >&2 || failed
+python3 "$BENCH/interleave.py" --warmup 20 --runs "$RUNS" --json "$W/shared.json" --log "$W/shared.log" \
+  "slipway SIF kernel mount (root, image in use)=$SLIPWAY exec --policy $W/trusted.toml $W/image.sif /bin/probe" \
+  || failed
 kill $HOLDER; wait $HOLDER 2>/dev/null || true
 
 python3 - "$W/results.json" "$W/shared.json" <<'PY'
@@ -102,6 +107,10 @@ for a, b, aa, ab, goal in [
     ("slipway dir (root)", "ch-run dir (unprivileged)", False, True, "< 1"),
     ("slipway SIF kernel mount (root)", "ch-run squashfs (unprivileged)", False, True, "<= 0.5"),
     ("slipway SIF kernel mount (root, image in use)", "ch-run squashfs (unprivileged)", False, True, "<= 0.5"),
+    # Same privilege, no wrapper on either side (ch-run as root still makes its own user
+    # namespace; slipway as root binds root's home, which the image lacks).
+    ("slipway dir (root)", "ch-run dir (root)", False, False, ""),
+    ("slipway SIF kernel mount (root)", "ch-run squashfs (root)", False, False, ""),
     ("slipway SIF squashfuse (unprivileged)", "ch-run squashfs (unprivileged)", True, True, ""),
     ("slipway dir (unprivileged)", "bwrap dir (unprivileged)", True, True, ""),
 ]:

@@ -98,16 +98,20 @@ pub(crate) fn validate_path_glob(pattern: &str) -> Result<(), String> {
 /// Matches a variable name against a pattern where `*` matches any run of characters
 /// (`SLURM_*`, `*_proxy`, `*`).
 pub fn env_matches(pattern: &str, name: &str) -> bool {
-    let parts: Vec<&str> = pattern.split('*').collect();
-    if parts.len() == 1 {
+    // Called for every host variable against every pattern at each launch: no allocation.
+    let Some(first_star) = pattern.find('*') else {
         return pattern == name;
-    }
-    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    };
+    let last_star = pattern.rfind('*').unwrap_or(first_star);
+    let (first, last) = (&pattern[..first_star], &pattern[last_star + 1..]);
     if name.len() < first.len() + last.len() || !name.starts_with(first) || !name.ends_with(last) {
         return false;
     }
+    if first_star == last_star {
+        return true;
+    }
     let mut rest = &name[first.len()..name.len() - last.len()];
-    for mid in &parts[1..parts.len() - 1] {
+    for mid in pattern[first_star + 1..last_star].split('*') {
         match rest.find(mid) {
             Some(i) => rest = &rest[i + mid.len()..],
             None => return false,
@@ -229,6 +233,13 @@ mod tests {
         assert!(env_matches("*", "ANY"));
         assert!(env_matches("A*B*C", "AxxBxxC"));
         assert!(!env_matches("A*B*C", "AxxCxxB"));
+        assert!(env_matches("A**B", "AB"));
+        assert!(
+            !env_matches("AB*BA", "ABA"),
+            "prefix and suffix may not overlap"
+        );
+        assert!(env_matches("*A*", "xAx"));
+        assert!(!env_matches("*A*", "xyz"));
         assert!(validate_env_pattern("SLURM_*").is_ok());
         assert!(validate_env_pattern("").is_err());
         assert!(validate_env_pattern("A-B").unwrap_err().contains("'-'"));
