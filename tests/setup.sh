@@ -7,7 +7,7 @@ PACKAGES=(
   # images
   squashfs-tools squashfuse fuse3 umoci skopeo erofs-utils zstd tar python3 coreutils
   # entering containers, and what the benchmarks compare against
-  util-linux uidmap bubblewrap charliecloud-runtime hyperfine
+  util-linux uidmap bubblewrap charliecloud-runtime
   # Slurm cluster, MPI
   slurm-wlm slurm-client libslurm-dev munge openmpi-bin libopenmpi-dev libpmix-dev
   iproute2 procps psmisc
