@@ -296,6 +296,16 @@ fn u32s(v: &Value) -> Vec<u32> {
     x
 }
 
+/// No privilege past exec: every capability set empty (the bounding set too, so not even a
+/// set-user-ID-root or file-capability binary could regain one), no_new_privs set.
+fn assert_no_privilege(r: &Value) {
+    let st = &r["status"];
+    for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(st[set], "0000000000000000", "{set}: {st}");
+    }
+    assert_eq!(st["NoNewPrivs"], "1", "{st}");
+}
+
 /// What every container must look like, whatever the mode.
 fn assert_common(fx: &Fx, r: &Value, image_fs: Option<&str>) {
     // No signal ignored or blocked on the way in: the test harness starts slipway with default
@@ -314,13 +324,7 @@ fn assert_common(fx: &Fx, r: &Value, image_fs: Option<&str>) {
         "signals blocked: {}",
         r["blocked"]
     );
-    // No privilege past exec: every capability set empty (the bounding set too, so not even
-    // a set-user-ID-root or file-capability binary could regain one), no_new_privs set.
-    let st = &r["status"];
-    for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
-        assert_eq!(st[set], "0000000000000000", "{set}: {st}");
-    }
-    assert_eq!(st["NoNewPrivs"], "1", "{st}");
+    assert_no_privilege(r);
     assert_eq!(r["uid"], fx.uid, "{r}");
     assert_eq!(r["euid"], fx.uid);
     assert_eq!(r["gid"], fx.gid);
@@ -476,11 +480,7 @@ fn root_as_root_has_no_capabilities() {
     );
     let r = report(&out);
     assert_eq!(r["uid"], 0);
-    let st = &r["status"];
-    for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
-        assert_eq!(st[set], "0000000000000000", "{set}: {st}");
-    }
-    assert_eq!(st["NoNewPrivs"], "1", "{st}");
+    assert_no_privilege(&r);
     // Root without capabilities cannot write the read-only image nor the root.
     assert_eq!(r["writes"]["/bin/x"], "Read-only file system");
     assert_eq!(r["root_writable"], false);

@@ -281,8 +281,8 @@ fn prepare_inner(
         _ => None,
     };
 
-    // Staging: a tmpfs holding the image mount point, the container root and the generated
-    // files.
+    // Staging: a tmpfs holding the image mount point, the container root, the layers and the
+    // generated files.
     sys.mount(
         "tmpfs",
         staging,
@@ -657,6 +657,38 @@ fn ours_dir<'a>(
     Ok(cache.as_ref().map(|(_, fd)| fd))
 }
 
+/// The parent of `dest` as an fd when it is a directory on a Slipway tmpfs (see [`ours_dir`]),
+/// with the last name of `dest`; `None` when `dest` has no such parent or name.
+fn ours_parent<'a>(
+    sys: &dyn Sys,
+    root_fd: &OwnedFd,
+    dest: &Path,
+    ours: &[u64],
+    cache: &'a mut Option<(PathBuf, OwnedFd)>,
+) -> Result<Option<(&'a OwnedFd, CString)>, ExecError> {
+    let (Some(parent), Some(name)) = (dest.parent(), dest.file_name()) else {
+        return Ok(None);
+    };
+    let Ok(name) = CString::new(name.as_bytes()) else {
+        return Ok(None);
+    };
+    Ok(ours_dir(sys, root_fd, parent, ours, cache)?.map(|fd| (fd, name)))
+}
+
+/// Creates the empty file `name` in the directory `dir` (never through a symlink, never an
+/// existing one), mode 0644 before the umask; the fd, or -1.
+fn create_excl(dir: &OwnedFd, name: &CString) -> libc::c_int {
+    // SAFETY: dir is an open directory fd; name is NUL-terminated.
+    unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            0o644 as libc::c_uint,
+        )
+    }
+}
+
 /// Makes the missing mount point `dest` (a directory if `dir`, else an empty file) in its
 /// parent directory when that exists on a Slipway tmpfs, relative to an fd of the parent
 /// (`cache`, see [`ours_dir`]), and returns an fd of it to mount on. `None` when this does not
@@ -670,13 +702,7 @@ fn make_in_ours(
     ours: &[u64],
     cache: &mut Option<(PathBuf, OwnedFd)>,
 ) -> Result<Option<OwnedFd>, ExecError> {
-    let (Some(parent), Some(name)) = (dest.parent(), dest.file_name()) else {
-        return Ok(None);
-    };
-    let Ok(name) = CString::new(name.as_bytes()) else {
-        return Ok(None);
-    };
-    let Some(pfd) = ours_dir(sys, root_fd, parent, ours, cache)? else {
+    let Some((pfd, name)) = ours_parent(sys, root_fd, dest, ours, cache)? else {
         return Ok(None);
     };
     let fd = if dir {
@@ -694,15 +720,8 @@ fn make_in_ours(
             )
         }
     } else {
-        // SAFETY: as above. The new file's fd is the mount target itself.
-        unsafe {
-            libc::openat(
-                pfd.as_raw_fd(),
-                name.as_ptr(),
-                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-                0o644 as libc::c_uint,
-            )
-        }
+        // The new file's fd is the mount target itself.
+        create_excl(pfd, &name)
     };
     if fd < 0 {
         return Ok(None);
@@ -725,24 +744,10 @@ fn write_in_ours(
     ours: &[u64],
     cache: &mut Option<(PathBuf, OwnedFd)>,
 ) -> Result<bool, ExecError> {
-    let (Some(parent), Some(name)) = (dest.parent(), dest.file_name()) else {
+    let Some((pfd, cname)) = ours_parent(sys, root_fd, dest, ours, cache)? else {
         return Ok(false);
     };
-    let Ok(cname) = CString::new(name.as_bytes()) else {
-        return Ok(false);
-    };
-    let Some(pfd) = ours_dir(sys, root_fd, parent, ours, cache)? else {
-        return Ok(false);
-    };
-    // SAFETY: pfd is an open directory fd; cname is NUL-terminated.
-    let fd = unsafe {
-        libc::openat(
-            pfd.as_raw_fd(),
-            cname.as_ptr(),
-            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-            0o644 as libc::c_uint,
-        )
-    };
+    let fd = create_excl(pfd, &cname);
     if fd < 0 {
         return Ok(false);
     }
