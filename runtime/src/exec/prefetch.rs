@@ -1,32 +1,41 @@
 //! Reading the command's executable (and its interpreter) from a freshly mounted squashfs image
-//! on a second thread while the rest of the container is laid out.
+//! on helper threads while the rest of the container is laid out.
 //!
 //! A squashfs mounted for one launch starts with an empty page cache, so `execve` and the first
 //! page faults of the command decompress every block they touch, one after the other, after
-//! all the set-up is done: for a 750 KiB static binary that is ~7 ms of zlib in the kernel on
+//! all the set-up is done: for a 750 KiB static binary that is ~6-7 ms of zlib in the kernel on
 //! the benchmark machine, more than half of a cold SIF launch. Started as soon as the image is
-//! mounted, a helper thread asks the kernel to read the files ahead (`readahead(2)`, one
-//! squashfs block at a time), in parallel with the ~2 ms of mounts that follow; what it has
-//! read by then is in the page cache when `execve` runs.
+//! mounted, helper threads ask the kernel to read the files ahead (`readahead(2)`, one squashfs
+//! block per call, each helper claiming the next block not yet claimed), in parallel with the
+//! mounts that follow; what they have read by then is in the page cache when `execve` runs.
 //!
-//! The helper only reads (through an fd resolved inside the image); it stops after the chunk
-//! it is reading when asked ([`Prefetch::finish`], before the caller changes its credentials or
-//! execs), reads at most [`MAX_BYTES`] of a file, and skips anything that is not a regular
+//! Two helpers, because a block's read is the loop device's I/O and then its decompression:
+//! while one helper decompresses, the other's I/O is in flight, and a kernel built with more
+//! than one squashfs decompressor per mount (`CONFIG_SQUASHFS_DECOMP_MULTI`/`_PERCPU`)
+//! decompresses their blocks in parallel. Not more: stopping waits for the blocks in flight,
+//! and with one decompressor (`CONFIG_SQUASHFS_DECOMP_SINGLE`, as on the benchmark machine)
+//! those are decompressed one after the other, wasted if the command never touches them.
+//!
+//! The helpers only read (through fds resolved inside the image); they stop after the block
+//! they are reading when asked ([`Prefetch::finish`], before the caller changes its credentials
+//! or execs), read at most [`MAX_BYTES`] of a file, and skip anything that is not a regular
 //! file. Directory images are never prefetched (their files are in the host's page cache).
 
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 use super::sys;
 
-/// Bytes read ahead per `readahead` call: the default squashfs block, so stopping waits for at
-/// most one block's decompression.
-const CHUNK: u64 = 128 * 1024;
+/// The block assumed when the file system does not say (squashfs's default).
+const DEFAULT_BLOCK: u64 = 128 * 1024;
+
+/// Helper threads started (see the module documentation for why two).
+pub const HELPERS: usize = 2;
 
 /// At most this much of one file is read ahead: a huge application binary is paged in on
 /// demand by its own execution rather than read whole.
@@ -45,37 +54,133 @@ const DEFAULT_PATH: [&str; 6] = [
 /// A running prefetch.
 pub struct Prefetch {
     stop: Arc<AtomicBool>,
-    thread: JoinHandle<()>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 impl Prefetch {
-    /// Asks the helper to stop after its current chunk and waits for it.
+    /// Asks the helpers to stop after the block each is reading and waits for them.
     pub fn finish(self) {
         self.stop.store(true, Ordering::Relaxed);
-        let _ = self.thread.join();
+        for t in self.threads {
+            let _ = t.join();
+        }
     }
 }
+
+/// A file's blocks, handed out once each to whichever helper asks next.
+struct Blocks {
+    file: File,
+    claims: Claims,
+}
+
+/// Which byte offsets of a file of `len` bytes, in `block`-sized steps, are still unclaimed.
+struct Claims {
+    len: u64,
+    block: u64,
+    next: AtomicU64,
+}
+
+impl Claims {
+    /// The offset of the next unclaimed block, or `None` when every block is claimed.
+    fn claim(&self) -> Option<u64> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        let off = i.checked_mul(self.block)?;
+        (off < self.len).then_some(off)
+    }
+}
+
+impl Blocks {
+    fn new(file: File) -> Option<Arc<Blocks>> {
+        let len = file.metadata().ok()?.len().min(MAX_BYTES);
+        let block = block_size(&file);
+        Some(Arc::new(Blocks {
+            file,
+            claims: Claims {
+                len,
+                block,
+                next: AtomicU64::new(0),
+            },
+        }))
+    }
+
+    /// Reads blocks ahead until none is left unclaimed or `stop` is set.
+    fn drain(&self, stop: &AtomicBool) {
+        while !stop.load(Ordering::Relaxed) {
+            let Some(off) = self.claims.claim() else {
+                return;
+            };
+            let n = self.claims.block.min(self.claims.len - off);
+            // SAFETY: readahead only reads the fd's file into the page cache.
+            if unsafe { libc::readahead(self.file.as_raw_fd(), off as i64, n as usize) } < 0 {
+                return;
+            }
+        }
+    }
+}
+
+/// The file system's block: squashfs reports its block size as `f_bsize`.
+fn block_size(f: &File) -> u64 {
+    // SAFETY: statfs is plain old data, filled by the kernel.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid fd and a valid buffer.
+    if unsafe { libc::fstatfs(f.as_raw_fd(), &mut st) } == 0 && st.f_bsize > 0 {
+        (st.f_bsize as u64).clamp(4096, 1 << 20)
+    } else {
+        DEFAULT_BLOCK
+    }
+}
+
+/// The interpreter's blocks, once the first helper has looked for one (`Some(None)`: none).
+type Interp = (Mutex<Option<Option<Arc<Blocks>>>>, Condvar);
 
 /// Starts reading `command` (resolved inside `image`, through `PATH` when it has no slash) and
 /// its interpreter (`#!` line or ELF `PT_INTERP`). `None` when there is nothing to read or no
 /// thread could be started (launching goes on without).
 pub fn start(image: BorrowedFd, command: &str) -> Option<Prefetch> {
-    let file = find(image, command)?;
+    let blocks = Blocks::new(find(image, command)?)?;
     let image = image.try_clone_to_owned().ok()?;
     let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    let thread = std::thread::Builder::new()
-        .name("prefetch".into())
-        .stack_size(64 * 1024)
-        .spawn(move || {
-            let interp = interpreter(&file);
-            read_ahead(&file, &flag);
-            if let Some(i) = interp.and_then(|p| open(image.as_fd(), &p)) {
-                read_ahead(&i, &flag);
-            }
-        })
-        .ok()?;
-    Some(Prefetch { stop, thread })
+    let interp: Arc<Interp> = Arc::new((Mutex::new(None), Condvar::new()));
+    let mut threads = Vec::new();
+    // The first helper reads the command's head (its first block) and publishes the
+    // interpreter before joining the others; they wait for that answer only once the
+    // command's blocks are all claimed. It is started first, so that no helper ever waits
+    // for an answer that no thread will give.
+    let mut first = Some(image);
+    for _ in 0..HELPERS {
+        let (stop, blocks, interp) = (stop.clone(), blocks.clone(), interp.clone());
+        let image = first.take();
+        let leader = image.is_some();
+        let spawned = std::thread::Builder::new()
+            .name("prefetch".into())
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                let (lock, ready) = &*interp;
+                if let Some(image) = image {
+                    let found = interpreter(&blocks.file)
+                        .and_then(|p| open(image.as_fd(), &p))
+                        .and_then(Blocks::new);
+                    *lock.lock().unwrap_or_else(|e| e.into_inner()) = Some(found);
+                    ready.notify_all();
+                }
+                blocks.drain(&stop);
+                let mut answer = lock.lock().unwrap_or_else(|e| e.into_inner());
+                while answer.is_none() {
+                    answer = ready.wait(answer).unwrap_or_else(|e| e.into_inner());
+                }
+                let found = answer.clone().flatten();
+                drop(answer);
+                if let Some(i) = found {
+                    i.drain(&stop);
+                }
+            });
+        match spawned {
+            Ok(t) => threads.push(t),
+            Err(_) if leader => return None,
+            Err(_) => break,
+        }
+    }
+    Some(Prefetch { stop, threads })
 }
 
 /// The command's file in the image.
@@ -154,22 +259,6 @@ fn interpreter_of(
     None
 }
 
-/// Reads `f` ahead into the page cache, a chunk at a time, until done, [`MAX_BYTES`], or
-/// `stop`.
-fn read_ahead(f: &File, stop: &AtomicBool) {
-    let Ok(meta) = f.metadata() else { return };
-    let len = meta.len().min(MAX_BYTES);
-    let mut off = 0;
-    while off < len && !stop.load(Ordering::Relaxed) {
-        let n = CHUNK.min(len - off);
-        // SAFETY: readahead only reads the fd's file into the page cache.
-        if unsafe { libc::readahead(f.as_raw_fd(), off as i64, n as usize) } < 0 {
-            return;
-        }
-        off += n;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,6 +314,58 @@ mod tests {
         // A started prefetch stops and joins.
         start(img, "/usr/bin/tool").expect("started").finish();
         assert!(start(img, "nothing-here").is_none());
+    }
+
+    #[test]
+    fn every_block_is_claimed_once() {
+        for (len, block) in [(0, 4096), (1, 4096), (4096, 4096), (772_456, 131_072)] {
+            let c = Arc::new(Claims {
+                len,
+                block,
+                next: AtomicU64::new(0),
+            });
+            let workers: Vec<_> = (0..4)
+                .map(|_| {
+                    let c = c.clone();
+                    std::thread::spawn(move || std::iter::from_fn(|| c.claim()).collect::<Vec<_>>())
+                })
+                .collect();
+            let mut got: Vec<u64> = workers
+                .into_iter()
+                .flat_map(|w| w.join().unwrap())
+                .collect();
+            got.sort();
+            let want: Vec<u64> = (0..len.div_ceil(block)).map(|i| i * block).collect();
+            assert_eq!(got, want, "len {len}, block {block}");
+        }
+        // Claiming past the end never wraps around to the start.
+        let c = Claims {
+            len: u64::MAX,
+            block: 1 << 20,
+            next: AtomicU64::new(u64::MAX / (1 << 20) + 1),
+        };
+        assert_eq!(c.claim(), None);
+    }
+
+    #[test]
+    fn block_size_is_sane() {
+        let f = File::open("/proc/self/exe").unwrap();
+        assert!((4096..=1 << 20).contains(&block_size(&f)));
+    }
+
+    #[test]
+    fn a_script_and_its_interpreter_are_read() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        std::fs::create_dir_all(r.join("bin")).unwrap();
+        std::fs::write(r.join("bin/sh"), vec![0u8; 300_000]).unwrap();
+        std::fs::write(r.join("bin/job"), b"#!/bin/sh\necho hi\n").unwrap();
+        let fd = File::open(r).unwrap();
+        // Every helper gets the interpreter's answer and ends, stopped early or not.
+        start(fd.as_fd(), "/bin/job").expect("started").finish();
+        let p = start(fd.as_fd(), "job").expect("started through PATH");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        p.finish();
     }
 
     #[test]
