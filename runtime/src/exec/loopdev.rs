@@ -59,13 +59,9 @@ fn sys_err(syscall: &'static str, path: &Path) -> ExecError {
 pub fn find_shared(image: &File, span: Span) -> Option<(OwnedFd, PathBuf)> {
     use std::os::unix::fs::MetadataExt;
     let meta = image.metadata().ok()?;
-    for e in std::fs::read_dir("/sys/block").ok()?.flatten() {
-        let name = e.file_name();
-        let name = name.to_str()?;
-        if !name.starts_with("loop") {
-            continue;
-        }
-        let sys = e.path().join("loop");
+    let partitions = std::fs::read_to_string("/proc/partitions").ok()?;
+    for name in bound_loop_devices(&partitions) {
+        let sys = Path::new("/sys/block").join(name).join("loop");
         let read = |f: &str| std::fs::read_to_string(sys.join(f)).unwrap_or_default();
         // Cheap filters first (sysfs), the authoritative check on the open device below.
         if read("offset").trim() != span.offset.to_string()
@@ -102,6 +98,18 @@ pub fn find_shared(image: &File, span: Span) -> Option<(OwnedFd, PathBuf)> {
         }
     }
     None
+}
+
+/// The loop devices that have a backing file, from `/proc/partitions` (the kernel lists only
+/// block devices with a capacity there, so unbound loop devices are skipped without a look:
+/// one read however many loop devices the node has; partitions of a loop device are not
+/// loop devices).
+fn bound_loop_devices(partitions: &str) -> impl Iterator<Item = &str> {
+    partitions.lines().filter_map(|l| {
+        let name = l.split_whitespace().nth(3)?;
+        let n = name.strip_prefix("loop")?;
+        (!n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())).then_some(name)
+    })
 }
 
 /// Attaches `image[span]` to a free loop device, read-only with autoclear. Returns the open
@@ -181,4 +189,19 @@ pub fn attach(
         path: ctl_path.into(),
         err: std::io::Error::from_raw_os_error(libc::EBUSY),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bound_loop_devices_from_proc_partitions() {
+        let text = "major minor  #blocks  name\n\n   7        0        652 loop0\n \
+                    259        0        100 loop0p1\n   7       12     1024 loop12\n \
+                    254        0  268435456 vda\n   7        3        8 loopx\n";
+        let got: Vec<&str> = bound_loop_devices(text).collect();
+        assert_eq!(got, ["loop0", "loop12"]);
+        assert_eq!(bound_loop_devices("").count(), 0);
+    }
 }
