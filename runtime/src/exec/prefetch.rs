@@ -133,6 +133,24 @@ fn block_size(f: &File) -> u64 {
 /// The interpreter's blocks, once the first helper has looked for one (`Some(None)`: none).
 type Interp = (Mutex<Option<Option<Arc<Blocks>>>>, Condvar);
 
+/// The first helper's answer about the interpreter, published when given or, should that
+/// helper unwind before giving it, as "none" on drop: no helper waits for it forever.
+struct Answer<'a>(&'a Interp, Option<Option<Arc<Blocks>>>);
+
+impl Answer<'_> {
+    fn give(mut self, found: Option<Arc<Blocks>>) {
+        self.1 = Some(found);
+    }
+}
+
+impl Drop for Answer<'_> {
+    fn drop(&mut self) {
+        let (lock, ready) = self.0;
+        *lock.lock().unwrap_or_else(|e| e.into_inner()) = Some(self.1.take().flatten());
+        ready.notify_all();
+    }
+}
+
 /// Starts reading `command` (resolved inside `image`, through `PATH` when it has no slash) and
 /// its interpreter (`#!` line or ELF `PT_INTERP`). `None` when there is nothing to read or no
 /// thread could be started (launching goes on without).
@@ -157,11 +175,11 @@ pub fn start(image: BorrowedFd, command: &str) -> Option<Prefetch> {
             .spawn(move || {
                 let (lock, ready) = &*interp;
                 if let Some(image) = image {
+                    let answer = Answer(&interp, None);
                     let found = interpreter(&blocks.file)
                         .and_then(|p| open(image.as_fd(), &p))
                         .and_then(Blocks::new);
-                    *lock.lock().unwrap_or_else(|e| e.into_inner()) = Some(found);
-                    ready.notify_all();
+                    answer.give(found);
                 }
                 blocks.drain(&stop);
                 let mut answer = lock.lock().unwrap_or_else(|e| e.into_inner());
