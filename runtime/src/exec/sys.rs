@@ -3,7 +3,7 @@
 //! The implementation is passed in by the caller (no `cfg(test)` switch).
 
 use std::cell::RefCell;
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -16,6 +16,25 @@ struct OpenHow {
     flags: u64,
     mode: u64,
     resolve: u64,
+}
+
+/// `openat2(dirfd, path, {flags, 0, resolve})`: the new fd, or -1 with errno set.
+fn openat2(dirfd: BorrowedFd, path: &CStr, flags: libc::c_int, resolve: u64) -> libc::c_long {
+    let how = OpenHow {
+        flags: flags as u64,
+        mode: 0,
+        resolve,
+    };
+    // SAFETY: how is a valid open_how of the size given; path is NUL-terminated.
+    unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dirfd.as_raw_fd(),
+            path.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    }
 }
 
 /// Reads the file at `path` resolved inside `dirfd` (`RESOLVE_IN_ROOT|RESOLVE_NO_MAGICLINKS`),
@@ -32,21 +51,12 @@ pub fn read_in(dirfd: BorrowedFd, path: &Path) -> Option<String> {
 /// FIFO, no controlling terminal).
 pub fn open_file_in(dirfd: BorrowedFd, path: &Path) -> Option<std::fs::File> {
     let p = cstr(path).ok()?;
-    let how = OpenHow {
-        flags: (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK) as u64,
-        mode: 0,
-        resolve: RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
-    };
-    // SAFETY: how is a valid open_how of the size given; p is NUL-terminated.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            dirfd.as_raw_fd(),
-            p.as_ptr(),
-            &how as *const OpenHow,
-            std::mem::size_of::<OpenHow>(),
-        )
-    };
+    let rc = openat2(
+        dirfd,
+        &p,
+        libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK,
+        RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+    );
     if rc < 0 {
         return None;
     }
@@ -265,21 +275,7 @@ impl Sys for Linux {
 
     fn open_in(&self, dirfd: BorrowedFd, path: &Path, resolve: u64) -> Result<OwnedFd, ExecError> {
         let p = cstr(path)?;
-        let how = OpenHow {
-            flags: (libc::O_PATH | libc::O_CLOEXEC) as u64,
-            mode: 0,
-            resolve,
-        };
-        // SAFETY: how is a valid open_how of the size given; p is NUL-terminated.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_openat2,
-                dirfd.as_raw_fd(),
-                p.as_ptr(),
-                &how as *const OpenHow,
-                std::mem::size_of::<OpenHow>(),
-            )
-        };
+        let rc = openat2(dirfd, &p, libc::O_PATH | libc::O_CLOEXEC, resolve);
         let fd = check(rc, "openat2", path)?;
         // SAFETY: a new fd from the kernel.
         Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
