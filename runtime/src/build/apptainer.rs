@@ -238,17 +238,7 @@ pub struct RunConfig {
 impl RunConfig {
     /// Reads the inner `config` object of an image config (missing fields are empty).
     pub fn from_config(config: &Value) -> RunConfig {
-        let strings = |k: &str| -> Vec<String> {
-            config
-                .get(k)
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|v| v.as_str().map(String::from))
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
+        let strings = |k: &str| super::source::strings(config.get(k));
         RunConfig {
             env: strings("Env"),
             entrypoint: strings("Entrypoint"),

@@ -558,24 +558,8 @@ impl Archive<'_> {
             candidates.push((e, config, platform));
         }
         let (entry, config, platform, note) = pick(candidates, want, self.file)?;
-        let diff_ids: Vec<String> = config
-            .pointer("/rootfs/diff_ids")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let names: Vec<String> = entry
-            .get("Layers")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let diff_ids = strings(config.pointer("/rootfs/diff_ids"));
+        let names = strings(entry.get("Layers"));
         if !diff_ids.is_empty() && diff_ids.len() != names.len() {
             return Err(BuildError::Source {
                 path: self.file.into(),
@@ -795,6 +779,17 @@ fn unzstd<T>(
         });
     }
     Ok((result, digest))
+}
+
+/// The strings of a JSON array (nothing if it is missing or not an array).
+pub(super) fn strings(v: Option<&Value>) -> Vec<String> {
+    v.and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
