@@ -1201,3 +1201,103 @@ fn built_image_runs_without_warnings() {
     std::fs::remove_file(&sif).unwrap();
     assert_clean(fx);
 }
+
+/// Files the launch reads from an image are untrusted, and read as root in privileged mode.
+/// Environment scripts that are a FIFO (an open would block for ever), a symlink to a device
+/// (`/dev/zero`: endless), not UTF-8, or that nest `${K:-...}` 17 deep (a recursive parser's
+/// stack) or double a value each line (`A="$A$A"`: terabytes) are reported as not applied and
+/// the command runs with what was applied; an image whose `/etc/passwd` is a FIFO is refused
+/// with one line. Both as root (kernel mount) and unprivileged (squashfuse).
+#[test]
+fn hostile_image_files_are_bounded() {
+    let _serial = serial();
+    let Some(fx) = need() else { return };
+    let tree = fx.root.join("hostile-files");
+    let _ = std::fs::remove_dir_all(&tree);
+    make_image_tree(&tree, &fx.root.join("probe"));
+    let env = tree.join(".singularity.d/env");
+    let fifo = |p: &Path| {
+        let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0, "mkfifo");
+    };
+    fifo(&env.join("50-fifo.sh"));
+    std::os::unix::fs::symlink("/dev/zero", env.join("51-zero.sh")).unwrap();
+    let mut double = String::from("export A=x\n");
+    for _ in 0..40 {
+        double.push_str("export A=\"$A$A\"\n");
+    }
+    write(&env.join("52-double.sh"), &double);
+    let nest = |name: &str, n: usize| {
+        format!(
+            "export {name}=\"{}x{}\"\n",
+            format!("${{{name}:-").repeat(n),
+            "}".repeat(n)
+        )
+    };
+    write(
+        &env.join("53-deep.sh"),
+        &(nest("DEEP16", 16) + &nest("DEEP17", 17)),
+    );
+    std::fs::write(env.join("54-binary.sh"), b"export BIN=\xff\n").unwrap();
+    let sqfs = fx.root.join("hostile-files.sqfs");
+    run_ok(Command::new("mksquashfs").arg(&tree).arg(&sqfs).args([
+        "-quiet",
+        "-noappend",
+        "-all-root",
+        "-no-progress",
+    ]));
+    let pol = policy(fx, "trusted.toml");
+    let uid = fx.uid.to_string();
+    let launch = |unpriv: bool, image: &Path| {
+        // A hang (the FIFO) must fail the test, not stall it.
+        let mut c = Command::new("timeout");
+        c.arg("60");
+        if unpriv {
+            c.args(["setpriv", "--reuid", USER, "--regid", USER, "--init-groups"]);
+        }
+        c.arg(slipway_bin()).args(["exec", "--policy", &pol]);
+        if !unpriv {
+            c.args(["--as-user", &uid]);
+        }
+        c.arg(image).arg("/bin/probe").current_dir("/");
+        run(&mut c)
+    };
+    for unpriv in [false, true] {
+        let out = launch(unpriv, &sqfs);
+        let err = String::from_utf8_lossy(&out.stderr);
+        let r = report(&out);
+        let e = &r["env"];
+        // Doubled up to the largest value that fits in one environment string, no further.
+        assert_eq!(e["A"].as_str().unwrap().len(), 65536, "{err}");
+        assert_eq!(e["DEEP16"], "x");
+        assert!(e.get("DEEP17").is_none() && e.get("BIN").is_none(), "{e}");
+        for needle in [
+            "/.singularity.d/env/50-fifo.sh: not applied (a FIFO, not a regular file)",
+            "/.singularity.d/env/51-zero.sh: not applied (a device, not a regular file)",
+            "/.singularity.d/env/52-double.sh:19: not applied (longer than 128 KiB",
+            "/.singularity.d/env/53-deep.sh:2: not applied (${K:-...} nested more than 16 deep)",
+            "/.singularity.d/env/54-binary.sh: not applied (not UTF-8 text)",
+        ] {
+            assert!(err.contains(needle), "{needle:?} not in {err}");
+        }
+    }
+    // /etc/passwd a FIFO: refused, one line, nothing left behind.
+    std::fs::remove_file(tree.join("etc/passwd")).unwrap();
+    fifo(&tree.join("etc/passwd"));
+    run_ok(Command::new("mksquashfs").arg(&tree).arg(&sqfs).args([
+        "-quiet",
+        "-noappend",
+        "-all-root",
+        "-no-progress",
+    ]));
+    for unpriv in [false, true] {
+        assert_failure(
+            &launch(unpriv, &sqfs),
+            "image file /etc/passwd: a FIFO, not a regular file",
+        );
+    }
+    std::fs::remove_dir_all(&tree).unwrap();
+    std::fs::remove_file(&sqfs).unwrap();
+    assert_clean(fx);
+}

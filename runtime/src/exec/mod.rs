@@ -72,6 +72,14 @@ pub enum ExecError {
         /// The error.
         err: std::io::Error,
     },
+    /// A file the launch reads from the image cannot be used.
+    #[error("image file {}: {why}", path.display())]
+    ImageFile {
+        /// Container path.
+        path: PathBuf,
+        /// Why (and what would fix it).
+        why: String,
+    },
     /// The command could not be executed.
     #[error("{command}: {err}")]
     Exec {
@@ -607,7 +615,15 @@ fn prepare_inner(
     let (env, leftovers) = plan.environment(host_env, &scripts);
     let warnings = leftovers
         .iter()
-        .map(|l| format!("{}:{}: not applied ({}): {}", l.file, l.line, l.why, l.text))
+        .map(|l| match l.text.as_str() {
+            "" => format!("{}: not applied ({})", l.location(), l.why),
+            text => format!(
+                "{}: not applied ({}): {}",
+                l.location(),
+                l.why,
+                envfile::printable(text, 200)
+            ),
+        })
         .collect();
 
     drop(reader);
@@ -833,8 +849,22 @@ fn write_file(p: &Path, text: &str) -> Result<(), ExecError> {
 }
 
 /// Reads a file of the image (`img_fd`), resolving it inside the image.
-fn read_image_file(img_fd: &OwnedFd, path: &str) -> Option<String> {
-    sys::read_in(img_fd.as_fd(), Path::new(path.trim_start_matches('/')))
+/// The largest `/etc/passwd` or `/etc/group` read from an image (about 200,000 entries).
+pub const MAX_IDENTITY_FILE: u64 = 16 * 1024 * 1024;
+
+/// The largest image environment script read (larger ones are reported, not applied).
+pub const MAX_ENV_SCRIPT: u64 = 1024 * 1024;
+
+fn read_image_file(img_fd: &OwnedFd, path: &str) -> Result<Option<String>, ExecError> {
+    sys::read_in(
+        img_fd.as_fd(),
+        Path::new(path.trim_start_matches('/')),
+        MAX_IDENTITY_FILE,
+    )
+    .map_err(|why| ExecError::ImageFile {
+        path: path.into(),
+        why: format!("{why} (the container's {path} is built from it: fix it in the image)"),
+    })
 }
 
 /// The image's `/etc/passwd` and `/etc/group` with the user's entries (replacing any of the
@@ -888,32 +918,39 @@ fn identity_files(
         out
     };
     Ok((
-        merge(read_image_file(img_fd, "/etc/passwd"), &[ours]),
-        merge(read_image_file(img_fd, "/etc/group"), &id.group_lines),
+        merge(read_image_file(img_fd, "/etc/passwd")?, &[ours]),
+        merge(read_image_file(img_fd, "/etc/group")?, &id.group_lines),
     ))
 }
 
-/// Reads and parses `/.singularity.d/env/*.sh` under `root`, in name order.
+/// Reads and parses `/.singularity.d/env/*.sh` under `root`, in name order. Each script is
+/// opened inside `root` (no symlink leads out of it) without blocking, and read only if it is
+/// a regular file of at most [`MAX_ENV_SCRIPT`] bytes of UTF-8 text; any other is reported as
+/// not applied, with the reason.
 pub fn read_env_scripts(root: &Path) -> Vec<EnvScript> {
     let dir = root.join(IMAGE_ENV_DIR.trim_start_matches('/'));
-    let mut names: Vec<PathBuf> = match std::fs::read_dir(&dir) {
+    let mut names: Vec<std::ffi::OsString> = match std::fs::read_dir(&dir) {
         Ok(d) => d
             .filter_map(|e| e.ok())
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "sh"))
+            .map(|e| e.file_name())
+            .filter(|n| Path::new(n).extension().is_some_and(|x| x == "sh"))
             .collect(),
         Err(_) => return Vec::new(),
     };
     names.sort();
+    let Ok(root_fd) = rootfs::open_path(root) else {
+        return Vec::new();
+    };
     names
         .iter()
-        .filter_map(|p| {
-            let text = std::fs::read_to_string(p).ok()?;
-            let name = format!(
-                "{IMAGE_ENV_DIR}/{}",
-                p.file_name().unwrap_or_default().to_string_lossy()
-            );
-            Some(envfile::parse(&name, &text))
+        .map(|n| {
+            let name = format!("{IMAGE_ENV_DIR}/{}", n.to_string_lossy());
+            let rel = Path::new(IMAGE_ENV_DIR.trim_start_matches('/')).join(n);
+            match sys::read_in(root_fd.as_fd(), &rel, MAX_ENV_SCRIPT) {
+                Ok(Some(text)) => envfile::parse(&name, &text),
+                Ok(None) => EnvScript::unreadable(&name, "not found: a dangling symlink?"),
+                Err(why) => EnvScript::unreadable(&name, &why),
+            }
         })
         .collect()
 }

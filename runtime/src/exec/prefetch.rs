@@ -218,7 +218,7 @@ fn find(image: BorrowedFd, command: &str) -> Option<File> {
 /// Opens a regular file of the image (resolved inside it).
 fn open(image: BorrowedFd, path: &Path) -> Option<File> {
     let rel = path.strip_prefix("/").unwrap_or(path);
-    let f = sys::open_file_in(image, rel)?;
+    let f = sys::open_file_in(image, rel).ok()?;
     f.metadata().ok()?.is_file().then_some(f)
 }
 

@@ -37,20 +37,62 @@ fn openat2(dirfd: BorrowedFd, path: &CStr, flags: libc::c_int, resolve: u64) -> 
     }
 }
 
-/// Reads the file at `path` resolved inside `dirfd` (`RESOLVE_IN_ROOT|RESOLVE_NO_MAGICLINKS`),
-/// in one `openat2` instead of a walk of the path. `None` if it cannot be opened or read.
-pub fn read_in(dirfd: BorrowedFd, path: &Path) -> Option<String> {
+/// Reads the text file at `path` resolved inside `dirfd` (`RESOLVE_IN_ROOT|RESOLVE_NO_MAGICLINKS`,
+/// one `openat2` instead of a walk of the path). `Ok(None)` if it does not exist; `Err(why)` if
+/// it is not a regular file (a FIFO would block, a device could be endless), is longer than
+/// `max` bytes, cannot be opened or read, or is not UTF-8. Images are untrusted: a squashfs
+/// holds terabytes of zeros in a few kilobytes, and these reads run as root.
+pub fn read_in(dirfd: BorrowedFd, path: &Path, max: u64) -> Result<Option<String>, String> {
     use std::io::Read;
-    let mut f = open_file_in(dirfd, path)?;
-    let mut text = String::new();
-    f.read_to_string(&mut text).ok()?;
-    Some(text)
+    use std::os::unix::fs::FileTypeExt;
+    let f = match open_file_in(dirfd, path) {
+        Ok(f) => f,
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => {
+            return Ok(None)
+        }
+        Err(e) => return Err(format!("cannot be opened: {e}")),
+    };
+    let meta = f.metadata().map_err(|e| format!("cannot be read: {e}"))?;
+    let t = meta.file_type();
+    if !t.is_file() {
+        let what = if t.is_fifo() {
+            "a FIFO"
+        } else if t.is_char_device() || t.is_block_device() {
+            "a device"
+        } else if t.is_socket() {
+            "a socket"
+        } else if t.is_dir() {
+            "a directory"
+        } else {
+            "a special file"
+        };
+        return Err(format!("{what}, not a regular file"));
+    }
+    let too_long = || match max {
+        m if m >= 1 << 20 && m % (1 << 20) == 0 => format!("longer than {} MiB", m >> 20),
+        m if m >= 1 << 10 && m % (1 << 10) == 0 => format!("longer than {} KiB", m >> 10),
+        m => format!("longer than {m} bytes"),
+    };
+    if meta.len() > max {
+        return Err(too_long());
+    }
+    let mut buf = Vec::new();
+    f.take(max + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| format!("cannot be read: {e}"))?;
+    if buf.len() as u64 > max {
+        return Err(too_long());
+    }
+    String::from_utf8(buf)
+        .map(Some)
+        .map_err(|_| "not UTF-8 text".to_string())
 }
 
 /// Opens `path` for reading, resolved inside `dirfd` as [`read_in`] does (no blocking on a
 /// FIFO, no controlling terminal).
-pub fn open_file_in(dirfd: BorrowedFd, path: &Path) -> Option<std::fs::File> {
-    let p = cstr(path).ok()?;
+pub fn open_file_in(dirfd: BorrowedFd, path: &Path) -> std::io::Result<std::fs::File> {
+    let p = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
     let rc = openat2(
         dirfd,
         &p,
@@ -58,10 +100,10 @@ pub fn open_file_in(dirfd: BorrowedFd, path: &Path) -> Option<std::fs::File> {
         RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
     );
     if rc < 0 {
-        return None;
+        return Err(std::io::Error::last_os_error());
     }
     // SAFETY: rc is a file descriptor just opened here and owned by nothing else.
-    Some(unsafe { std::fs::File::from_raw_fd(rc as RawFd) })
+    Ok(unsafe { std::fs::File::from_raw_fd(rc as RawFd) })
 }
 
 /// `struct mount_attr` for `mount_setattr(2)`.

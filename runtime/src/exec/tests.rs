@@ -88,3 +88,31 @@ fn unprivileged_sequence_on_a_directory_image() {
         "the image has no bash: {passwd}"
     );
 }
+
+/// `sys::read_in` (image files read as root): missing is `None`; a FIFO, a directory, a file
+/// longer than the limit, a non-UTF-8 file are refused with the reason, without blocking.
+#[test]
+fn image_files_are_read_bounded() {
+    use std::os::fd::AsFd;
+    let t = tempfile::tempdir().unwrap();
+    let root = rootfs::open_path(t.path()).unwrap();
+    let read = |p: &str, max| sys::read_in(root.as_fd(), Path::new(p), max);
+    std::fs::write(t.path().join("ok"), "a:b\n").unwrap();
+    std::fs::write(t.path().join("bin"), b"\xff\n").unwrap();
+    std::fs::create_dir(t.path().join("dir")).unwrap();
+    let fifo = std::ffi::CString::new(t.path().join("fifo").as_os_str().as_encoded_bytes());
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.unwrap().as_ptr(), 0o600) }, 0);
+    // A symlink out of the root resolves inside it (to nothing there).
+    std::os::unix::fs::symlink("/etc/passwd", t.path().join("out")).unwrap();
+    assert_eq!(read("ok", 4), Ok(Some("a:b\n".into())));
+    assert_eq!(read("ok", 3), Err("longer than 3 bytes".into()));
+    assert_eq!(read("missing", 64), Ok(None));
+    assert_eq!(read("out", 64), Ok(None));
+    assert_eq!(read("fifo", 64), Err("a FIFO, not a regular file".into()));
+    assert_eq!(
+        read("dir", 64),
+        Err("a directory, not a regular file".into())
+    );
+    assert_eq!(read("bin", 64), Err("not UTF-8 text".into()));
+}

@@ -17,6 +17,16 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+/// `${K:-WORD}` expansions nested deeper than this are not applied: a parser that recursed
+/// without a bound could be made to overflow its stack by an image's script.
+pub const MAX_NESTING: usize = 16;
+
+/// The longest `NAME=value` string (with its NUL) an assignment may make: the kernel refuses an
+/// `execve` whose environment holds a longer one (`MAX_ARG_STRLEN`, 32 pages), and without a
+/// bound a script that builds values from earlier ones (`A="$A$A"` forty times) would have
+/// Slipway, as root, try to allocate terabytes.
+pub const MAX_ENV_STRING: usize = 32 * 4096;
+
 /// One part of a word: literal text or a variable reference.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum Part {
@@ -41,7 +51,8 @@ pub struct Assignment {
     pub line: usize,
 }
 
-/// A line that was not understood (and so not applied).
+/// A line that was not understood (and so not applied); line 0 when the whole file was not
+/// read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Leftover {
     /// File name as given to [`parse`].
@@ -240,7 +251,7 @@ fn parse_assignment(line: &str) -> Result<Option<(String, Vec<Part>)>, &'static 
     let Some(word) = after.strip_prefix('=') else {
         return Err("not an assignment (only `export K=V` forms are understood)");
     };
-    let (value, rest) = parse_word(word)?;
+    let (value, rest) = parse_word(word, 0)?;
     let rest = rest.trim_start();
     if !(rest.is_empty() || rest.starts_with('#')) {
         return Err("more than one word or command on the line");
@@ -256,7 +267,7 @@ pub fn valid_name(name: &str) -> bool {
 }
 
 /// Parses one shell word up to unquoted whitespace; returns the parts and what follows.
-fn parse_word(s: &str) -> Result<(Vec<Part>, &str), &'static str> {
+fn parse_word(s: &str, depth: usize) -> Result<(Vec<Part>, &str), &'static str> {
     let mut parts = Vec::new();
     let mut lit = String::new();
     let b = s.as_bytes();
@@ -289,7 +300,7 @@ fn parse_word(s: &str) -> Result<(Vec<Part>, &str), &'static str> {
                         }
                         b'`' => return Err("command substitution"),
                         b'$' => {
-                            let (p, n) = parse_dollar(&s[i..])?;
+                            let (p, n) = parse_dollar(&s[i..], depth)?;
                             flush(&mut parts, &mut lit);
                             parts.push(p);
                             i += n;
@@ -308,7 +319,7 @@ fn parse_word(s: &str) -> Result<(Vec<Part>, &str), &'static str> {
                 i += 1 + c.len_utf8();
             }
             b'$' => {
-                let (p, n) = parse_dollar(&s[i..])?;
+                let (p, n) = parse_dollar(&s[i..], depth)?;
                 flush(&mut parts, &mut lit);
                 parts.push(p);
                 i += n;
@@ -331,7 +342,7 @@ fn flush(parts: &mut Vec<Part>, lit: &mut String) {
 }
 
 /// Parses `$K`, `${K}` or `${K:-WORD}` at the start of `s`; returns the part and its length.
-fn parse_dollar(s: &str) -> Result<(Part, usize), &'static str> {
+fn parse_dollar(s: &str, depth: usize) -> Result<(Part, usize), &'static str> {
     let b = s.as_bytes();
     if b.get(1) == Some(&b'{') {
         let inner = &s[2..];
@@ -347,8 +358,11 @@ fn parse_dollar(s: &str) -> Result<(Part, usize), &'static str> {
             return Ok((Part::Var(name.into()), 2 + name_end + 1));
         }
         if let Some(def) = after.strip_prefix(":-") {
+            if depth >= MAX_NESTING {
+                return Err("${K:-...} nested more than 16 deep");
+            }
             // The default is a word that ends at the matching `}`, quotes allowed.
-            let (parts, used) = parse_default(def)?;
+            let (parts, used) = parse_default(def, depth + 1)?;
             return Ok((
                 Part::Default(name.into(), parts),
                 2 + name_end + 2 + used + 1,
@@ -369,7 +383,7 @@ fn parse_dollar(s: &str) -> Result<(Part, usize), &'static str> {
 
 /// Parses the WORD of `${K:-WORD}` up to the closing `}`; returns parts and bytes used (not
 /// counting the `}`).
-fn parse_default(s: &str) -> Result<(Vec<Part>, usize), &'static str> {
+fn parse_default(s: &str, depth: usize) -> Result<(Vec<Part>, usize), &'static str> {
     let mut parts = Vec::new();
     let mut lit = String::new();
     let b = s.as_bytes();
@@ -382,7 +396,7 @@ fn parse_default(s: &str) -> Result<(Vec<Part>, usize), &'static str> {
             b'}' => break,
             b'"' => {
                 let end = s[i + 1..].find('"').ok_or("unterminated double quote")?;
-                let (inner, _) = parse_word(&format!("\"{}\"", &s[i + 1..i + 1 + end]))?;
+                let (inner, _) = parse_word(&format!("\"{}\"", &s[i + 1..i + 1 + end]), depth)?;
                 flush(&mut parts, &mut lit);
                 parts.extend(inner);
                 i += end + 2;
@@ -393,7 +407,7 @@ fn parse_default(s: &str) -> Result<(Vec<Part>, usize), &'static str> {
                 i += end + 2;
             }
             b'$' => {
-                let (p, n) = parse_dollar(&s[i..])?;
+                let (p, n) = parse_dollar(&s[i..], depth)?;
                 flush(&mut parts, &mut lit);
                 parts.push(p);
                 i += n;
@@ -410,32 +424,97 @@ fn parse_default(s: &str) -> Result<(Vec<Part>, usize), &'static str> {
     Ok((parts, i))
 }
 
-/// Expands a value template against `env`.
-pub fn expand(parts: &[Part], env: &BTreeMap<String, String>) -> String {
+/// Expands a value template against `env`; `None` when the value would be longer than `max`
+/// bytes.
+pub fn expand(parts: &[Part], env: &BTreeMap<String, String>, max: usize) -> Option<String> {
     let mut s = String::new();
+    expand_into(parts, env, max, &mut s)?;
+    Some(s)
+}
+
+fn expand_into(
+    parts: &[Part],
+    env: &BTreeMap<String, String>,
+    max: usize,
+    out: &mut String,
+) -> Option<()> {
+    let value = |v: &str| env.get(v).map(String::as_str).unwrap_or("");
+    let push = |out: &mut String, s: &str| (out.len() + s.len() <= max).then(|| out.push_str(s));
     for p in parts {
         match p {
-            Part::Lit(l) => s.push_str(l),
-            Part::Var(v) => s.push_str(env.get(v).map(String::as_str).unwrap_or("")),
-            Part::Default(v, def) => match env.get(v) {
-                Some(x) if !x.is_empty() => s.push_str(x),
-                _ => s.push_str(&expand(def, env)),
-            },
-            Part::IfEmpty(v, empty, set) => match env.get(v) {
-                Some(x) if !x.is_empty() => s.push_str(&expand(set, env)),
-                _ => s.push_str(&expand(empty, env)),
-            },
+            Part::Lit(l) => push(out, l)?,
+            Part::Var(v) => push(out, value(v))?,
+            Part::Default(v, def) if value(v).is_empty() => expand_into(def, env, max, out)?,
+            Part::Default(v, _) => push(out, value(v))?,
+            Part::IfEmpty(v, empty, _) if value(v).is_empty() => expand_into(empty, env, max, out)?,
+            Part::IfEmpty(_, _, set) => expand_into(set, env, max, out)?,
         }
     }
-    s
+    Some(())
 }
 
 impl EnvScript {
-    /// Applies the assignments, in order, to `env`.
-    pub fn apply(&self, env: &mut BTreeMap<String, String>) {
+    /// Applies the assignments, in order, to `env`. An assignment that would make a
+    /// `NAME=value` longer than [`MAX_ENV_STRING`] is not applied and comes back as a leftover.
+    pub fn apply(&self, env: &mut BTreeMap<String, String>) -> Vec<Leftover> {
+        let mut left = Vec::new();
         for a in &self.assignments {
-            let v = expand(&a.value, env);
-            env.insert(a.name.clone(), v);
+            let max = MAX_ENV_STRING.saturating_sub(a.name.len() + 2);
+            match expand(&a.value, env, max) {
+                Some(v) => {
+                    env.insert(a.name.clone(), v);
+                }
+                None => left.push(Leftover {
+                    file: self.file.clone(),
+                    line: a.line,
+                    text: format!("{}=...", a.name),
+                    why: "longer than 128 KiB, the kernel's limit for one environment string"
+                        .into(),
+                }),
+            }
+        }
+        left
+    }
+
+    /// A script that could not be read at all (`why`), reported as one leftover.
+    pub fn unreadable(file: &str, why: &str) -> EnvScript {
+        EnvScript {
+            file: file.to_string(),
+            assignments: Vec::new(),
+            leftovers: vec![Leftover {
+                file: file.to_string(),
+                line: 0,
+                text: String::new(),
+                why: why.to_string(),
+            }],
+        }
+    }
+}
+
+/// `s` made safe to print on a terminal: control characters (escape sequences an image could
+/// hide in a script) written as Rust escapes, and at most `max` characters, then `...`.
+pub fn printable(s: &str, max: usize) -> String {
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i == max {
+            out.push_str("...");
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+impl Leftover {
+    /// `file:line`, or `file` for what concerns the whole file (line 0).
+    pub fn location(&self) -> String {
+        match self.line {
+            0 => self.file.clone(),
+            n => format!("{}:{n}", self.file),
         }
     }
 }
@@ -450,8 +529,10 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        s.apply(&mut env);
-        (env, s.leftovers)
+        let late = s.apply(&mut env);
+        let mut left = s.leftovers;
+        left.extend(late);
+        (env, left)
     }
 
     #[test]
@@ -520,5 +601,77 @@ export J=""
         assert_eq!(s.assignments.len(), 1);
         assert_eq!(s.leftovers[0].file, "99-base.sh");
         assert_eq!(s.leftovers[0].text, "if [ -z \"$X\" ]; then echo; fi");
+    }
+
+    fn nested(name: &str, n: usize) -> String {
+        format!(
+            "export {name}=\"{}x{}\"\n",
+            format!("${{{name}:-").repeat(n),
+            "}".repeat(n)
+        )
+    }
+
+    #[test]
+    fn nesting_is_bounded() {
+        // 16 levels apply; 17 are reported, and a line of
+        // a hundred thousand levels neither overflows the stack nor is applied.
+        let deep = format!(
+            "{}{}",
+            nested("OK", MAX_NESTING),
+            nested("NO", MAX_NESTING + 1)
+        );
+        let (env, left) = run(&deep, &[]);
+        assert_eq!(env["OK"], "x");
+        assert!(!env.contains_key("NO"));
+        assert_eq!(left.len(), 1);
+        assert_eq!(
+            (left[0].line, left[0].why.as_str()),
+            (2, "${K:-...} nested more than 16 deep")
+        );
+        let (env, left) = run(&nested("HUGE", 100_000), &[]);
+        assert!(env.is_empty() && left.len() == 1);
+    }
+
+    #[test]
+    fn values_are_bounded_by_the_kernel_limit() {
+        // A="$A$A" doubles A each line: applied while `A=value` fits in MAX_ARG_STRLEN
+        // (131072 bytes with its NUL), then every later line is reported.
+        let mut text = String::from("export A=x\n");
+        text.push_str(&"export A=\"$A$A\"\n".repeat(40));
+        let (env, left) = run(&text, &[]);
+        assert_eq!(env["A"].len(), 1 << 16);
+        let lines: Vec<usize> = left.iter().map(|l| l.line).collect();
+        assert_eq!(lines, (18..=41).collect::<Vec<_>>());
+        assert!(
+            left[0].why.starts_with("longer than 128 KiB"),
+            "{:?}",
+            left[0]
+        );
+        // The exact edge: a value that makes NAME=value 131071 bytes plus NUL fits, one more
+        // byte does not; a long value from the host is kept when the script leaves it alone.
+        let fits = "v".repeat(MAX_ENV_STRING - "B=".len() - 1);
+        let (env, left) = run("export B=\"${B}\"\nexport C=\"${B}w\"\n", &[("B", &fits)]);
+        assert_eq!(env["B"], fits);
+        assert!(!env.contains_key("C"));
+        assert_eq!(left.len(), 1);
+    }
+
+    #[test]
+    fn printable_escapes_and_truncates() {
+        assert_eq!(
+            printable("a\u{1b}]0;x\u{7}b\tc", 80),
+            "a\\u{1b}]0;x\\u{7}b\\tc"
+        );
+        assert_eq!(printable("abcdef", 3), "abc...");
+        assert_eq!(printable("äöü", 3), "äöü");
+    }
+
+    #[test]
+    fn location_names_the_line_or_the_file() {
+        let s = EnvScript::unreadable("/e/x.sh", "a FIFO, not a regular file");
+        assert_eq!(s.leftovers[0].location(), "/e/x.sh");
+        assert!(s.assignments.is_empty());
+        let l = parse("/e/y.sh", "alias x=y\n").leftovers;
+        assert_eq!(l[0].location(), "/e/y.sh:1");
     }
 }

@@ -12,7 +12,7 @@ use std::io::Read;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::Mode;
@@ -24,6 +24,9 @@ use crate::sif::{self, Descriptor, Header, Sif};
 
 /// Largest metadata file we read (runscripts and env files are small; this bounds hostile ones).
 const MAX_META_FILE: u64 = 1 << 20;
+
+/// The most of a directory listing read from a squashfs image.
+const MAX_LISTING: u64 = 16 << 20;
 
 /// The SIF structure of an image.
 #[derive(Debug, Clone, Serialize)]
@@ -244,19 +247,12 @@ impl Reader {
                 Ok(Some(buf))
             }
             Reader::Squashfs { file, span } => {
-                let out = unsquashfs(*span)
-                    .arg("-cat")
-                    .arg(file)
-                    .arg(path.trim_start_matches('/'))
-                    .output()
+                let mut c = unsquashfs(*span);
+                c.arg("-cat").arg(file).arg(path.trim_start_matches('/'));
+                let (b, ok) = run_bounded(c, MAX_META_FILE)
                     .map_err(|e| format!("unsquashfs: {e} (install squashfs-tools)"))?;
-                if !out.status.success() {
-                    // unsquashfs says "failed to ..." for a missing file; treat as absent.
-                    return Ok(None);
-                }
-                let mut b = out.stdout;
-                b.truncate(MAX_META_FILE as usize);
-                Ok(Some(b))
+                // unsquashfs says "failed to ..." for a missing file; treat as absent.
+                Ok(ok.then_some(b))
             }
         }
     }
@@ -288,17 +284,17 @@ impl Reader {
             Reader::Squashfs { file, span } => {
                 // `-lc` lists files only (not directories), one path per line, prefixed by the
                 // destination ("squashfs-root" unless -d is given).
-                let out = unsquashfs(*span)
-                    .args(["-lc", "-d", ""])
+                let mut c = unsquashfs(*span);
+                c.args(["-lc", "-d", ""])
                     .arg(file)
-                    .arg(path.trim_start_matches('/'))
-                    .output()
-                    .map_err(|source| ImageError::Io {
+                    .arg(path.trim_start_matches('/'));
+                let (listing, _) =
+                    run_bounded(c, MAX_LISTING).map_err(|source| ImageError::Io {
                         path: PathBuf::from("unsquashfs"),
                         source,
                     })?;
                 let prefix = format!("{}/", path.trim_end_matches('/'));
-                String::from_utf8_lossy(&out.stdout)
+                String::from_utf8_lossy(&listing)
                     .lines()
                     .filter_map(|l| l.strip_prefix(&prefix))
                     .filter(|n| !n.contains('/'))
@@ -309,6 +305,25 @@ impl Reader {
         names.sort();
         Ok(names)
     }
+}
+
+/// Runs `c` and returns at most `max` bytes of its standard output, and whether it succeeded
+/// or had more to say: an image is untrusted, and a squashfs holds terabytes of zeros in a
+/// few kilobytes, so the output is never collected whole.
+fn run_bounded(mut c: Command, max: u64) -> std::io::Result<(Vec<u8>, bool)> {
+    let mut child = c.stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
+    let mut buf = Vec::new();
+    let read = match child.stdout.take() {
+        Some(out) => out.take(max).read_to_end(&mut buf).map(|_| ()),
+        None => Ok(()),
+    };
+    let more = buf.len() as u64 >= max;
+    if more || read.is_err() {
+        let _ = child.kill();
+    }
+    let status = child.wait()?;
+    read?;
+    Ok((buf, more || status.success()))
 }
 
 fn unsquashfs(span: Span) -> Command {
@@ -429,5 +444,18 @@ mod tests {
         );
         assert_eq!(i.labels.unwrap()["k"], "v");
         assert_eq!(i.runscript, None, "symlink escaped the image root");
+    }
+
+    /// What a helper prints is read up to the limit and the helper stopped: `yes` never ends
+    /// by itself, as `unsquashfs -cat` of a squashfs bomb would take hours.
+    #[test]
+    fn helper_output_is_bounded() {
+        let (b, ok) = run_bounded(Command::new("yes"), 4096).unwrap();
+        assert_eq!((b.len(), ok), (4096, true));
+        let (b, ok) = run_bounded(Command::new("false"), 4096).unwrap();
+        assert_eq!((b.len(), ok), (0, false));
+        let mut c = Command::new("printf");
+        c.arg("ab");
+        assert_eq!(run_bounded(c, 4096).unwrap(), (b"ab".to_vec(), true));
     }
 }

@@ -912,13 +912,10 @@ impl Plan {
         for d in before {
             env.insert(d.name.clone(), d.value.clone().unwrap_or_default());
         }
-        for s in image_scripts {
-            s.apply(&mut env);
+        for s in image_scripts.iter().chain(&self.env.env_file) {
+            let late = s.apply(&mut env);
             leftovers.extend(s.leftovers.iter().cloned());
-        }
-        if let Some(s) = &self.env.env_file {
-            s.apply(&mut env);
-            leftovers.extend(s.leftovers.iter().cloned());
+            leftovers.extend(late);
         }
         for d in after {
             env.insert(d.name.clone(), d.value.clone().unwrap_or_default());

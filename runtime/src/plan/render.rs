@@ -3,7 +3,7 @@
 use std::fmt::Write;
 
 use super::{EnvAction, ImageMount, MountKind, Plan, IMAGE_ENV_DIR};
-use crate::image::envfile::{EnvScript, Part};
+use crate::image::envfile::{printable, EnvScript, Part};
 
 /// Renders the plan.
 pub fn text(p: &Plan) -> String {
@@ -129,11 +129,8 @@ pub fn text(p: &Plan) -> String {
         }
     }
     for l in &p.env.env_file_leftovers {
-        let _ = writeln!(
-            w,
-            "  not applied: {}:{}: {} ({})",
-            l.file, l.line, l.text, l.why
-        );
+        let text = printable(&l.text, 200);
+        let _ = writeln!(w, "  not applied: {}: {text} ({})", l.location(), l.why);
     }
     let _ = writeln!(w, "cwd: {} [{}]", p.cwd.path.display(), p.cwd.rule);
     let _ = writeln!(
@@ -165,7 +162,7 @@ fn image_env(w: &mut String, scripts: &[EnvScript]) {
                 w,
                 "  set {}={} (image {}:{}) [image]",
                 a.name,
-                word(&a.value),
+                printable(&word(&a.value), 1000),
                 sc.file,
                 a.line
             );
@@ -173,10 +170,9 @@ fn image_env(w: &mut String, scripts: &[EnvScript]) {
         for l in &sc.leftovers {
             let _ = writeln!(
                 w,
-                "  not applied: {}:{}: {} ({})",
-                l.file,
-                l.line,
-                l.text.trim(),
+                "  not applied: {}: {} ({})",
+                l.location(),
+                printable(l.text.trim(), 200),
                 l.why
             );
         }
