@@ -848,13 +848,14 @@ fn write_file(p: &Path, text: &str) -> Result<(), ExecError> {
         .map_err(|e| io_err("write", p, e))
 }
 
-/// Reads a file of the image (`img_fd`), resolving it inside the image.
 /// The largest `/etc/passwd` or `/etc/group` read from an image (about 200,000 entries).
 pub const MAX_IDENTITY_FILE: u64 = 16 * 1024 * 1024;
 
 /// The largest image environment script read (larger ones are reported, not applied).
 pub const MAX_ENV_SCRIPT: u64 = 1024 * 1024;
 
+/// Reads `/etc/passwd` or `/etc/group` of the image (`img_fd`), resolving it inside the image;
+/// `None` if the image has none.
 fn read_image_file(img_fd: &OwnedFd, path: &str) -> Result<Option<String>, ExecError> {
     sys::read_in(
         img_fd.as_fd(),

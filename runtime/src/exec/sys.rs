@@ -37,8 +37,8 @@ fn openat2(dirfd: BorrowedFd, path: &CStr, flags: libc::c_int, resolve: u64) -> 
     }
 }
 
-/// Reads the text file at `path` resolved inside `dirfd` (`RESOLVE_IN_ROOT|RESOLVE_NO_MAGICLINKS`,
-/// one `openat2` instead of a walk of the path). `Ok(None)` if it does not exist; `Err(why)` if
+/// Reads the text file at `path` resolved inside `dirfd` (`RESOLVE_IN_ROOT`,
+/// `RESOLVE_NO_MAGICLINKS`: one `openat2` instead of a walk of the path). `Ok(None)` if it does not exist; `Err(why)` if
 /// it is not a regular file (a FIFO would block, a device could be endless), is longer than
 /// `max` bytes, cannot be opened or read, or is not UTF-8. Images are untrusted: a squashfs
 /// holds terabytes of zeros in a few kilobytes, and these reads run as root.
