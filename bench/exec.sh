@@ -124,4 +124,13 @@ for a, b, aa, ab, goal in [
 ]:
     raw, adj = ratio(a, b, aa, ab)
     print(f"{a} / {b}: {raw:.2f} raw, {adj:.2f} without setpriv {('(goal ' + goal + ')') if goal else ''}")
+# The cold-SIF ratio split in two with the -noD pair (same tree, data blocks uncompressed):
+# what decompressing the probe adds to each tool, and the rest of each launch. The total is a
+# weighted mean of the two ratios (approximate: -noD moves more bytes through loop/FUSE).
+s_all, c_all = med["slipway SIF kernel mount (root)"], med["ch-run squashfs (unprivileged)"]
+s_rest = med["slipway squashfs -noD kernel mount (root)"]
+c_rest = med["ch-run squashfs -noD (unprivileged)"]
+print(f"\ncold SIF split: decompression {s_all - s_rest:.2f} ms vs {c_all - c_rest:.2f} ms "
+      f"({(s_all - s_rest) / (c_all - c_rest):.2f}); rest {s_rest:.2f} ms vs {c_rest:.2f} ms "
+      f"({s_rest / c_rest:.2f} raw)")
 PY
