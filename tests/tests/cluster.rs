@@ -1287,6 +1287,42 @@ fn containers_in_cluster() {
         "a mount escaped to the host"
     );
 
+    // A hostile image: environment scripts the node's keeper (root) reads must not hang or
+    // exhaust it. A FIFO would block its open for ever; `${K:-...}` 17 deep is refused while
+    // 16 deep applies. The step runs, with what could be applied.
+    let hostile = images.dir.join("hostile-tree");
+    let _ = std::fs::remove_dir_all(&hostile);
+    run_ok(Command::new("cp").arg("-a").arg(&images.tree).arg(&hostile));
+    let env_dir = hostile.join(".singularity.d/env");
+    run_ok(Command::new("mkfifo").arg(env_dir.join("50-fifo.sh")));
+    let nest = |name: &str, n: usize| {
+        format!(
+            "export {name}=\"{}x{}\"\n",
+            format!("${{{name}:-").repeat(n),
+            "}".repeat(n)
+        )
+    };
+    std::fs::write(
+        env_dir.join("51-deep.sh"),
+        nest("DEEP16", 16) + &nest("DEEP17", 17),
+    )
+    .unwrap();
+    let r = reports(
+        &cluster,
+        "hostile",
+        &[
+            "srun",
+            "-N1",
+            "-o",
+            "hostile.%t.json",
+            &format!("--container-image={}", hostile.display()),
+            "/bin/probe",
+        ],
+    );
+    assert_eq!(env_of(&r[0], "DEEP16"), Some("x"));
+    assert_eq!(env_of(&r[0], "DEEP17"), None);
+    assert_eq!(env_of(&r[0], "FROM_IMAGE"), Some("yes"));
+
     // sbatch with #SBATCH --container and two steps; salloc + srun.
     std::fs::write(
         work.join("job.sh"),
