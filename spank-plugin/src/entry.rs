@@ -128,7 +128,7 @@ pub struct Prepared {
     workdir: Option<PathBuf>,
     /// The keeper, ended (and reaped) when this is dropped.
     _keeper: Keeper,
-    /// Image environment lines not applied (logged).
+    /// Image environment lines not applied (logged, and shown by the step's first task).
     pub warnings: Vec<String>,
     /// Microseconds spent building the plan (policy, image, user; the rest of `prepare` is
     /// the keeper's).

@@ -207,10 +207,16 @@ impl Spank {
             .and_then(|i| u32::try_from(i).ok())
     }
 
+    /// The task's rank in the step (`S_TASK_GLOBAL_ID`), in a task context.
+    pub fn global_task_id(&self) -> Option<u32> {
+        Some(self.item_u32(sys::S_TASK_GLOBAL_ID)).filter(|&v| v != u32::MAX)
+    }
+
     /// An item whose argument is a `uint32_t *` (uid_t and gid_t are 32 bits on Linux).
     fn item_u32(&self, item: sys::spank_item_t) -> u32 {
         let mut v: u32 = u32::MAX;
-        // SAFETY: S_JOB_ID, S_JOB_STEPID (uint32_t *), S_JOB_UID (uid_t *), S_JOB_GID (gid_t *).
+        // SAFETY: S_JOB_ID, S_JOB_STEPID, S_TASK_GLOBAL_ID (uint32_t *), S_JOB_UID (uid_t *),
+        // S_JOB_GID (gid_t *).
         unsafe { sys::spank_get_item(self.0, item, &mut v as *mut u32) };
         v
     }
@@ -252,6 +258,22 @@ pub fn log_error(msg: &str) {
     let m = c_message(msg);
     // SAFETY: a "%s" format with one C string.
     unsafe { sys::slurm_error(PERCENT_S.as_ptr().cast(), m.as_ptr()) }
+}
+
+/// Writes `msg` and a newline to this process's standard error with `write(2)` (no lock, no
+/// allocation after the one for the line): in a task, before it execs, that is the task's
+/// stderr, which srun shows the user.
+pub fn write_stderr(msg: &str) {
+    let line = format!("{msg}\n");
+    let mut b = line.as_bytes();
+    while !b.is_empty() {
+        // SAFETY: writes from a valid buffer of the given length.
+        let n = unsafe { libc::write(2, b.as_ptr().cast(), b.len()) };
+        if n <= 0 {
+            return;
+        }
+        b = &b[n as usize..];
+    }
 }
 
 /// `slurm_verbose`: shown with `srun -v`, logged by slurmd at verbose.

@@ -1315,6 +1315,8 @@ fn containers_in_cluster() {
             "-N1",
             "-o",
             "hostile.%t.json",
+            "-e",
+            "hostile.%t.err",
             &format!("--container-image={}", hostile.display()),
             "/bin/probe",
         ],
@@ -1322,6 +1324,14 @@ fn containers_in_cluster() {
     assert_eq!(env_of(&r[0], "DEEP16"), Some("x"));
     assert_eq!(env_of(&r[0], "DEEP17"), None);
     assert_eq!(env_of(&r[0], "FROM_IMAGE"), Some("yes"));
+    // What was not applied reaches the user (srun's stderr, here the task's -e file).
+    let err = std::fs::read_to_string(work.join("hostile.0.err")).unwrap();
+    for needle in [
+        "slipway: warning: /.singularity.d/env/50-fifo.sh: not applied (a FIFO, not a regular file)",
+        "slipway: warning: /.singularity.d/env/51-deep.sh:2: not applied (${K:-...} nested more than 16 deep)",
+    ] {
+        assert!(err.contains(needle), "{needle:?} not in {err}");
+    }
 
     // sbatch with #SBATCH --container and two steps; salloc + srun.
     std::fs::write(
