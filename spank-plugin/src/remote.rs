@@ -121,7 +121,7 @@ pub fn task_init_privileged(sp: Spank) -> Result<(), Error> {
         ));
         // What the image's environment scripts had that was not applied: shown once per
         // step, by its first task (every node has the same image).
-        if sp.global_task_id() == Some(0) {
+        if !prepared.warnings.is_empty() && sp.global_task_id() == Some(0) {
             for w in &prepared.warnings {
                 ffi::write_stderr(&format!("slipway: warning: {w}"));
             }
