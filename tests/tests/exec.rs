@@ -1249,7 +1249,7 @@ fn hostile_image_files_are_bounded() {
     ]));
     let pol = policy(fx, "trusted.toml");
     let uid = fx.uid.to_string();
-    let launch = |unpriv: bool, image: &Path| {
+    let launch = |unpriv: bool, image: &Path, extra: &[&str]| {
         // A hang (the FIFO) must fail the test, not stall it.
         let mut c = Command::new("timeout");
         c.arg("60");
@@ -1260,11 +1260,11 @@ fn hostile_image_files_are_bounded() {
         if !unpriv {
             c.args(["--as-user", &uid]);
         }
-        c.arg(image).arg("/bin/probe").current_dir("/");
+        c.arg(image).arg("/bin/probe").args(extra).current_dir("/");
         run(&mut c)
     };
     for unpriv in [false, true] {
-        let out = launch(unpriv, &sqfs);
+        let out = launch(unpriv, &sqfs, &[]);
         let err = String::from_utf8_lossy(&out.stderr);
         let r = report(&out);
         let e = &r["env"];
@@ -1282,6 +1282,33 @@ fn hostile_image_files_are_bounded() {
             assert!(err.contains(needle), "{needle:?} not in {err}");
         }
     }
+    // An image passwd the user cannot read (unprivileged, a directory image: the host's
+    // permissions apply) is left out with a warning, as a Latin-1 GECOS is kept (its byte
+    // replaced): neither is worth refusing a launch for.
+    let dir_image = fx.root.join("hostile-files-dir");
+    let _ = std::fs::remove_dir_all(&dir_image);
+    make_image_tree(&dir_image, &fx.root.join("probe"));
+    std::fs::write(
+        dir_image.join("etc/passwd"),
+        b"root:x:0:0:root:/root:/bin/sh\nold:x:900:900:Jos\xe9:/:/bin/sh\n",
+    )
+    .unwrap();
+    let r = report(&launch(true, &dir_image, &["--read", "/etc/passwd"]));
+    let passwd = r["reads"]["/etc/passwd"].as_str().unwrap_or_default();
+    assert!(
+        passwd.contains("old:x:900:900:Jos\u{fffd}:/:/bin/sh\n"),
+        "{r}"
+    );
+    chmod(&dir_image.join("etc/passwd"), 0o600);
+    let out = launch(true, &dir_image, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("slipway: warning: image /etc/passwd: cannot be opened: Permission denied"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir_image).unwrap();
+
     // /etc/passwd a FIFO: refused, one line, nothing left behind.
     std::fs::remove_file(tree.join("etc/passwd")).unwrap();
     fifo(&tree.join("etc/passwd"));
@@ -1293,7 +1320,7 @@ fn hostile_image_files_are_bounded() {
     ]));
     for unpriv in [false, true] {
         assert_failure(
-            &launch(unpriv, &sqfs),
+            &launch(unpriv, &sqfs, &[]),
             "image file /etc/passwd: a FIFO, not a regular file",
         );
     }

@@ -423,7 +423,8 @@ fn prepare_inner(
 
     // The generated passwd and group: written where they go when that is a directory on a
     // Slipway tmpfs (a replicated /etc), else into the staging directory and bound from there.
-    let (passwd, group) = identity_files(sys, plan, &img_fd)?;
+    let mut warnings = Vec::new();
+    let (passwd, group) = identity_files(sys, plan, &img_fd, &mut warnings)?;
     let generated = |file: &str| if file == "passwd" { &passwd } else { &group };
 
     // Every mount of the plan, in order. `made_in`: the directory the last missing mount point
@@ -613,18 +614,15 @@ fn prepare_inner(
     // The environment, with the image's scripts.
     let scripts = read_env_scripts(Path::new("/"));
     let (env, leftovers) = plan.environment(host_env, &scripts);
-    let warnings = leftovers
-        .iter()
-        .map(|l| match l.text.as_str() {
-            "" => format!("{}: not applied ({})", l.location(), l.why),
-            text => format!(
-                "{}: not applied ({}): {}",
-                l.location(),
-                l.why,
-                envfile::printable(text, 200)
-            ),
-        })
-        .collect();
+    warnings.extend(leftovers.iter().map(|l| match l.text.as_str() {
+        "" => format!("{}: not applied ({})", l.location(), l.why),
+        text => format!(
+            "{}: not applied ({}): {}",
+            l.location(),
+            l.why,
+            envfile::printable(text, 200)
+        ),
+    }));
 
     drop(reader);
     Ok(Prepared {
@@ -854,18 +852,30 @@ pub const MAX_IDENTITY_FILE: u64 = 16 * 1024 * 1024;
 /// The largest image environment script read (larger ones are reported, not applied).
 pub const MAX_ENV_SCRIPT: u64 = 1024 * 1024;
 
-/// Reads `/etc/passwd` or `/etc/group` of the image (`img_fd`), resolving it inside the image;
-/// `None` if the image has none.
-fn read_image_file(img_fd: &OwnedFd, path: &str) -> Result<Option<String>, ExecError> {
-    sys::read_in(
-        img_fd.as_fd(),
-        Path::new(path.trim_start_matches('/')),
-        MAX_IDENTITY_FILE,
-    )
-    .map_err(|why| ExecError::ImageFile {
-        path: path.into(),
-        why: format!("{why} (the container's {path} is built from it: fix it in the image)"),
-    })
+/// Reads `/etc/passwd` or `/etc/group` of the image (`img_fd`), resolving it inside the image.
+/// `None` (with a warning) when it cannot be opened, e.g. not readable by the user in
+/// unprivileged mode: the container's file then has only the user's entries. A file that is
+/// not a regular one or is too long is an error: it is the image's fault, not the user's.
+/// Bytes that are not UTF-8 (a Latin-1 GECOS field) are replaced.
+fn read_image_file(
+    img_fd: &OwnedFd,
+    path: &str,
+    warnings: &mut Vec<String>,
+) -> Result<Option<String>, ExecError> {
+    let rel = Path::new(path.trim_start_matches('/'));
+    match sys::read_in(img_fd.as_fd(), rel, MAX_IDENTITY_FILE) {
+        Ok(b) => Ok(b.map(|b| String::from_utf8_lossy(&b).into_owned())),
+        Err(e @ sys::Unreadable::Open(_)) | Err(e @ sys::Unreadable::Read(_)) => {
+            warnings.push(format!(
+                "image {path}: {e}; the container's {path} has only your entries"
+            ));
+            Ok(None)
+        }
+        Err(e) => Err(ExecError::ImageFile {
+            path: path.into(),
+            why: format!("{e} (the container's {path} is built from it: fix it in the image)"),
+        }),
+    }
 }
 
 /// The image's `/etc/passwd` and `/etc/group` with the user's entries (replacing any of the
@@ -874,6 +884,7 @@ fn identity_files(
     sys: &dyn Sys,
     plan: &Plan,
     img_fd: &OwnedFd,
+    warnings: &mut Vec<String>,
 ) -> Result<(String, String), ExecError> {
     let id = &plan.identity;
     let mut line: Vec<String> = id.passwd_line.split(':').map(String::from).collect();
@@ -919,8 +930,11 @@ fn identity_files(
         out
     };
     Ok((
-        merge(read_image_file(img_fd, "/etc/passwd")?, &[ours]),
-        merge(read_image_file(img_fd, "/etc/group")?, &id.group_lines),
+        merge(read_image_file(img_fd, "/etc/passwd", warnings)?, &[ours]),
+        merge(
+            read_image_file(img_fd, "/etc/group", warnings)?,
+            &id.group_lines,
+        ),
     ))
 }
 
@@ -948,9 +962,12 @@ pub fn read_env_scripts(root: &Path) -> Vec<EnvScript> {
             let name = format!("{IMAGE_ENV_DIR}/{}", n.to_string_lossy());
             let rel = Path::new(IMAGE_ENV_DIR.trim_start_matches('/')).join(n);
             match sys::read_in(root_fd.as_fd(), &rel, MAX_ENV_SCRIPT) {
-                Ok(Some(text)) => envfile::parse(&name, &text),
+                Ok(Some(b)) => match String::from_utf8(b) {
+                    Ok(text) => envfile::parse(&name, &text),
+                    Err(_) => EnvScript::unreadable(&name, "not UTF-8 text"),
+                },
                 Ok(None) => EnvScript::unreadable(&name, "not found: a dangling symlink?"),
-                Err(why) => EnvScript::unreadable(&name, &why),
+                Err(e) => EnvScript::unreadable(&name, &e.to_string()),
             }
         })
         .collect()

@@ -37,12 +37,42 @@ fn openat2(dirfd: BorrowedFd, path: &CStr, flags: libc::c_int, resolve: u64) -> 
     }
 }
 
-/// Reads the text file at `path` resolved inside `dirfd` (`RESOLVE_IN_ROOT`,
-/// `RESOLVE_NO_MAGICLINKS`: one `openat2` instead of a walk of the path). `Ok(None)` if it does not exist; `Err(why)` if
-/// it is not a regular file (a FIFO would block, a device could be endless), is longer than
-/// `max` bytes, cannot be opened or read, or is not UTF-8. Images are untrusted: a squashfs
+/// Why a file of an image was not read ([`read_in`]).
+#[derive(Debug)]
+pub enum Unreadable {
+    /// It could not be opened (other than missing): permissions, a loop of symlinks.
+    Open(std::io::Error),
+    /// Not a regular file: a FIFO would block the open or the read, a device could be endless.
+    NotRegular(&'static str),
+    /// Longer than the limit (the limit in bytes).
+    TooLong(u64),
+    /// A read failed.
+    Read(std::io::Error),
+}
+
+impl std::fmt::Display for Unreadable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unreadable::Open(e) => write!(f, "cannot be opened: {e}"),
+            Unreadable::NotRegular(what) => write!(f, "{what}, not a regular file"),
+            Unreadable::TooLong(m) if m % (1 << 20) == 0 => {
+                write!(f, "longer than {} MiB", m >> 20)
+            }
+            Unreadable::TooLong(m) if m % (1 << 10) == 0 => {
+                write!(f, "longer than {} KiB", m >> 10)
+            }
+            Unreadable::TooLong(m) => write!(f, "longer than {m} bytes"),
+            Unreadable::Read(e) => write!(f, "cannot be read: {e}"),
+        }
+    }
+}
+
+/// Reads the file at `path` resolved inside `dirfd` (`RESOLVE_IN_ROOT`,
+/// `RESOLVE_NO_MAGICLINKS`: one `openat2` instead of a walk of the path), opened without
+/// blocking. `Ok(None)` if it does not exist; [`Unreadable`] if it is not a regular file, is
+/// longer than `max` bytes, or cannot be opened or read. Images are untrusted: a squashfs
 /// holds terabytes of zeros in a few kilobytes, and these reads run as root.
-pub fn read_in(dirfd: BorrowedFd, path: &Path, max: u64) -> Result<Option<String>, String> {
+pub fn read_in(dirfd: BorrowedFd, path: &Path, max: u64) -> Result<Option<Vec<u8>>, Unreadable> {
     use std::io::Read;
     use std::os::unix::fs::FileTypeExt;
     let f = match open_file_in(dirfd, path) {
@@ -50,12 +80,12 @@ pub fn read_in(dirfd: BorrowedFd, path: &Path, max: u64) -> Result<Option<String
         Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => {
             return Ok(None)
         }
-        Err(e) => return Err(format!("cannot be opened: {e}")),
+        Err(e) => return Err(Unreadable::Open(e)),
     };
-    let meta = f.metadata().map_err(|e| format!("cannot be read: {e}"))?;
+    let meta = f.metadata().map_err(Unreadable::Read)?;
     let t = meta.file_type();
     if !t.is_file() {
-        let what = if t.is_fifo() {
+        return Err(Unreadable::NotRegular(if t.is_fifo() {
             "a FIFO"
         } else if t.is_char_device() || t.is_block_device() {
             "a device"
@@ -65,27 +95,19 @@ pub fn read_in(dirfd: BorrowedFd, path: &Path, max: u64) -> Result<Option<String
             "a directory"
         } else {
             "a special file"
-        };
-        return Err(format!("{what}, not a regular file"));
+        }));
     }
-    let too_long = || match max {
-        m if m >= 1 << 20 && m % (1 << 20) == 0 => format!("longer than {} MiB", m >> 20),
-        m if m >= 1 << 10 && m % (1 << 10) == 0 => format!("longer than {} KiB", m >> 10),
-        m => format!("longer than {m} bytes"),
-    };
     if meta.len() > max {
-        return Err(too_long());
+        return Err(Unreadable::TooLong(max));
     }
     let mut buf = Vec::new();
     f.take(max + 1)
         .read_to_end(&mut buf)
-        .map_err(|e| format!("cannot be read: {e}"))?;
+        .map_err(Unreadable::Read)?;
     if buf.len() as u64 > max {
-        return Err(too_long());
+        return Err(Unreadable::TooLong(max));
     }
-    String::from_utf8(buf)
-        .map(Some)
-        .map_err(|_| "not UTF-8 text".to_string())
+    Ok(Some(buf))
 }
 
 /// Opens `path` for reading, resolved inside `dirfd` as [`read_in`] does (no blocking on a
