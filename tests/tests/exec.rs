@@ -1241,12 +1241,15 @@ fn hostile_image_files_are_bounded() {
     );
     std::fs::write(env.join("54-binary.sh"), b"export BIN=\xff\n").unwrap();
     let sqfs = fx.root.join("hostile-files.sqfs");
-    run_ok(Command::new("mksquashfs").arg(&tree).arg(&sqfs).args([
-        "-quiet",
-        "-noappend",
-        "-all-root",
-        "-no-progress",
-    ]));
+    let squash = || {
+        run_ok(Command::new("mksquashfs").arg(&tree).arg(&sqfs).args([
+            "-quiet",
+            "-noappend",
+            "-all-root",
+            "-no-progress",
+        ]))
+    };
+    squash();
     let pol = policy(fx, "trusted.toml");
     let uid = fx.uid.to_string();
     let launch = |unpriv: bool, image: &Path, extra: &[&str]| {
@@ -1312,12 +1315,7 @@ fn hostile_image_files_are_bounded() {
     // /etc/passwd a FIFO: refused, one line, nothing left behind.
     std::fs::remove_file(tree.join("etc/passwd")).unwrap();
     fifo(&tree.join("etc/passwd"));
-    run_ok(Command::new("mksquashfs").arg(&tree).arg(&sqfs).args([
-        "-quiet",
-        "-noappend",
-        "-all-root",
-        "-no-progress",
-    ]));
+    squash();
     for unpriv in [false, true] {
         assert_failure(
             &launch(unpriv, &sqfs, &[]),
