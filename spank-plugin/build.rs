@@ -13,6 +13,10 @@ fn main() {
         .allowlist_function("spank_(context|option_register|getenv|get_item|setenv|unsetenv)")
         .allowlist_function("slurm_(error|info|verbose|debug)")
         .allowlist_type("spank_option|spank_t|spank_context|spank_item|spank_err_t")
+        // slurmd's configuration as slurmstepd holds it (the spool directory: PMIx's server
+        // directory is below it). Only the struct is bound; the global is looked up by name.
+        .allowlist_type("slurm_conf_t")
+        .opaque_type("xlist")
         .allowlist_var("SLURM_VERSION_NUMBER|ESPANK_.*")
         .default_enum_style(bindgen::EnumVariation::Consts)
         .prepend_enum_name(false)

@@ -3,6 +3,7 @@
 //! All defaults in one place; an unknown or malformed argument is an error that names it.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use slipway_runtime::policy::DEFAULT_POLICY_PATH;
 
@@ -11,18 +12,35 @@ use slipway_runtime::policy::DEFAULT_POLICY_PATH;
 pub struct Config {
     /// `policy=PATH`: the policy file the container entry enforces.
     pub policy: PathBuf,
+    /// Whether `policy=` was given: a named policy file must exist (a missing one fails every
+    /// step), where a missing file at the default path means the built-in defaults.
+    pub policy_named: bool,
+    /// `spool_dir=PATH`: slurmd's spool directory (`SlurmdSpoolDir`, `%n` and `%h` expanded),
+    /// where Slurm's PMIx server keeps its per-step directory. Default: what slurmstepd's
+    /// configuration says.
+    pub spool_dir: Option<PathBuf>,
+    /// `timeout=SECONDS`: the longest a node may take to prepare a step's container. Past
+    /// it the keeper is killed (with any FUSE connection of its image aborted) and the step
+    /// fails: a user's stopped squashfuse or an endless image cannot wedge slurmstepd.
+    pub timeout: Duration,
 }
+
+/// The default for `timeout=`.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl Default for Config {
     fn default() -> Self {
         Config {
             policy: PathBuf::from(DEFAULT_POLICY_PATH),
+            policy_named: false,
+            spool_dir: None,
+            timeout: DEFAULT_TIMEOUT,
         }
     }
 }
 
 /// The arguments every `plugstack.conf` line may carry, for error messages.
-const KNOWN: &str = "policy=PATH";
+const KNOWN: &str = "policy=PATH, spool_dir=PATH, timeout=SECONDS";
 
 /// A bad plugin argument.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -59,15 +77,32 @@ impl Config {
                 return Err(ConfigError::Duplicate(key.to_string()));
             }
             seen.push(key);
+            let absolute = || {
+                if value.starts_with('/') {
+                    Ok(PathBuf::from(value))
+                } else {
+                    Err(ConfigError::Invalid {
+                        arg: arg.to_string(),
+                        reason: "not an absolute path".into(),
+                    })
+                }
+            };
             match key {
                 "policy" => {
-                    if !value.starts_with('/') {
-                        return Err(ConfigError::Invalid {
-                            arg: arg.to_string(),
-                            reason: "not an absolute path".into(),
-                        });
+                    config.policy = absolute()?;
+                    config.policy_named = true;
+                }
+                "spool_dir" => config.spool_dir = Some(absolute()?),
+                "timeout" => {
+                    config.timeout = match value.parse::<u64>() {
+                        Ok(n) if (1..=86_400).contains(&n) => Duration::from_secs(n),
+                        _ => {
+                            return Err(ConfigError::Invalid {
+                                arg: arg.to_string(),
+                                reason: "not a number of seconds from 1 to 86400".into(),
+                            })
+                        }
                     }
-                    config.policy = PathBuf::from(value);
                 }
                 _ => return Err(ConfigError::Unknown(arg.to_string())),
             }
@@ -93,13 +128,33 @@ mod tests {
     fn policy_path() {
         let c = Config::from_args(["policy=/site/policy.toml"]).unwrap();
         assert_eq!(c.policy, PathBuf::from("/site/policy.toml"));
+        assert!(c.policy_named);
+        // Naming the default path is naming it: the file must then exist.
+        let c = Config::from_args(["policy=/etc/slipway/policy.toml"]).unwrap();
+        assert!(c.policy_named);
+        assert!(!Config::default().policy_named);
+    }
+
+    #[test]
+    fn spool_dir_and_timeout() {
+        let c = Config::from_args(["spool_dir=/var/spool/slurmd", "timeout=30"]).unwrap();
+        assert_eq!(c.spool_dir, Some(PathBuf::from("/var/spool/slurmd")));
+        assert_eq!(c.timeout, Duration::from_secs(30));
+        assert_eq!(Config::default().timeout, DEFAULT_TIMEOUT);
+        for bad in ["timeout=0", "timeout=x", "timeout=100000", "spool_dir=rel"] {
+            assert!(
+                matches!(Config::from_args([bad]), Err(ConfigError::Invalid { .. })),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
     fn errors_name_the_argument() {
         assert_eq!(
             Config::from_args(["polcy=/x"]).unwrap_err().to_string(),
-            "unknown plugin argument 'polcy=/x' in plugstack.conf (known: policy=PATH)"
+            "unknown plugin argument 'polcy=/x' in plugstack.conf (known: policy=PATH, \
+             spool_dir=PATH, timeout=SECONDS)"
         );
         assert_eq!(
             Config::from_args(["policy"]).unwrap_err(),

@@ -17,7 +17,7 @@ use slipway_runtime::exec;
 use slipway_runtime::host::{lookup_user, GroupInfo, HostFacts};
 use slipway_runtime::image::Image;
 use slipway_runtime::plan::{self, BindSpec, MountKind, MountStep, Plan, RealFs, Request};
-use slipway_runtime::policy::{LoadedPolicy, DEFAULT_POLICY_PATH};
+use slipway_runtime::policy::{LoadedPolicy, TmpMode};
 
 use crate::config::Config;
 use crate::keeper::Keeper;
@@ -36,15 +36,16 @@ pub struct StepInfo {
     pub gid: u32,
     /// The job's supplementary groups (`S_JOB_SUPPLEMENTARY_GIDS`).
     pub groups: Vec<u32>,
-    /// The job's environment (`S_JOB_ENV`).
+    /// The job's environment (`S_JOB_ENV`). The user's to set: nothing in it steers what
+    /// root does beyond what the same option on the command line may.
     pub env: Vec<(String, String)>,
-    /// slurmd's spool directory (slurmstepd's working directory): PMIx's server directory
-    /// and the batch script live there.
+    /// The step's working directory: slurmstepd's own at `user_init`, where Slurm has changed
+    /// (as the user) into `srun --chdir`/`sbatch --chdir` or the submission directory.
+    pub cwd: PathBuf,
+    /// slurmd's spool directory, from the plugin's `spool_dir=` or slurmstepd's configuration
+    /// (`SlurmdSpoolDir`): Slurm's PMIx server keeps its per-step directory there.
     pub spool_dir: Option<PathBuf>,
 }
-
-/// Where srun leaves its working directory for the remote side (`spank_setenv` in srun).
-pub const CWD_VAR: &str = "SLIPWAY_SPANK_CWD";
 
 /// Slurm's step id of the batch script (`SLURM_BATCH_SCRIPT`).
 pub const BATCH_STEP: u32 = 0xffff_fffb;
@@ -63,14 +64,18 @@ impl StepInfo {
             .map(|(_, v)| v.as_str())
     }
 
-    /// The step's working directory on the host: srun's ([`CWD_VAR`]), else `PWD` of the
-    /// job's environment, else `SLURM_SUBMIT_DIR`, else `/`.
-    pub fn cwd(&self) -> PathBuf {
-        self.var(CWD_VAR)
-            .or_else(|| self.var("PWD"))
-            .or_else(|| self.var("SLURM_SUBMIT_DIR"))
-            .filter(|p| p.starts_with('/'))
-            .map_or_else(|| PathBuf::from("/"), PathBuf::from)
+    /// The directory of Slurm's PMIx server for this step (`<spool>/pmix.<job>.<step>`, as
+    /// Slurm's mpi/pmix plugin names it), if it exists as a real directory (no symlink on the
+    /// way) owned by root or the job's user.
+    pub fn pmix_server_dir(&self) -> Option<PathBuf> {
+        let dir = self
+            .spool_dir
+            .as_ref()?
+            .join(format!("pmix.{}.{}", self.job_id, self.step_id));
+        let fd = slipway_runtime::exec::sys::open_path_no_symlinks(&dir).ok()?;
+        let meta = std::fs::File::from(fd).metadata().ok()?;
+        use std::os::unix::fs::MetadataExt;
+        (meta.is_dir() && (meta.uid() == 0 || meta.uid() == self.uid)).then_some(dir)
     }
 
     /// Whether this step's tasks run in the container. The batch script and the extern step
@@ -107,6 +112,12 @@ pub enum EntryError {
     /// The keeper process failed.
     #[error("container keeper: {0}")]
     Keeper(String),
+    /// Preparing the container took longer than the plugin's `timeout=` (seconds).
+    #[error(
+        "preparing the container took longer than {0} s and was stopped (a stopped or slow \
+         squashfuse, or a very slow image; the admin sets the bound: timeout= in plugstack.conf)"
+    )]
+    Timeout(u64),
     /// Joining the container failed.
     #[error("task {task}: cannot enter the container: {why}")]
     Enter {
@@ -146,10 +157,7 @@ pub enum EnvChange {
 
 /// Variables whose host value always wins: Slurm's and PMIx's wiring of the step.
 pub fn host_owned(name: &str) -> bool {
-    name.starts_with("SLURM_")
-        || name.starts_with("PMIX_")
-        || name.starts_with("SPANK_")
-        || name == CWD_VAR
+    name.starts_with("SLURM_") || name.starts_with("PMIX_") || name.starts_with("SPANK_")
 }
 
 /// Resolves the requested image against the step's working directory.
@@ -162,21 +170,57 @@ pub fn image_path(request: &ContainerRequest, step: &StepInfo) -> Option<PathBuf
     Some(if p.is_absolute() {
         p.to_path_buf()
     } else {
-        step.cwd().join(p)
+        step.cwd.join(p)
     })
+}
+
+/// Loads the policy the plugin enforces, as root (`slurm_spank_init` in slurmstepd, before
+/// Slurm takes the user's identity): a policy file only root can read (0600) is fine. The
+/// default path may be absent (built-in defaults), as for the slipway command; a path the
+/// admin named in plugstack.conf must exist.
+pub fn load_policy(config: &Config) -> Result<LoadedPolicy, EntryError> {
+    let named = config.policy_named.then_some(config.policy.as_path());
+    let policy = LoadedPolicy::load(named, true).map_err(|e| EntryError::Policy(e.to_string()))?;
+    Ok(policy)
+}
+
+/// The spool directory: the plugin's `spool_dir=`, else `SlurmdSpoolDir` as slurmstepd's
+/// configuration holds it (`raw`), with `%n` and `%h` replaced by this host's name.
+pub fn spool_dir(config: &Config, raw: Option<String>, host: &str) -> Option<PathBuf> {
+    if let Some(s) = &config.spool_dir {
+        return Some(s.clone());
+    }
+    let raw = raw?;
+    let p = PathBuf::from(raw.replace("%n", host).replace("%h", host));
+    p.is_absolute().then_some(p)
+}
+
+/// `--container-env` keeps host values in the container: only for variables the policy lets
+/// pass (a name in `env.deny`, such as `LD_LIBRARY_PATH`, is refused, not silently kept).
+pub fn check_container_env(
+    request: &ContainerRequest,
+    policy: &LoadedPolicy,
+) -> Result<(), EntryError> {
+    for name in &request.env {
+        let d = policy.env_passes(name, false);
+        if !d.allowed {
+            return Err(EntryError::Plan(format!(
+                "--container-env={name}: the policy does not let this variable into the \
+                 container ({}) [{}]",
+                d.reason, d.rule
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Builds the plan for one step on this node (no side effects beyond reading files).
 pub fn build_plan(
     request: &ContainerRequest,
-    config: &Config,
+    policy: &LoadedPolicy,
     step: &StepInfo,
 ) -> Result<Plan, EntryError> {
-    // The default path may be absent (built-in defaults), as for the slipway command; a path
-    // the admin named must exist.
-    let named =
-        (config.policy != Path::new(DEFAULT_POLICY_PATH)).then_some(config.policy.as_path());
-    let policy = LoadedPolicy::load(named, true).map_err(|e| EntryError::Policy(e.to_string()))?;
+    check_container_env(request, policy)?;
     let path = image_path(request, step).unwrap_or_default();
     let image = Image::open(&path).map_err(|e| EntryError::Image(e.to_string()))?;
     let user = lookup_user(step.uid).map_err(|e| EntryError::User {
@@ -202,7 +246,7 @@ pub fn build_plan(
                 name: slipway_runtime::host::group_name(gid).unwrap_or_else(|| gid.to_string()),
             })
             .collect(),
-        cwd: step.cwd(),
+        cwd: step.cwd.clone(),
         env: step.env.clone(),
     };
     let req = Request {
@@ -220,11 +264,15 @@ pub fn build_plan(
         writable_tmpfs: request.writable,
         ..Default::default()
     };
-    let mut plan = plan::build(&req, &policy, &host, &image, &RealFs)
+    let mut plan = plan::build(&req, policy, &host, &image, &RealFs)
         .map_err(|e| EntryError::Plan(undouble(&e.to_string())))?;
     plan.check()
         .map_err(|e| EntryError::Plan(undouble(&e.to_string())))?;
-    add_slurm_mounts(&mut plan, step.spool_dir.as_deref());
+    add_slurm_mounts(
+        &mut plan,
+        policy.policy.tmp.mode,
+        step.pmix_server_dir().as_deref(),
+    );
     Ok(plan)
 }
 
@@ -239,16 +287,18 @@ pub fn undouble(msg: &str) -> String {
     msg.to_string()
 }
 
-/// What Slurm and PMIx need at the same paths inside: the node's `/tmp` (PMIx's client
-/// directories, `PMIX_SYSTEM_TMPDIR`), recursively, in place of whatever the plan had there,
-/// and slurmd's spool directory (`PMIX_SERVER_TMPDIR`, the batch script) when not below it.
-pub fn add_slurm_mounts(plan: &mut Plan, spool: Option<&Path>) {
-    let rule = "slipway spank (Slurm and PMIx: the node's /tmp and slurmd's spool directory)";
-    let bind = |p: &Path| MountStep {
+/// What Slurm and PMIx need at the same paths inside. With `tmp.mode = "host"` the node's
+/// `/tmp` (PMIx's client directories, `PMIX_SYSTEM_TMPDIR`, Open MPI's session directories),
+/// recursively, in place of the plan's; with `"private"` the plan's private `/tmp` stays (one
+/// per node and step, shared by the step's tasks on the node). Then the step's PMIx server
+/// directory (`pmix_dir`, below slurmd's spool directory), alone: never the whole spool,
+/// which holds other jobs' scripts and credentials.
+pub fn add_slurm_mounts(plan: &mut Plan, tmp_mode: TmpMode, pmix_dir: Option<&Path>) {
+    let bind = |p: &Path, recursive: bool, rule: &str| MountStep {
         dest: p.to_path_buf(),
         kind: MountKind::Bind {
             source: p.to_path_buf(),
-            recursive: true,
+            recursive,
         },
         readonly: false,
         nosuid: true,
@@ -257,14 +307,23 @@ pub fn add_slurm_mounts(plan: &mut Plan, spool: Option<&Path>) {
         as_user: false,
     };
     let tmp = Path::new("/tmp");
-    match plan.mounts.iter().position(|m| m.dest == tmp) {
-        Some(i) => plan.mounts[i] = bind(tmp),
-        None => plan.mounts.push(bind(tmp)),
+    let i = plan.mounts.iter().position(|m| m.dest == tmp);
+    if tmp_mode == TmpMode::Host {
+        let rule = "slipway spank (Slurm and PMIx: the node's /tmp, recursively)";
+        match i {
+            Some(i) => plan.mounts[i] = bind(tmp, true, rule),
+            None => plan.mounts.push(bind(tmp, true, rule)),
+        }
     }
-    if let Some(s) = spool.filter(|s| !s.starts_with(tmp) && s.is_dir()) {
-        // Before the generated /etc files, after the base mounts: put it right after /tmp.
-        let i = plan.mounts.iter().position(|m| m.dest == tmp).unwrap_or(0);
-        plan.mounts.insert(i + 1, bind(s));
+    if let Some(s) = pmix_dir {
+        // Before the generated /etc files, after the base mounts and /tmp (it may lie below).
+        let rule = "slipway spank (Slurm's PMIx server directory of this step)";
+        let at = plan
+            .mounts
+            .iter()
+            .position(|m| m.dest == tmp)
+            .map_or(plan.mounts.len(), |i| i + 1);
+        plan.mounts.insert(at, bind(s, false, rule));
     }
 }
 
@@ -297,12 +356,13 @@ pub fn staging_dir(plan: &Plan) -> PathBuf {
 pub fn prepare(
     request: &ContainerRequest,
     config: &Config,
+    policy: &LoadedPolicy,
     step: &StepInfo,
 ) -> Result<Prepared, EntryError> {
     let t = std::time::Instant::now();
-    let plan = build_plan(request, config, step)?;
+    let plan = build_plan(request, policy, step)?;
     let plan_us = t.elapsed().as_micros();
-    let (keeper, mnt_ns, env, warnings) = Keeper::start(&plan, &step.env)?;
+    let (keeper, mnt_ns, env, warnings) = Keeper::start(&plan, &step.env, config.timeout)?;
     // Worked out once here, not in every task: a task is a fresh fork of slurmstepd, where
     // every allocation costs copy-on-write page faults.
     let task_env = env_changes(&env, &request.env, &step.env);
@@ -414,8 +474,11 @@ mod tests {
 
     #[test]
     fn relative_images_are_below_the_step_directory() {
+        // The step's directory is slurmstepd's; the job's PWD (the user's to set) means
+        // nothing here.
         let step = StepInfo {
-            env: vec![s("PWD", "/home/u/run")],
+            env: vec![s("PWD", "/root"), s("SLIPWAY_SPANK_CWD", "/root")],
+            cwd: PathBuf::from("/home/u/run"),
             ..Default::default()
         };
         let req = ContainerRequest {
@@ -432,6 +495,124 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(image_path(&req, &step), Some(PathBuf::from("/abs.sif")));
+    }
+
+    #[test]
+    fn container_env_cannot_pass_what_the_policy_denies() {
+        let policy = LoadedPolicy::parse(
+            "[env]\ndeny = [\"LD_*\", \"PYTHONPATH\"]\n",
+            Path::new("/etc/slipway/policy.toml"),
+        )
+        .unwrap();
+        let req = |names: &[&str]| ContainerRequest {
+            env: names.iter().map(|n| n.to_string()).collect(),
+            ..Default::default()
+        };
+        assert!(check_container_env(&req(&["OMP_NUM_THREADS"]), &policy).is_ok());
+        for bad in ["LD_LIBRARY_PATH", "PYTHONPATH"] {
+            let e = check_container_env(&req(&["OMP_NUM_THREADS", bad]), &policy)
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with(&format!("--container-env={bad}: ")), "{e}");
+            assert!(e.contains("policy.toml:"), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_spool_dir_comes_from_the_admin_or_slurm() {
+        let c = Config::default();
+        assert_eq!(
+            spool_dir(&c, Some("/var/spool/slurmd.%n".into()), "node3"),
+            Some(PathBuf::from("/var/spool/slurmd.node3"))
+        );
+        assert_eq!(spool_dir(&c, None, "node3"), None);
+        assert_eq!(spool_dir(&c, Some("rel".into()), "n"), None);
+        let c = Config {
+            spool_dir: Some("/site/spool".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            spool_dir(&c, Some("/var/spool/slurmd".into()), "n"),
+            Some(PathBuf::from("/site/spool"))
+        );
+    }
+
+    #[test]
+    fn slurm_mounts_follow_the_tmp_policy_and_bind_only_the_pmix_dir() {
+        use slipway_runtime::plan::{Cwd, EnvPlan, Identity, ImageMount, ImageStep, Mode};
+        let tmpfs = MountStep {
+            dest: "/tmp".into(),
+            kind: MountKind::Tmpfs {
+                mode: 0o1777,
+                size: None,
+            },
+            readonly: false,
+            nosuid: true,
+            nodev: true,
+            rule: "policy".into(),
+            as_user: false,
+        };
+        let plan = Plan {
+            mode: Mode::Privileged,
+            mode_reason: String::new(),
+            policy: String::new(),
+            image: ImageStep {
+                path: "/i".into(),
+                format: slipway_runtime::policy::Format::Dir,
+                mount: ImageMount::Directory,
+                rule: String::new(),
+                reason: String::new(),
+                writable_tmpfs: false,
+            },
+            mounts: vec![tmpfs],
+            links: vec![],
+            identity: Identity {
+                uid: 1,
+                gid: 1,
+                user: "u".into(),
+                groups: vec![],
+                groups_note: String::new(),
+                passwd_line: String::new(),
+                group_lines: vec![],
+            },
+            env: EnvPlan {
+                decisions: vec![],
+                env_file: None,
+                env_file_leftovers: vec![],
+                image_scripts: None,
+            },
+            cwd: Cwd {
+                path: "/".into(),
+                rule: String::new(),
+            },
+            command: vec!["x".into()],
+            shell_fallback: false,
+            skipped: vec![],
+            refused: vec![],
+        };
+        let pmix = Path::new("/var/spool/slurmd/pmix.7.0");
+        let mut private = plan.clone();
+        add_slurm_mounts(&mut private, TmpMode::Private, Some(pmix));
+        assert!(matches!(private.mounts[0].kind, MountKind::Tmpfs { .. }));
+        assert_eq!(private.mounts[1].dest, pmix);
+        assert_eq!(
+            private.mounts[1].kind,
+            MountKind::Bind {
+                source: pmix.into(),
+                recursive: false
+            }
+        );
+        assert_eq!(private.mounts.len(), 2);
+        let mut host = plan;
+        add_slurm_mounts(&mut host, TmpMode::Host, None);
+        assert_eq!(
+            host.mounts[0].kind,
+            MountKind::Bind {
+                source: "/tmp".into(),
+                recursive: true
+            }
+        );
+        assert_eq!(host.mounts.len(), 1);
     }
 
     #[test]

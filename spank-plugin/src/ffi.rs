@@ -122,8 +122,9 @@ impl Spank {
             gid: self.item_u32(sys::S_JOB_GID),
             groups: self.supplementary_gids(),
             env: self.job_env(),
-            // slurmd works in its spool directory, and slurmstepd inherits it.
-            spool_dir: std::env::current_dir().ok(),
+            // At user_init Slurm has changed into the step's working directory, as the user.
+            cwd: std::env::current_dir().unwrap_or_else(|_| "/".into()),
+            spool_dir: None,
         }
     }
 
@@ -220,6 +221,35 @@ impl Spank {
         unsafe { sys::spank_get_item(self.0, item, &mut v as *mut u32) };
         v
     }
+}
+
+/// `SlurmdSpoolDir` as slurmstepd's configuration holds it (`slurm_conf.slurmd_spooldir`,
+/// `%n`/`%h` not expanded), looked up by name in the process that loaded the plugin.
+pub fn slurmd_spool_dir() -> Option<String> {
+    // SAFETY: dlsym with a NUL-terminated name; the symbol, where present, is Slurm's global
+    // configuration, whose layout is the installed <slurm/slurm.h>'s (Slurm loads the plugin
+    // only if it was built for the same major.minor release).
+    unsafe {
+        let p = libc::dlsym(libc::RTLD_DEFAULT, b"slurm_conf\0".as_ptr().cast())
+            as *const sys::slurm_conf_t;
+        if p.is_null() {
+            return None;
+        }
+        cstr((*p).slurmd_spooldir)
+    }
+}
+
+/// This host's name up to the first dot (what Slurm's `%n`/`%h` mean on a normal node).
+pub fn short_hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: buf is writable for its length.
+    if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } < 0 {
+        return String::new();
+    }
+    let s = CStr::from_bytes_until_nul(&buf)
+        .map(|c| c.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    s.split('.').next().unwrap_or_default().to_string()
 }
 
 /// The plugin arguments from plugstack.conf.

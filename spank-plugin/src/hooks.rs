@@ -42,7 +42,16 @@ pub unsafe extern "C" fn slurm_spank_init(sp: spank_t, ac: c_int, av: *mut *mut 
         // SAFETY: Slurm passes ac plugin arguments in av.
         let args = unsafe { ffi::args(ac, av) };
         let config = Config::from_args(args.iter().map(String::as_str))?;
-        state().config = Some(config);
+        let mut st = state();
+        if ffi::context() == Context::Remote {
+            // slurmstepd, still root: the policy is read now, before Slurm takes the user's
+            // identity for user_init (a 0600 policy file is readable), and once per step.
+            st.policy = Some(crate::entry::load_policy(&config).map_err(|e| e.to_string()));
+            st.spool_dir =
+                crate::entry::spool_dir(&config, ffi::slurmd_spool_dir(), &ffi::short_hostname());
+        }
+        st.config = Some(config);
+        drop(st);
         match ffi::context() {
             Context::Local | Context::Allocator | Context::Remote => {
                 register_options(Spank::new(sp))

@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
 
 use slipway_runtime::exec::{self, sys::Linux};
 use slipway_runtime::plan::Plan;
@@ -40,8 +41,13 @@ fn keeper_err(what: &str, e: std::io::Error) -> EntryError {
 }
 
 impl Keeper {
-    /// Forks the keeper, which prepares `plan`; waits for its answer.
-    pub fn start(plan: &Plan, host_env: &[(String, String)]) -> Result<Started, EntryError> {
+    /// Forks the keeper, which prepares `plan`; waits for its answer at most `timeout` (the
+    /// keeper bounds itself by the same time, with `alarm`).
+    pub fn start(
+        plan: &Plan,
+        host_env: &[(String, String)],
+        timeout: Duration,
+    ) -> Result<Started, EntryError> {
         let (ours, theirs) = UnixStream::pair().map_err(|e| keeper_err("socketpair", e))?;
         // SAFETY: the child runs only async-signal-safe work until it is alone in its process
         // (glibc's fork makes malloc usable in the child), and always leaves with _exit.
@@ -52,7 +58,7 @@ impl Keeper {
         if pid == 0 {
             drop(ours);
             let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                child(plan, host_env, theirs)
+                child(plan, host_env, theirs, timeout)
             }))
             .unwrap_or(70);
             // SAFETY: leave the forked process without running slurmstepd's atexit handlers.
@@ -63,17 +69,30 @@ impl Keeper {
             pid,
             sock: Some(ours),
         };
-        match keeper.receive() {
+        // A little longer than the keeper's own alarm: normally the alarm ends it first
+        // (and its end is the answer); this bound holds even if it could not.
+        let wait = timeout + Duration::from_secs(5);
+        match keeper.receive(wait) {
             Ok((fd, env, warnings)) => Ok((keeper, fd, env, warnings)),
             Err(e) => {
-                keeper.stop();
+                let status = keeper.kill_and_reap();
+                let by_alarm = status
+                    .is_some_and(|st| libc::WIFSIGNALED(st) && libc::WTERMSIG(st) == libc::SIGALRM);
+                if by_alarm || matches!(e, EntryError::Timeout(_)) {
+                    return Err(EntryError::Timeout(timeout.as_secs()));
+                }
                 Err(e)
             }
         }
     }
 
-    fn receive(&mut self) -> Result<Answer, EntryError> {
+    fn receive(&mut self, wait: Duration) -> Result<Answer, EntryError> {
         let sock = self.sock.as_mut().expect("open until stop");
+        if !readable_within(sock, wait)? {
+            // Whatever the keeper waits on (a FUSE server the user stopped, say), it ends now.
+            abort_fuse_of(self.pid);
+            return Err(EntryError::Timeout(wait.as_secs()));
+        }
         let (len, fd) = recv_header(sock)?;
         let mut payload = vec![0u8; len];
         sock.read_exact(&mut payload)
@@ -103,6 +122,26 @@ impl Keeper {
         }
     }
 
+    /// Kills the keeper (a failed or timed-out start) and reaps it: its exit status.
+    fn kill_and_reap(&mut self) -> Option<libc::c_int> {
+        drop(self.sock.take());
+        if self.pid <= 0 {
+            return None;
+        }
+        // SAFETY: signalling our own child, not yet reaped (pid > 0).
+        unsafe { libc::kill(self.pid, libc::SIGKILL) };
+        let mut status = 0;
+        let r = loop {
+            // SAFETY: waiting for our own child.
+            let r = unsafe { libc::waitpid(self.pid, &mut status, 0) };
+            if r >= 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                break r;
+            }
+        };
+        self.pid = 0;
+        (r > 0).then_some(status)
+    }
+
     /// Ends the keeper (closing the socket is its signal) and reaps it.
     fn stop(&mut self) {
         drop(self.sock.take());
@@ -125,6 +164,61 @@ impl Drop for Keeper {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Whether `sock` has something to read (or is closed) within `wait`.
+fn readable_within(sock: &UnixStream, wait: Duration) -> Result<bool, EntryError> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let mut p = libc::pollfd {
+            fd: sock.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = libc::c_int::try_from(left.as_millis()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(&mut p, 1, ms) };
+        if n > 0 {
+            return Ok(true);
+        }
+        if n == 0 {
+            return Ok(false);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(keeper_err("poll", e));
+        }
+    }
+}
+
+/// Aborts every FUSE connection mounted in the mount namespace of process `pid` (through
+/// `/sys/fs/fuse/connections/N/abort`, N the mount's device minor): a process blocked on a
+/// FUSE server that does not answer (stopped by its owner) is released at once.
+fn abort_fuse_of(pid: libc::pid_t) {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")) else {
+        return;
+    };
+    for minor in fuse_minors(&text) {
+        let _ = std::fs::write(format!("/sys/fs/fuse/connections/{minor}/abort"), "1");
+    }
+}
+
+/// The device minors of the FUSE mounts in a `mountinfo` text.
+fn fuse_minors(mountinfo: &str) -> Vec<u32> {
+    mountinfo
+        .lines()
+        .filter_map(|l| {
+            let (head, tail) = l.split_once(" - ")?;
+            let fstype = tail.split(' ').next()?;
+            if fstype != "fuse" && !fstype.starts_with("fuse.") {
+                return None;
+            }
+            let dev = head.split(' ').nth(2)?;
+            let (major, minor) = dev.split_once(':')?;
+            (major == "0").then(|| minor.parse().ok())?
+        })
+        .collect()
 }
 
 /// Reads the 8-byte length and the attached fd, if any.
@@ -223,7 +317,12 @@ unsafe fn CMSG_DATA_INT(c: *mut libc::cmsghdr) -> *mut libc::c_int {
 
 /// The keeper's life: become root for real, leave slurmstepd's fds behind, prepare, answer,
 /// wait, tear down. Returns the exit code.
-fn child(plan: &Plan, host_env: &[(String, String)], mut sock: UnixStream) -> i32 {
+fn child(
+    plan: &Plan,
+    host_env: &[(String, String)],
+    mut sock: UnixStream,
+    timeout: Duration,
+) -> i32 {
     // Only the socket, and /dev/null as stdin/out/err: slurmstepd's connections must not be
     // held open by a process that outlives their use.
     // SAFETY: fd juggling on fds this process owns; the socket moves to fd 3.
@@ -254,6 +353,9 @@ fn child(plan: &Plan, host_env: &[(String, String)], mut sock: UnixStream) -> i3
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+        // The preparation is bounded: SIGALRM, unhandled, is fatal, and a fatal signal ends
+        // even a wait on a FUSE server (the user's squashfuse) that never answers.
+        libc::alarm(timeout.as_secs().clamp(1, u64::from(u32::MAX)) as libc::c_uint);
         // slurmstepd runs user_init with the user's euid and groups: back to root.
         libc::setgroups(0, std::ptr::null());
         if libc::setresgid(0, 0, 0) < 0 || libc::setresuid(0, 0, 0) < 0 {
@@ -285,6 +387,9 @@ fn child(plan: &Plan, host_env: &[(String, String)], mut sock: UnixStream) -> i3
                 prepared.teardown();
                 return 73;
             }
+            // Ready: from now on the keeper only waits for the step's end.
+            // SAFETY: alarm has no memory preconditions.
+            unsafe { libc::alarm(0) };
             // Wait for the end of the step (or slurmstepd's death).
             let mut buf = [0u8; 64];
             loop {
@@ -342,6 +447,29 @@ mod tests {
         let (len, fd) = recv_header(&mut b).unwrap();
         assert!(fd.is_none());
         assert_eq!(len, 18);
+    }
+
+    #[test]
+    fn fuse_mounts_are_found_in_mountinfo() {
+        let text = "36 35 98:0 / /mnt1 rw,noatime master:1 - ext3 /dev/root rw\n\
+                    40 36 0:51 / /tmp/image ro,nosuid,nodev - fuse.squashfuse squashfuse ro\n\
+                    41 36 0:52 / /x rw - fuse /dev/fuse rw\n\
+                    42 36 0:53 / /y rw - tmpfs tmpfs rw\n";
+        assert_eq!(fuse_minors(text), vec![51, 52]);
+    }
+
+    #[test]
+    fn a_silent_keeper_is_a_timeout() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let t = Instant::now();
+        assert!(!readable_within(&b, Duration::from_millis(200)).unwrap());
+        assert!(
+            t.elapsed() >= Duration::from_millis(150),
+            "{:?}",
+            t.elapsed()
+        );
+        drop(a);
+        assert!(readable_within(&b, Duration::from_secs(5)).unwrap());
     }
 
     #[test]

@@ -3,7 +3,6 @@
 //! request is completed from the environment after option parsing.
 
 use crate::barrier::fault_point;
-use crate::entry::CWD_VAR;
 use crate::ffi::{self, Spank};
 use crate::options::{self, build_request};
 use crate::state::state;
@@ -30,14 +29,6 @@ pub fn init_post_opt(_sp: Spank) -> Result<(), Error> {
     )?;
     if request.wants_container() {
         ffi::log_verbose(&format!("slipway: requested {request:?}"));
-        // The remote side resolves a relative image against the step's directory: srun's
-        // own (PWD may be stale, SLURM_SUBMIT_DIR is the batch script's).
-        if ffi::context() == ffi::Context::Local {
-            if let Ok(cwd) = std::env::current_dir() {
-                // srun sends its own environment to the step (spank_setenv is remote only).
-                std::env::set_var(CWD_VAR, cwd);
-            }
-        }
     }
     st.request = Some(request);
     Ok(())

@@ -31,7 +31,8 @@ pub fn option(val: i32, arg: Option<String>) -> Result<(), Error> {
 pub fn user_init(sp: Spank) -> Result<(), Error> {
     let mut st = state();
     fault_point("user_init", |k| sp.getenv(k));
-    let step = sp.step_info();
+    let mut step = sp.step_info();
+    step.spool_dir = st.spool_dir.clone();
     let request = match build_request(&st.cli, |k| sp.getenv(k), sp.getenv("SLURM_CONTAINER")) {
         Ok(r) => r,
         Err(e) => {
@@ -45,8 +46,26 @@ pub fn user_init(sp: Spank) -> Result<(), Error> {
             step.job_id, step.step_id, step.uid
         ));
         let config = st.config.clone().unwrap_or_default();
+        let policy = match &st.policy {
+            Some(Ok(p)) => p.clone(),
+            Some(Err(e)) => {
+                let e = e.clone();
+                keep_for_tasks(&mut st.pending_error, &step, e);
+                st.request = Some(request);
+                return Ok(());
+            }
+            None => {
+                keep_for_tasks(
+                    &mut st.pending_error,
+                    &step,
+                    "policy not loaded (slurm_spank_init did not run)".into(),
+                );
+                st.request = Some(request);
+                return Ok(());
+            }
+        };
         let t = Instant::now();
-        match entry::prepare(&request, &config, &step) {
+        match entry::prepare(&request, &config, &policy, &step) {
             Ok(prepared) => {
                 let total = t.elapsed().as_micros();
                 ffi::log_verbose(&format!(
@@ -115,6 +134,12 @@ pub fn task_init_privileged(sp: Spank) -> Result<(), Error> {
         prepared
             .enter_task(task)
             .map_err(|e: EntryError| Error::Step(e.to_string()))?;
+        // Nothing the task executes gains privileges: an empty bounding set and
+        // no_new_privs, as `slipway exec` gives its command (Slurm then makes the task the
+        // user, which clears the capabilities it still has as root).
+        slipway_runtime::exec::drop_bounding_set()
+            .and_then(|()| slipway_runtime::exec::set_no_new_privs())
+            .map_err(|e| Error::Step(format!("task {task}: {e}")))?;
         ffi::log_verbose(&format!(
             "slipway-timing: task {task} join {} us",
             t.elapsed().as_micros()

@@ -5,6 +5,8 @@
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
+use slipway_runtime::policy::LoadedPolicy;
+
 use crate::config::Config;
 use crate::entry::Prepared;
 use crate::options::ContainerRequest;
@@ -14,6 +16,11 @@ use crate::options::ContainerRequest;
 pub struct State {
     /// The plugin arguments (set by `slurm_spank_init`).
     pub config: Option<Config>,
+    /// The policy, loaded as root by `slurm_spank_init` in slurmstepd (remote only), or why
+    /// it could not be (reported only to steps that ask for a container).
+    pub policy: Option<Result<LoadedPolicy, String>>,
+    /// slurmd's spool directory (remote only, from `slurm_spank_init`).
+    pub spool_dir: Option<std::path::PathBuf>,
     /// Raw option values from option callbacks, by option name ("1" for a flag).
     pub cli: BTreeMap<&'static str, String>,
     /// The request built from `cli` and the environment.
@@ -29,6 +36,8 @@ impl State {
     const fn new() -> State {
         State {
             config: None,
+            policy: None,
+            spool_dir: None,
             cli: BTreeMap::new(),
             request: None,
             prepared: None,

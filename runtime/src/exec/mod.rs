@@ -72,6 +72,14 @@ pub enum ExecError {
         /// The error.
         err: std::io::Error,
     },
+    /// A bind source cannot be used.
+    #[error("bind source {}: {why}", path.display())]
+    Source {
+        /// Host path.
+        path: PathBuf,
+        /// Why.
+        why: String,
+    },
     /// A file the launch reads from the image cannot be used.
     #[error("image file {}: {why}", path.display())]
     ImageFile {
@@ -273,11 +281,14 @@ fn prepare_inner(
 
     // Host sources, opened in the new namespace (binds must come from it) and before the
     // staging tmpfs covers /tmp. User-chosen ones are looked up as the user.
+    // A user's source was checked by the plan at its real path (no symlinks): it is opened
+    // at that path with no symlink followed, so swapping a checked directory for a symlink
+    // (to /etc, say) while the launch runs fails instead of binding what the link leads to.
     let mut sources: Vec<Option<OwnedFd>> = Vec::new();
     for m in &plan.mounts {
         sources.push(match &m.kind {
             MountKind::Bind { source, .. } => Some(if m.as_user {
-                as_user(plan, || rootfs::open_path(source))?
+                as_user(plan, || open_user_source(source))?
             } else {
                 rootfs::open_path(source)?
             }),
@@ -423,8 +434,12 @@ fn prepare_inner(
 
     // The generated passwd and group: written where they go when that is a directory on a
     // Slipway tmpfs (a replicated /etc), else into the staging directory and bound from there.
+    // Files of the image are read from the image's own mount (never through a bind: the
+    // reads below do not cross mount points), before anything is mounted into it, and with
+    // the user's file-system identity: root reads nothing the user could not.
     let mut warnings = Vec::new();
-    let (passwd, group) = identity_files(sys, plan, &img_fd, &mut warnings)?;
+    let (passwd, group) = as_user(plan, || identity_files(sys, plan, &img_fd, &mut warnings))?;
+    let scripts = as_user(plan, || Ok(read_env_scripts(img_fd.as_fd())))?;
     let generated = |file: &str| if file == "passwd" { &passwd } else { &group };
 
     // Every mount of the plan, in order. `made_in`: the directory the last missing mount point
@@ -611,18 +626,28 @@ fn prepare_inner(
     // Into the container's root (and the old root, with the staging tmpfs, detached).
     sys.pivot_root(&root)?;
 
-    // The environment, with the image's scripts.
-    let scripts = read_env_scripts(Path::new("/"));
+    // The environment, with the image's scripts (read above, from the image alone).
     let (env, leftovers) = plan.environment(host_env, &scripts);
-    warnings.extend(leftovers.iter().map(|l| match l.text.as_str() {
-        "" => format!("{}: not applied ({})", l.location(), l.why),
-        text => format!(
-            "{}: not applied ({}): {}",
-            l.location(),
-            l.why,
-            envfile::printable(text, 200)
-        ),
-    }));
+    warnings.extend(
+        leftovers
+            .iter()
+            .take(MAX_WARNINGS)
+            .map(|l| match l.text.as_str() {
+                "" => format!("{}: not applied ({})", l.location(), l.why),
+                text => format!(
+                    "{}: not applied ({}): {}",
+                    l.location(),
+                    l.why,
+                    envfile::printable(text, 200)
+                ),
+            }),
+    );
+    if leftovers.len() > MAX_WARNINGS {
+        warnings.push(format!(
+            "{} more environment lines of the image not applied (not listed)",
+            leftovers.len() - MAX_WARNINGS
+        ));
+    }
 
     drop(reader);
     Ok(Prepared {
@@ -938,39 +963,110 @@ fn identity_files(
     ))
 }
 
-/// Reads and parses `/.singularity.d/env/*.sh` under `root`, in name order. Each script is
-/// opened inside `root` (no symlink leads out of it) without blocking, and read only if it is
-/// a regular file of at most [`MAX_ENV_SCRIPT`] bytes of UTF-8 text; any other is reported as
-/// not applied, with the reason.
-pub fn read_env_scripts(root: &Path) -> Vec<EnvScript> {
-    let dir = root.join(IMAGE_ENV_DIR.trim_start_matches('/'));
-    let mut names: Vec<std::ffi::OsString> = match std::fs::read_dir(&dir) {
-        Ok(d) => d
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name())
-            .filter(|n| Path::new(n).extension().is_some_and(|x| x == "sh"))
-            .collect(),
-        Err(_) => return Vec::new(),
-    };
-    names.sort();
-    let Ok(root_fd) = rootfs::open_path(root) else {
+/// The most environment scripts applied from one image (Apptainer's own images have about
+/// ten); the others are reported in one line.
+pub const MAX_ENV_SCRIPTS: usize = 128;
+
+/// The most bytes of environment scripts read from one image, all scripts together.
+pub const MAX_ENV_SCRIPTS_TOTAL: u64 = 4 * 1024 * 1024;
+
+/// The most names of the environment directory looked at: past that the directory is not
+/// read at all (a directory of millions of entries would cost time and memory as root).
+pub const MAX_ENV_DIR_ENTRIES: usize = 4096;
+
+/// The most lines of the image's unapplied environment reported (the rest are counted).
+pub const MAX_WARNINGS: usize = 20;
+
+/// Reads and parses `/.singularity.d/env/*.sh` of the image whose root is `image`, in name
+/// order. The directory and each script are opened inside the image (`RESOLVE_IN_ROOT`: no
+/// symlink leads out of it) and on its own mount (`RESOLVE_NO_XDEV`: nothing bound into the
+/// container is ever read), without blocking; a script is read only if it is a regular file
+/// of at most [`MAX_ENV_SCRIPT`] bytes of UTF-8 text, and at most [`MAX_ENV_SCRIPTS`] scripts
+/// and [`MAX_ENV_SCRIPTS_TOTAL`] bytes are read in all. Anything else is reported as not
+/// applied, with the reason. Call it with the user's file-system identity.
+pub fn read_env_scripts(image: std::os::fd::BorrowedFd) -> Vec<EnvScript> {
+    use std::os::unix::ffi::OsStrExt;
+    let rel_dir = Path::new(IMAGE_ENV_DIR.trim_start_matches('/'));
+    let how = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS | sys::RESOLVE_NO_XDEV;
+    let Ok(dir) = sys::Linux.open_in(image, rel_dir, how) else {
         return Vec::new();
     };
-    names
-        .iter()
-        .map(|n| {
-            let name = format!("{IMAGE_ENV_DIR}/{}", n.to_string_lossy());
-            let rel = Path::new(IMAGE_ENV_DIR.trim_start_matches('/')).join(n);
-            match sys::read_in(root_fd.as_fd(), &rel, MAX_ENV_SCRIPT) {
-                Ok(Some(b)) => match String::from_utf8(b) {
+    let Ok(mut list) = nix::dir::Dir::openat(
+        Some(dir.as_raw_fd()),
+        ".",
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    ) else {
+        return Vec::new();
+    };
+    let mut names: Vec<std::ffi::OsString> = Vec::new();
+    for (i, e) in list.iter().enumerate() {
+        if i >= MAX_ENV_DIR_ENTRIES {
+            return vec![EnvScript::unreadable(
+                IMAGE_ENV_DIR,
+                &format!("more than {MAX_ENV_DIR_ENTRIES} entries: no script applied"),
+            )];
+        }
+        let Ok(e) = e else { break };
+        let n = std::ffi::OsStr::from_bytes(e.file_name().to_bytes());
+        if Path::new(n).extension().is_some_and(|x| x == "sh") {
+            names.push(n.to_os_string());
+        }
+    }
+    names.sort();
+    let mut out = Vec::new();
+    let mut budget = MAX_ENV_SCRIPTS_TOTAL;
+    for (i, n) in names.iter().enumerate() {
+        let name = format!("{IMAGE_ENV_DIR}/{}", n.to_string_lossy());
+        if i == MAX_ENV_SCRIPTS {
+            out.push(EnvScript::unreadable(
+                &name,
+                &format!(
+                    "this and {} more scripts not read (at most {MAX_ENV_SCRIPTS})",
+                    names.len() - i - 1
+                ),
+            ));
+            break;
+        }
+        let max = MAX_ENV_SCRIPT.min(budget);
+        let script = match sys::read_in(image, &rel_dir.join(n), max) {
+            Ok(Some(b)) => {
+                budget -= b.len() as u64;
+                match String::from_utf8(b) {
                     Ok(text) => envfile::parse(&name, &text),
                     Err(_) => EnvScript::unreadable(&name, "not UTF-8 text"),
-                },
-                Ok(None) => EnvScript::unreadable(&name, "not found: a dangling symlink?"),
-                Err(e) => EnvScript::unreadable(&name, &e.to_string()),
+                }
             }
-        })
-        .collect()
+            Ok(None) => EnvScript::unreadable(&name, "not found: a dangling symlink?"),
+            Err(sys::Unreadable::TooLong(_)) if max < MAX_ENV_SCRIPT => EnvScript::unreadable(
+                &name,
+                &format!(
+                    "not read: the image's scripts exceed {} MiB in all",
+                    MAX_ENV_SCRIPTS_TOTAL >> 20
+                ),
+            ),
+            Err(e) => EnvScript::unreadable(&name, &e.to_string()),
+        };
+        out.push(script);
+    }
+    out
+}
+
+/// Opens a user's bind source (a real path, checked by the plan) with no symlink followed;
+/// see [`sys::open_path_no_symlinks`].
+fn open_user_source(source: &Path) -> Result<OwnedFd, ExecError> {
+    sys::open_path_no_symlinks(source).map_err(|e| match e.raw_os_error() {
+        Some(libc::ELOOP) => ExecError::Source {
+            path: source.to_path_buf(),
+            why: "a symlink now stands on its path (it changed while the container was set up, \
+                  or names a link): bind the real path, and leave it alone while the job starts"
+                .into(),
+        },
+        _ => ExecError::Source {
+            path: source.to_path_buf(),
+            why: e.to_string(),
+        },
+    })
 }
 
 /// Joins a prepared container's namespaces (user first, then mount), for a process that did
@@ -999,17 +1095,7 @@ pub fn enter_namespace(p: &Prepared) -> Result<(), ExecError> {
 /// (privileged mode), gid, uid, no capabilities, `no_new_privs`.
 pub fn drop_identity(plan: &Plan) -> Result<(), ExecError> {
     let id = &plan.identity;
-    // Every capability the kernel knows, up to the first it does not (EINVAL): no need to read
-    // /proc/sys/kernel/cap_last_cap.
-    for cap in 0..=255 as libc::c_ulong {
-        // SAFETY: prctl with integer arguments.
-        if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } < 0 {
-            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) && cap > 0 {
-                break;
-            }
-            return Err(sys_err("prctl(PR_CAPBSET_DROP)", format!("cap {cap}")));
-        }
-    }
+    drop_bounding_set()?;
     // SAFETY: credential calls with valid arguments.
     unsafe {
         if plan.mode == Mode::Privileged && libc::setgroups(id.groups.len(), id.groups.as_ptr()) < 0
@@ -1058,9 +1144,34 @@ pub fn drop_identity(plan: &Plan) -> Result<(), ExecError> {
             0,
             0,
         );
-        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
-            return Err(sys_err("prctl(PR_SET_NO_NEW_PRIVS)", &id.user));
+    }
+    set_no_new_privs()
+}
+
+/// Empties the capability bounding set (needs `CAP_SETPCAP`; the capabilities the process
+/// has now stay until it changes identity or execs): nothing executed later, setuid-root or
+/// with file capabilities, can gain a capability.
+pub fn drop_bounding_set() -> Result<(), ExecError> {
+    // Every capability the kernel knows, up to the first it does not (EINVAL): no need to read
+    // /proc/sys/kernel/cap_last_cap.
+    for cap in 0..=255 as libc::c_ulong {
+        // SAFETY: prctl with integer arguments.
+        if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } < 0 {
+            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) && cap > 0 {
+                break;
+            }
+            return Err(sys_err("prctl(PR_CAPBSET_DROP)", format!("cap {cap}")));
         }
+    }
+    Ok(())
+}
+
+/// Sets `no_new_privs`: no `execve` from here on grants privileges (setuid, file
+/// capabilities).
+pub fn set_no_new_privs() -> Result<(), ExecError> {
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } < 0 {
+        return Err(sys_err("prctl(PR_SET_NO_NEW_PRIVS)", "self"));
     }
     Ok(())
 }

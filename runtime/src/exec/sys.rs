@@ -68,7 +68,8 @@ impl std::fmt::Display for Unreadable {
 }
 
 /// Reads the file at `path` resolved inside `dirfd` (`RESOLVE_IN_ROOT`,
-/// `RESOLVE_NO_MAGICLINKS`: one `openat2` instead of a walk of the path), opened without
+/// `RESOLVE_NO_MAGICLINKS`, `RESOLVE_NO_XDEV`: one `openat2` instead of a walk of the path,
+/// never leaving the mount of `dirfd`), opened without
 /// blocking. `Ok(None)` if it does not exist; [`Unreadable`] if it is not a regular file, is
 /// longer than `max` bytes, or cannot be opened or read. Images are untrusted: a squashfs
 /// holds terabytes of zeros in a few kilobytes, and these reads run as root.
@@ -111,7 +112,8 @@ pub fn read_in(dirfd: BorrowedFd, path: &Path, max: u64) -> Result<Option<Vec<u8
 }
 
 /// Opens `path` for reading, resolved inside `dirfd` as [`read_in`] does (no blocking on a
-/// FIFO, no controlling terminal).
+/// FIFO, no controlling terminal), and never off the mount `dirfd` is on (`RESOLVE_NO_XDEV`):
+/// what is read from an image comes from the image, not from anything mounted into it.
 pub fn open_file_in(dirfd: BorrowedFd, path: &Path) -> std::io::Result<std::fs::File> {
     let p = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
@@ -119,13 +121,34 @@ pub fn open_file_in(dirfd: BorrowedFd, path: &Path) -> std::io::Result<std::fs::
         dirfd,
         &p,
         libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK,
-        RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+        RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV,
     );
     if rc < 0 {
         return Err(std::io::Error::last_os_error());
     }
     // SAFETY: rc is a file descriptor just opened here and owned by nothing else.
     Ok(unsafe { std::fs::File::from_raw_fd(rc as RawFd) })
+}
+
+/// Opens the host path `path` (absolute) `O_PATH` without following any symlink on the way
+/// (`RESOLVE_NO_SYMLINKS`): a path that was checked while it had none opens the object that
+/// stands at that very path now, never one a symlink swapped in since leads to.
+pub fn open_path_no_symlinks(path: &Path) -> std::io::Result<OwnedFd> {
+    let p = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: AT_FDCWD is a valid dirfd for openat2 (an absolute path ignores it anyway).
+    let cwd = unsafe { BorrowedFd::borrow_raw(libc::AT_FDCWD) };
+    let rc = openat2(
+        cwd,
+        &p,
+        libc::O_PATH | libc::O_CLOEXEC,
+        RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
+    );
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a new fd from the kernel, owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(rc as RawFd) })
 }
 
 /// `struct mount_attr` for `mount_setattr(2)`.
@@ -137,6 +160,8 @@ struct MountAttr {
     userns_fd: u64,
 }
 
+/// `RESOLVE_NO_XDEV`: fail (`EXDEV`) where the path crosses a mount point.
+pub const RESOLVE_NO_XDEV: u64 = 0x01;
 /// `RESOLVE_NO_MAGICLINKS`: no `/proc/self/fd`-style jumps.
 pub const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
 /// `RESOLVE_IN_ROOT`: resolve as if `dirfd` were `/` (no escape by `..` or absolute links).

@@ -85,6 +85,7 @@ pub fn parse(file: &str, text: &str) -> EnvScript {
     // Depth of shell blocks (if/for/while/case/functions): nothing inside one is applied,
     // since whether it runs depends on the shell.
     let mut depth = 0usize;
+    let mut untold = 0usize;
     let lines: Vec<&str> = text.lines().collect();
     let mut skip_until = 0usize;
     for (i, raw) in lines.iter().enumerate() {
@@ -125,9 +126,11 @@ pub fn parse(file: &str, text: &str) -> EnvScript {
             if closes {
                 depth = depth.saturating_sub(1);
             }
-            out.leftovers.push(left(
-                "shell control flow (not run: Slipway starts no shell)",
-            ));
+            leave(
+                &mut out,
+                &mut untold,
+                left("shell control flow (not run: Slipway starts no shell)"),
+            );
             continue;
         }
         match parse_assignment(line) {
@@ -137,11 +140,39 @@ pub fn parse(file: &str, text: &str) -> EnvScript {
                 line: lineno,
             }),
             Ok(None) => {}
-            Err(why) => out.leftovers.push(left(why)),
+            Err(why) => leave(&mut out, &mut untold, left(why)),
         }
+    }
+    if untold > 0 {
+        out.leftovers.push(Leftover {
+            file: file.to_string(),
+            line: 0,
+            text: String::new(),
+            why: format!("{untold} more lines not applied (not listed)"),
+        });
     }
     out
 }
+
+/// The most lines of one script reported as not applied; the rest are counted in one line.
+/// A script of a million unparsable lines would otherwise cost a million warnings (memory as
+/// root, the slurmd log, the user's terminal).
+pub const MAX_LEFTOVERS: usize = 20;
+
+/// Keeps `l` if fewer than [`MAX_LEFTOVERS`] are kept already, else counts it in `untold`.
+fn leave(out: &mut EnvScript, untold: &mut usize, l: Leftover) {
+    if out.leftovers.len() < MAX_LEFTOVERS {
+        out.leftovers.push(l);
+    } else {
+        *untold += 1;
+    }
+}
+
+/// The largest environment image scripts may build (the sum of `NAME=value` strings): past
+/// it, further assignments are not applied. `execve` fails with E2BIG well before this with
+/// the usual 8 MiB stack, and without a bound 400,000 assignments of a 128 KiB value each
+/// would have Slipway, as root, allocate 50 GB.
+pub const MAX_ENV_TOTAL: usize = 4 * 1024 * 1024;
 
 /// The conditional assignments of an `if [ -z "$K" ]` block, and the index of the line after
 /// its `fi`.
@@ -455,23 +486,53 @@ fn expand_into(
 
 impl EnvScript {
     /// Applies the assignments, in order, to `env`. An assignment that would make a
-    /// `NAME=value` longer than [`MAX_ENV_STRING`] is not applied and comes back as a leftover.
+    /// `NAME=value` longer than [`MAX_ENV_STRING`] is not applied and comes back as a leftover
+    /// (the first [`MAX_LEFTOVERS`], the rest counted); once the environment would grow past
+    /// [`MAX_ENV_TOTAL`], no further assignment is applied.
     pub fn apply(&self, env: &mut BTreeMap<String, String>) -> Vec<Leftover> {
         let mut left = Vec::new();
-        for a in &self.assignments {
+        let mut untold = 0usize;
+        let mut total: usize = env.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+        for (i, a) in self.assignments.iter().enumerate() {
             let max = MAX_ENV_STRING.saturating_sub(a.name.len() + 2);
             match expand(&a.value, env, max) {
                 Some(v) => {
+                    let old = env.get(&a.name).map_or(0, |o| a.name.len() + o.len() + 2);
+                    let new = a.name.len() + v.len() + 2;
+                    if total - old + new > MAX_ENV_TOTAL {
+                        left.push(Leftover {
+                            file: self.file.clone(),
+                            line: a.line,
+                            text: String::new(),
+                            why: format!(
+                                "this and the {} assignments after it not applied: the \
+                                 environment would exceed {} MiB",
+                                self.assignments.len() - i - 1,
+                                MAX_ENV_TOTAL >> 20
+                            ),
+                        });
+                        break;
+                    }
+                    total = total - old + new;
                     env.insert(a.name.clone(), v);
                 }
-                None => left.push(Leftover {
+                None if left.len() < MAX_LEFTOVERS => left.push(Leftover {
                     file: self.file.clone(),
                     line: a.line,
                     text: format!("{}=...", a.name),
                     why: "longer than 128 KiB, the kernel's limit for one environment string"
                         .into(),
                 }),
+                None => untold += 1,
             }
+        }
+        if untold > 0 {
+            left.push(Leftover {
+                file: self.file.clone(),
+                line: 0,
+                text: String::new(),
+                why: format!("{untold} more assignments longer than 128 KiB not applied"),
+            });
         }
         left
     }
@@ -640,8 +701,12 @@ export J=""
         text.push_str(&"export A=\"$A$A\"\n".repeat(40));
         let (env, left) = run(&text, &[]);
         assert_eq!(env["A"].len(), 1 << 16);
+        // The first MAX_LEFTOVERS are listed, the other four counted in one line (line 0).
         let lines: Vec<usize> = left.iter().map(|l| l.line).collect();
-        assert_eq!(lines, (18..=41).collect::<Vec<_>>());
+        let mut want: Vec<usize> = (18..18 + MAX_LEFTOVERS).collect();
+        want.push(0);
+        assert_eq!(lines, want);
+        assert!(left[MAX_LEFTOVERS].why.starts_with("4 more"), "{left:?}");
         assert!(
             left[0].why.starts_with("longer than 128 KiB"),
             "{:?}",
@@ -654,6 +719,42 @@ export J=""
         assert_eq!(env["B"], fits);
         assert!(!env.contains_key("C"));
         assert_eq!(left.len(), 1);
+    }
+
+    #[test]
+    fn leftovers_are_bounded_and_counted() {
+        // 100,000 unparsable lines: the first MAX_LEFTOVERS are listed, the rest counted once.
+        let text = "x\n".repeat(100_000);
+        let s = parse("/.singularity.d/env/90-x.sh", &text);
+        assert_eq!(s.leftovers.len(), MAX_LEFTOVERS + 1);
+        assert_eq!(
+            s.leftovers.last().unwrap().why,
+            format!(
+                "{} more lines not applied (not listed)",
+                100_000 - MAX_LEFTOVERS
+            )
+        );
+    }
+
+    #[test]
+    fn the_whole_environment_is_bounded() {
+        // A 100 KiB value copied 400 times would be 40 MB: assignments stop at MAX_ENV_TOTAL.
+        let mut text = format!("A={}\n", "v".repeat(100 * 1024));
+        for i in 0..400 {
+            text.push_str(&format!("B{i}=$A\n"));
+        }
+        let s = parse("s.sh", &text);
+        let mut env = BTreeMap::new();
+        let left = s.apply(&mut env);
+        let total: usize = env.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+        assert!(total <= MAX_ENV_TOTAL, "{total}");
+        assert!(env.len() > 30, "{}", env.len());
+        assert_eq!(left.len(), 1, "{left:?}");
+        assert!(
+            left[0].why.contains("would exceed 4 MiB"),
+            "{}",
+            left[0].why
+        );
     }
 
     #[test]
