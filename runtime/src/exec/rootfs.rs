@@ -15,8 +15,13 @@
 //! and `..` are followed but clamped at the container's `/`), and the final open that the
 //! mount goes through is `openat2(RESOLVE_IN_ROOT|RESOLVE_NO_MAGICLINKS)`, so nothing is ever
 //! mounted outside the root, whatever symlinks the image holds.
+//!
+//! Images are untrusted, and this runs as root: replication is bounded. A launch replicates
+//! at most [`MAX_REPLICATED`] entries in all (counted before anything is bound, reading no
+//! further than the limit), and destinations are at most [`MAX_DEST_DEPTH`] deep once the
+//! image's symlinks are followed; paths in error messages are shortened.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fs;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
@@ -24,6 +29,15 @@ use std::path::{Component, Path, PathBuf};
 
 use super::sys::{Sys, RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS};
 use super::ExecError;
+use crate::plan::{dest_too_long, shown, MAX_DEST_BYTES, MAX_DEST_DEPTH};
+
+/// The most entries of image directories one launch replicates, all directories together.
+/// Each costs a bind mount (20 to 100 µs of system time, and one of the namespace's
+/// `fs.mount-max`, 100,000 by default): an image with 100,000 entries in `/etc` would cost
+/// seconds per launch and then fail on a full mount table. The directories a mount point is
+/// usually made in (`/`, `/etc`, `/home`, `/opt`, a library directory for a driver) hold a
+/// few hundred to a few thousand.
+pub const MAX_REPLICATED: usize = 8192;
 
 /// Kind of an existing object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +67,23 @@ fn io_err(syscall: &'static str, path: &Path, err: std::io::Error) -> ExecError 
     }
 }
 
+/// `e` with its path shortened for a one-line message ([`shown`]); what every public function
+/// here returns, whichever call failed.
+fn bounded(e: ExecError) -> ExecError {
+    match e {
+        ExecError::Sys { syscall, path, err } => ExecError::Sys {
+            syscall,
+            path: PathBuf::from(shown(&path)),
+            err,
+        },
+        ExecError::MountPoint { dest, why } => ExecError::MountPoint {
+            dest: PathBuf::from(shown(&dest)),
+            why,
+        },
+        e => e,
+    }
+}
+
 /// The names and `..` steps of a path, to walk one at a time (`/` and `.` dropped).
 fn steps(p: &Path) -> VecDeque<PathBuf> {
     p.components()
@@ -66,7 +97,20 @@ fn steps(p: &Path) -> VecDeque<PathBuf> {
 
 /// Resolves `dest` inside the tree at `root` (a host path), following symlinks but never out
 /// of `root`: absolute targets restart at `root`, `..` stops at it.
+/// A path deeper than [`MAX_DEST_DEPTH`] or longer than [`MAX_DEST_BYTES`] (as given or once
+/// the image's symlinks are followed) is refused.
 pub fn resolve(root: &Path, dest: &Path) -> Result<Resolved, ExecError> {
+    resolve_inner(root, dest).map_err(bounded)
+}
+
+fn resolve_inner(root: &Path, dest: &Path) -> Result<Resolved, ExecError> {
+    let too_long = |why: String| ExecError::MountPoint {
+        dest: dest.to_path_buf(),
+        why,
+    };
+    if let Some(why) = dest_too_long(dest) {
+        return Err(too_long(why));
+    }
     let mut pending = steps(dest);
     let mut cur = PathBuf::from("/");
     let mut links = 0;
@@ -86,6 +130,15 @@ pub fn resolve(root: &Path, dest: &Path) -> Result<Resolved, ExecError> {
             continue;
         }
         let cand = cur.join(&c);
+        // Symlinks can lengthen a short destination (40 of them, each up to 4095 bytes).
+        let depth = cand.components().count() - 1;
+        if depth > MAX_DEST_DEPTH || cand.as_os_str().len() > MAX_DEST_BYTES {
+            return Err(too_long(format!(
+                "with the image's symlinks followed it is deeper than {MAX_DEST_DEPTH} \
+                 directories or longer than {MAX_DEST_BYTES} bytes ({})",
+                shown(&cand)
+            )));
+        }
         if missing_at.is_some() {
             cur = cand;
             kind = None;
@@ -139,14 +192,36 @@ pub fn resolve(root: &Path, dest: &Path) -> Result<Resolved, ExecError> {
 
 /// Directories (container paths) that must be replicated so that every destination's mount
 /// point can be created: the existing ancestors of the first missing component, below `/`.
-/// `image_fd` is an `O_PATH` fd of `image`.
+/// `image_fd` is an `O_PATH` fd of `image`. Refused, before anything is mounted, when the
+/// directories hold more than [`MAX_REPLICATED`] entries in all (the message names the
+/// directory, the destination that needs it and the fix), or a destination is too deep.
 pub fn replicas(
     image: &Path,
     image_fd: &OwnedFd,
     dests: &[PathBuf],
 ) -> Result<BTreeSet<PathBuf>, ExecError> {
-    let mut out = BTreeSet::new();
+    let needed_by = replicas_inner(image, image_fd, dests).map_err(bounded)?;
+    check_entries(image_fd, &needed_by, MAX_REPLICATED).map_err(bounded)?;
+    Ok(needed_by.into_keys().collect())
+}
+
+/// [`replicas`], each with the first destination that needs it.
+fn replicas_inner(
+    image: &Path,
+    image_fd: &OwnedFd,
+    dests: &[PathBuf],
+) -> Result<BTreeMap<PathBuf, PathBuf>, ExecError> {
+    let mut out = BTreeMap::new();
     for d in dests {
+        let mut need = |p: PathBuf| {
+            out.entry(p).or_insert_with(|| d.clone());
+        };
+        if let Some(why) = dest_too_long(d) {
+            return Err(ExecError::MountPoint {
+                dest: d.clone(),
+                why,
+            });
+        }
         // Existing destinations (the common case) need no walk.
         let rel = d.strip_prefix("/").unwrap_or(d);
         if super::sys::Linux
@@ -163,24 +238,113 @@ pub fn replicas(
         // case: /home/<user>, /etc/localtime): its ancestors are the replicas, no walk needed.
         if let Some(parents) = plain_parents(image_fd, rel) {
             if parents.is_empty() {
-                out.insert(PathBuf::from("/"));
+                need(PathBuf::from("/"));
             }
-            out.extend(parents);
+            parents.into_iter().for_each(need);
             continue;
         }
-        let r = resolve(image, d)?;
+        let r = resolve_inner(image, d)?;
         if let Some(n) = r.existing {
             let mut p = PathBuf::from("/");
             if n == 0 {
-                out.insert(p.clone());
+                need(p.clone());
             }
             for c in r.path.components().skip(1).take(n) {
                 p.push(c);
-                out.insert(p.clone());
+                need(p.clone());
             }
         }
     }
     Ok(out)
+}
+
+/// Refuses replicating the directories of `needed_by` (each with the destination that needs
+/// it) when they hold more than `limit` entries in all, reading each no further than the
+/// limit: a directory of a million entries costs a few `getdents` before the refusal.
+fn check_entries(
+    image_fd: &OwnedFd,
+    needed_by: &BTreeMap<PathBuf, PathBuf>,
+    limit: usize,
+) -> Result<(), ExecError> {
+    let mut total = 0;
+    for (dir, dest) in needed_by {
+        let rel = dir.strip_prefix("/").unwrap_or(dir);
+        let fd = if rel.as_os_str().is_empty() {
+            image_fd.try_clone().map_err(|e| io_err("dup", dir, e))?
+        } else {
+            super::sys::Linux.open_in(
+                image_fd.as_fd(),
+                rel,
+                RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+            )?
+        };
+        let left = limit - total;
+        let n = count_entries(&fd, dir, left)?;
+        if n > left {
+            return Err(too_many(dir, left, limit - left, dest, limit));
+        }
+        total += n;
+    }
+    Ok(())
+}
+
+/// The entries of the directory `fd` (`dir` for messages), `.` and `..` left out, counted up
+/// to `max + 1` at most.
+fn count_entries(fd: &OwnedFd, dir: &Path, max: usize) -> Result<usize, ExecError> {
+    let mut n = 0;
+    for_entries(fd, dir, |_, _| {
+        n += 1;
+        n <= max
+    })?;
+    Ok(n)
+}
+
+/// Calls `f` with each entry of the directory `fd` (`dir` for messages), `.` and `..` left
+/// out, while it returns `true`.
+fn for_entries(
+    fd: &OwnedFd,
+    dir: &Path,
+    mut f: impl FnMut(&std::ffi::CStr, Option<nix::dir::Type>) -> bool,
+) -> Result<(), ExecError> {
+    use nix::dir::Dir;
+    use nix::fcntl::OFlag;
+    use nix::sys::stat::Mode;
+    let err = |what: &'static str, e: nix::Error| io_err(what, dir, e.into());
+    let mut list = Dir::openat(
+        Some(fd.as_raw_fd()),
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| err("opendir", e))?;
+    for e in list.iter() {
+        let e = e.map_err(|e| err("readdir", e))?;
+        let name = e.file_name();
+        if name.to_bytes() != b"." && name.to_bytes() != b".." && !f(name, e.file_type()) {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// The refusal when replicating `dir`, which has more than `left` entries, would pass `limit`
+/// entries (`others` in the other directories), for the mount point `dest`: one line, with
+/// the fix.
+fn too_many(dir: &Path, left: usize, others: usize, dest: &Path, limit: usize) -> ExecError {
+    let others = match others {
+        0 => String::new(),
+        n => format!("; with the {n} of the other directories to replicate, more than {limit}"),
+    };
+    ExecError::MountPoint {
+        dest: dest.to_path_buf(),
+        why: format!(
+            "image directory {} has more than {left} entries{others}: too many to replicate \
+             (each would be bound on its own to make room for the mount point; at most \
+             {limit} per launch): create {} in the image, or choose another destination",
+            shown(dir),
+            shown(dest),
+        ),
+    }
 }
 
 /// For `rel` (a relative container path of plain names) whose parent exists as a directory
@@ -229,8 +393,30 @@ fn plain_parents(image_fd: &OwnedFd, rel: &Path) -> Option<Vec<PathBuf>> {
 /// left out of a replicated directory: whatever the image has there would be hidden, and the
 /// mount point is made when the mount comes. Returns the number of mounts and the tmpfs
 /// layers, each with an fd of its own mount (to make it read-only at the end, whatever is
-/// mounted over it later).
+/// mounted over it later). At most [`MAX_REPLICATED`] entries are replicated in all (the
+/// directories' entries are counted by [`replicas`] first; this holds if they grew since).
 pub fn build_root(
+    sys: &dyn Sys,
+    image_fd: &OwnedFd,
+    entry_attrs: u64,
+    root: &Path,
+    replicate: &BTreeSet<PathBuf>,
+    covered: &BTreeSet<PathBuf>,
+    layer_dir: &Path,
+) -> Result<(usize, Vec<(PathBuf, OwnedFd)>), ExecError> {
+    build_root_inner(
+        sys,
+        image_fd,
+        entry_attrs,
+        root,
+        replicate,
+        covered,
+        layer_dir,
+    )
+    .map_err(bounded)
+}
+
+fn build_root_inner(
     sys: &dyn Sys,
     image_fd: &OwnedFd,
     entry_attrs: u64,
@@ -263,6 +449,7 @@ pub fn build_root(
         root_fd: &root_fd,
         replicate,
         covered,
+        left: std::cell::Cell::new(MAX_REPLICATED),
     };
     for (n, top) in tops.into_iter().enumerate() {
         let rel = top.strip_prefix("/").unwrap_or(top);
@@ -341,13 +528,15 @@ fn stat_at(fd: &OwnedFd, name: Option<&std::ffi::CStr>) -> Result<libc::stat, Ex
 }
 
 /// What [`fill`] works from: the mount flags each bind from the image needs, the root being
-/// laid out (path and fd), the directories to replicate and the paths the plan mounts over.
+/// laid out (path and fd), the directories to replicate, the paths the plan mounts over and
+/// how many more entries may be replicated.
 struct Dirs<'a> {
     entry_attrs: u64,
     root: &'a Path,
     root_fd: &'a OwnedFd,
     replicate: &'a BTreeSet<PathBuf>,
     covered: &'a BTreeSet<PathBuf>,
+    left: std::cell::Cell<usize>,
 }
 
 /// Fills the replicated container directory `dir` from the image's directory `src` (an fd,
@@ -360,7 +549,7 @@ fn fill(
     src: &OwnedFd,
     mounts: &mut usize,
 ) -> Result<(), ExecError> {
-    use nix::dir::{Dir, Type};
+    use nix::dir::Type;
     use nix::fcntl::OFlag;
     use nix::sys::stat::Mode;
     use std::os::unix::ffi::OsStrExt;
@@ -370,23 +559,29 @@ fn fill(
         root_fd,
         replicate,
         covered,
+        ..
     } = *d;
     let err = |what: &'static str, p: &Path, e: nix::Error| io_err(what, p, e.into());
-    let mut list = Dir::openat(
-        Some(src.as_raw_fd()),
-        ".",
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| err("opendir", dir, e))?;
+    let left = d.left.get();
     let mut entries: Vec<(std::ffi::CString, Option<Type>)> = Vec::new();
-    for e in list.iter() {
-        let e = e.map_err(|e| err("readdir", dir, e))?;
-        let name = e.file_name();
-        if name.to_bytes() != b"." && name.to_bytes() != b".." {
-            entries.push((name.to_owned(), e.file_type()));
+    let mut over = false;
+    for_entries(src, dir, |name, ty| {
+        over = entries.len() == left;
+        if !over {
+            entries.push((name.to_owned(), ty));
         }
+        !over
+    })?;
+    if over {
+        return Err(ExecError::ImageFile {
+            path: dir.to_path_buf(),
+            why: format!(
+                "a directory of more than the {left} entries left to replicate (at most \
+                 {MAX_REPLICATED} in all; did the image change during the launch?)"
+            ),
+        });
     }
+    d.left.set(left - entries.len());
     entries.sort_by(|a, b| a.0.cmp(&b.0));
     for (name, ty) in entries {
         let os = std::ffi::OsStr::from_bytes(name.to_bytes());
@@ -441,7 +636,8 @@ fn fill(
                     crel,
                     RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
                 )?;
-                sys.move_mount(tree.as_fd(), to.as_fd(), &cpath)?;
+                sys.move_mount(tree.as_fd(), to.as_fd(), &cpath)
+                    .map_err(|e| full_table(e, &cpath))?;
                 *mounts += 1;
             }
             // Device nodes, fifos and sockets in an image are left out (mounts are nodev
@@ -450,6 +646,22 @@ fn fill(
         }
     }
     Ok(())
+}
+
+/// `e` from `move_mount` onto `dest`, explained when it says the mount namespace is full
+/// (`ENOSPC`: more mounts than the `fs.mount-max` sysctl allows).
+fn full_table(e: ExecError, dest: &Path) -> ExecError {
+    match e {
+        ExecError::Sys { ref err, .. } if err.raw_os_error() == Some(libc::ENOSPC) => {
+            ExecError::MountPoint {
+                dest: dest.to_path_buf(),
+                why: "the mount namespace is full (more mounts than the fs.mount-max sysctl \
+                      allows)"
+                    .into(),
+            }
+        }
+        e => e,
+    }
 }
 
 /// Opens a host path `O_PATH`.
@@ -491,7 +703,16 @@ pub fn mount_point(
     dir: bool,
     ours: &[u64],
 ) -> Result<PathBuf, ExecError> {
-    let r = resolve(root, dest)?;
+    mount_point_inner(root, dest, dir, ours).map_err(bounded)
+}
+
+fn mount_point_inner(
+    root: &Path,
+    dest: &Path,
+    dir: bool,
+    ours: &[u64],
+) -> Result<PathBuf, ExecError> {
+    let r = resolve_inner(root, dest)?;
     let host = |p: &Path| root.join(p.strip_prefix("/").unwrap_or(p));
     match (r.existing, r.kind) {
         (None, Some(k)) => {
@@ -522,8 +743,8 @@ pub fn mount_point(
                     why: format!(
                         "{} does not exist and {} is not a Slipway tmpfs (it comes from the \
                          image or the host, which are not changed)",
-                        r.path.display(),
-                        p.display()
+                        shown(&r.path),
+                        shown(&p)
                     ),
                 });
             }
@@ -622,5 +843,125 @@ mod tests {
         assert!(mount_point(r, Path::new("/usr/file"), false, &ours).is_ok());
         let err = mount_point(r, Path::new("/usr/new"), true, &[0]).unwrap_err();
         assert!(err.to_string().contains("not a Slipway tmpfs"), "{err}");
+    }
+
+    /// `n` empty files in `dir` (made if missing).
+    fn files(dir: &Path, n: usize) {
+        fs::create_dir_all(dir).unwrap();
+        for i in 0..n {
+            fs::write(dir.join(format!("f{i:06}")), "").unwrap();
+        }
+    }
+
+    /// An image whose `/etc` has more entries than a launch replicates: refused by
+    /// [`replicas`] before anything is mounted, in one line that names the directory, the
+    /// mount point that needs it and the fix; at the limit it is accepted. The count stops
+    /// reading past the limit, and [`build_root`] keeps to the limit by itself (a directory
+    /// that grew after the count) before binding anything from it.
+    #[test]
+    fn replication_is_bounded() {
+        use super::super::sys::Recording;
+        let d = tempfile::tempdir().unwrap();
+        let img = d.path().join("image");
+        files(&img.join("etc"), MAX_REPLICATED - 1);
+        let fd = open_path(&img).unwrap();
+        let dests = ["/etc/localtime".into(), "/home/alice".into()];
+        // `/` (etc, and room for home) and /etc: exactly the limit.
+        let reps = replicas(&img, &fd, &dests).unwrap();
+        assert_eq!(reps.len(), 2, "{reps:?}");
+        files(&img.join("etc2"), 0);
+        let err = replicas(&img, &fd, &dests).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "mount point /etc/localtime: image directory /etc has more than {} entries; \
+                 with the 2 of the other directories to replicate, more than {MAX_REPLICATED}: \
+                 too many to replicate (each would be bound on its own to make room for the \
+                 mount point; at most {MAX_REPLICATED} per launch): create /etc/localtime in \
+                 the image, or choose another destination",
+                MAX_REPLICATED - 2
+            )
+        );
+        // Only /etc: it alone is over.
+        for f in ["etc/one-more", "etc/two-more"] {
+            fs::write(img.join(f), "").unwrap();
+        }
+        let err = replicas(&img, &fd, &["/etc/x/y".into(), "/etc/z".into()]).unwrap_err();
+        assert!(
+            err.to_string().starts_with(&format!(
+                "mount point /etc/x/y: image directory /etc has more than {MAX_REPLICATED} \
+                 entries: too many"
+            )),
+            "{err}"
+        );
+        // Counting reads no further than it must.
+        let etc = open_path(&img.join("etc")).unwrap();
+        assert_eq!(count_entries(&etc, Path::new("/etc"), 10).unwrap(), 11);
+
+        // build_root given the directories without the count: refused before any bind of an
+        // entry of /etc.
+        let root = d.path().join("root");
+        let layers = d.path().join("layers");
+        fs::create_dir(&root).unwrap();
+        fs::create_dir(&layers).unwrap();
+        let rec = Recording::default();
+        let replicate: BTreeSet<PathBuf> = ["/".into(), "/etc".into()].into();
+        let err = build_root(&rec, &fd, 0, &root, &replicate, &BTreeSet::new(), &layers)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("image file /etc: a directory of more than the 8190 entries left"),
+            "{err}"
+        );
+        let calls = rec.calls.borrow().join("\n");
+        assert!(!calls.contains("move_mount /etc/"), "{calls}");
+    }
+
+    /// Destinations deeper than [`MAX_DEST_DEPTH`] or longer than [`MAX_DEST_BYTES`], as given
+    /// or through the image's symlinks, are refused in one short line (no walk of 1,500
+    /// levels, no fd per level); every error's path is shortened.
+    #[test]
+    fn deep_destinations_are_refused_short() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        let deep = "/a".repeat(1500);
+        // The image holds the deep tree, and a short symlink into it.
+        fs::create_dir_all(r.join(&deep[1..2000])).unwrap();
+        symlink(&deep[..2000], r.join("x")).unwrap();
+        let fd = open_path(r).unwrap();
+        let short = |e: ExecError| {
+            let t = e.to_string();
+            assert!(t.len() < 400 && !t.contains('\n'), "{} chars: {t}", t.len());
+            t
+        };
+        let e = short(resolve(r, Path::new(&deep)).unwrap_err());
+        assert!(e.contains("1500 directories deep (at most 64)"), "{e}");
+        let e = short(replicas(r, &fd, &[PathBuf::from(&deep)]).unwrap_err());
+        assert!(e.contains("1500 directories deep"), "{e}");
+        let e = short(replicas(r, &fd, &["/x/new".into()]).unwrap_err());
+        assert!(
+            e.starts_with("mount point /x/new: with the image's symlinks followed it is deeper"),
+            "{e}"
+        );
+        let long = format!("/{}", "b".repeat(2000));
+        let e = short(replicas(r, &fd, &[PathBuf::from(&long)]).unwrap_err());
+        assert!(e.contains("2001 bytes long (at most 1024)"), "{e}");
+        // Within the limits, but a message that names two long paths.
+        let near = "/usr".to_string() + &"/abcdefghijklmn".repeat(60);
+        fs::create_dir_all(r.join("usr")).unwrap();
+        short(mount_point(r, Path::new(&near), true, &[0]).unwrap_err());
+        // Any system call's error.
+        let e = bounded(io_err(
+            "open",
+            Path::new(&deep),
+            std::io::Error::from_raw_os_error(libc::EMFILE),
+        ));
+        assert_eq!(
+            short(e),
+            format!(
+                "open {}...: Too many open files (os error 24)",
+                &deep[..100]
+            )
+        );
     }
 }

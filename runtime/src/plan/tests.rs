@@ -235,3 +235,32 @@ fn environment_order() {
     assert_eq!(left.len(), 1, "the env file's loop is reported: {left:?}");
     assert_eq!(left[0].line, 2);
 }
+
+/// A bind destination 1,500 directories deep or longer than `MAX_DEST_BYTES` is refused by
+/// the plan, before anything is mounted, in one short line (the paths shortened).
+#[test]
+fn deep_or_long_bind_destinations_are_refused_short() {
+    let deep = "/a".repeat(1500);
+    let long = format!("/{}", "b".repeat(MAX_DEST_BYTES));
+    let fine = "/a".repeat(MAX_DEST_DEPTH);
+    let mut req = request();
+    req.binds = bind::parse_list(&format!("/tmp:{deep},/tmp:{long},/tmp:{fine}")).unwrap();
+    let p = build(&req, &policy(), &host(1000), &image(), &fake_fs()).unwrap();
+    assert_eq!(p.refused.len(), 2, "{:?}", p.refused);
+    assert_eq!(p.refused[0].what, format!("bind /tmp:{}...", &deep[..100]));
+    assert_eq!(
+        p.refused[0].why,
+        "destination is 1500 directories deep (at most 64)"
+    );
+    assert_eq!(
+        p.refused[1].why,
+        format!(
+            "destination is {} bytes long (at most {MAX_DEST_BYTES})",
+            MAX_DEST_BYTES + 1
+        )
+    );
+    assert!(p.mounts.iter().any(|m| m.dest == Path::new(&fine)));
+    let e = p.check().unwrap_err().to_string();
+    assert!(e.len() < 250 && !e.contains('\n'), "{} chars: {e}", e.len());
+    assert!(e.ends_with("[slipway (bind safety)]"), "{e}");
+}
