@@ -145,15 +145,15 @@ fn root_checks_ownership() {
     std::os::unix::fs::chown(&file, Some(1234), None).unwrap();
     let out = slipway(&["policy", "check", &file]);
     assert!(!out.status.success());
-    let stderr = text(&out.stderr);
-    assert!(
-        stderr.ends_with(&format!(
+    // One line, nothing before it.
+    assert_eq!(
+        text(&out.stderr),
+        format!(
             "slipway: error: {file}: owned by uid 1234, not root: refusing to trust it (fix: \
-             chown root {file})\n"
-        )),
-        "{stderr}"
+             chown root {file}); the content itself is valid\n"
+        )
     );
-    assert!(stderr.contains("content is valid"), "{stderr}");
+    assert!(out.stdout.is_empty());
 }
 
 #[test]
@@ -178,5 +178,71 @@ fn default_path() {
     assert!(
         stdout.contains("kernel_mount = \"trusted\"  # built-in default"),
         "{stdout}"
+    );
+}
+
+#[test]
+fn reversed_glob_range_is_an_error() {
+    let Some(dir) = workdir("range") else { return };
+    let _cleanup = Cleanup(dir.clone());
+    let file = write(
+        &dir,
+        "policy.toml",
+        "[images]\nallowed = [\n  \"/apps/**\",\n  \"/home/[z-a]*/containers/*\",\n]\n",
+    );
+    let out = slipway(&["policy", "check", &file]);
+    assert!(!out.status.success());
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "slipway: error: {file}:4: images.allowed: \"/home/[z-a]*/containers/*\": range \
+             `z-a` in component \"[z-a]*\" runs backwards, so it matches nothing: write `a-z`\n"
+        )
+    );
+}
+
+#[test]
+fn system_binds_of_secrets() {
+    let Some(dir) = workdir("secrets") else {
+        return;
+    };
+    let _cleanup = Cleanup(dir.clone());
+    // A known secret: an error, at its line.
+    let file = write(
+        &dir,
+        "shadow.toml",
+        "[mounts]\nsystem = [\n  \"/etc/hosts\",\n  \"/etc/shadow:/etc/shadow:ro\",\n]\n",
+    );
+    let out = slipway(&["policy", "check", &file]);
+    assert!(!out.status.success());
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "slipway: error: {file}:4: mounts.system: \"/etc/shadow:/etc/shadow:ro\": \
+             /etc/shadow holds the password hashes: a system bind would put it in every \
+             container; remove the entry\n"
+        )
+    );
+    // A file only its owner may read, on this host: a warning naming the key's line.
+    let private = dir.join("private.key");
+    std::fs::write(&private, "secret").unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let file = write(
+        &dir,
+        "private.toml",
+        &format!("[mounts]\nsystem = [\"{}:/key\"]\n", private.display()),
+    );
+    let out = slipway(&["policy", "check", &file]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    let want = format!(
+        "slipway: warning: {file}:2 (mounts.system): {} is not readable by others on this host \
+         (mode 0600, ",
+        private.display()
+    );
+    assert!(stderr.contains(&want), "{stderr}");
+    assert!(
+        stderr.contains("if it is private, remove the entry"),
+        "{stderr}"
     );
 }

@@ -36,12 +36,12 @@ fn check(file: Option<PathBuf>) -> anyhow::Result<u8> {
     let loaded = match LoadedPolicy::load(file.as_deref(), running_as_root()) {
         Ok(l) => l,
         Err(e) => {
+            // One line, what the admin scripts and greps for: whether the content itself is
+            // valid goes on it rather than on a line of its own.
             if matches!(e, PolicyError::Insecure { .. })
                 && LoadedPolicy::load(file.as_deref(), false).is_ok()
             {
-                eprintln!(
-                    "slipway: note: the policy's content is valid; only where it lies is refused"
-                );
+                anyhow::bail!("{e}; the content itself is valid");
             }
             // The message already holds the cause (errno included): no chain to repeat it.
             anyhow::bail!("{e}");

@@ -49,7 +49,12 @@ pub struct Refusal {
     pub key: String,
     /// Where that key's value comes from ([`LoadedPolicy::rule`]).
     pub rule: String,
-    /// What was refused and why, naming the rule's values.
+    /// What was refused (`image /apps/x.sif`, `bind source /data`): a caller that names the
+    /// subject itself (the plan's refusals) shows `reason` after it, so it is named once.
+    pub subject: String,
+    /// Why, naming the rule's values, without the subject.
+    pub reason: String,
+    /// `subject: reason`.
     pub message: String,
 }
 
@@ -88,11 +93,13 @@ fn user_name(uid: u32) -> Option<String> {
 }
 
 impl LoadedPolicy {
-    fn refusal(&self, key: &str, message: String) -> Refusal {
+    fn refusal(&self, key: &str, subject: String, reason: String) -> Refusal {
         Refusal {
             key: key.into(),
             rule: self.rule(key),
-            message,
+            message: format!("{subject}: {reason}"),
+            subject,
+            reason,
         }
     }
 
@@ -111,13 +118,14 @@ impl LoadedPolicy {
     /// names, uids).
     pub fn check_image(&self, image: &Image, user: &User) -> Result<(), Refusal> {
         let rules = &self.policy.images;
-        let path = show(&image.path);
+        let subject = format!("image {}", show(&image.path));
         if !rules.formats.contains(&image.format) {
             let list: Vec<&str> = rules.formats.iter().map(|f| format_name(*f)).collect();
             return Err(self.refusal(
                 "images.formats",
+                subject,
                 format!(
-                    "image {path}: format {} not allowed by policy (images.formats: {})",
+                    "format {} not allowed by policy (images.formats: {})",
                     format_name(image.format),
                     if list.is_empty() {
                         "none".into()
@@ -131,8 +139,9 @@ impl LoadedPolicy {
         {
             return Err(self.refusal(
                 "images.allowed",
+                subject,
                 format!(
-                    "image {path}: not allowed by policy (images.allowed: {})",
+                    "not allowed by policy (images.allowed: {})",
                     rules.allowed.join(", ")
                 ),
             ));
@@ -155,8 +164,9 @@ impl LoadedPolicy {
                 .collect();
             return Err(self.refusal(
                 "images.owners",
+                subject,
                 format!(
-                    "image {path}: owned by {owner}, not allowed by policy (images.owners: {})",
+                    "owned by {owner}, not allowed by policy (images.owners: {})",
                     list.join(", ")
                 ),
             ));
@@ -254,8 +264,9 @@ impl LoadedPolicy {
     pub fn check_user_bind(&self, src: &Path) -> Result<PathBuf, Refusal> {
         let key = "mounts.user_allowed";
         let allowed = &self.policy.mounts.user_allowed;
-        let real = std::fs::canonicalize(src)
-            .map_err(|e| self.refusal(key, format!("bind source {}: {e}", show(src))))?;
+        let subject = || format!("bind source {}", show(src));
+        let real =
+            std::fs::canonicalize(src).map_err(|e| self.refusal(key, subject(), e.to_string()))?;
         let list = || {
             allowed
                 .iter()
@@ -266,10 +277,8 @@ impl LoadedPolicy {
         if allowed.is_empty() {
             return Err(self.refusal(
                 key,
-                format!(
-                    "bind source {}: users may not bind host paths (mounts.user_allowed is empty)",
-                    show(src)
-                ),
+                subject(),
+                "users may not bind host paths (mounts.user_allowed is empty)".into(),
             ));
         }
         for dir in allowed {
@@ -286,10 +295,8 @@ impl LoadedPolicy {
         };
         Err(self.refusal(
             key,
-            format!(
-                "bind source {shown}: not allowed by policy (mounts.user_allowed: {})",
-                list()
-            ),
+            format!("bind source {shown}"),
+            format!("not allowed by policy (mounts.user_allowed: {})", list()),
         ))
     }
 

@@ -10,9 +10,14 @@ use std::path::{Component, Path, PathBuf};
 
 use toml_edit::{ImDocument, Item, TableLike, Value};
 
-use super::matching::{validate_env_name, validate_env_pattern, validate_path_glob};
+use super::check::show;
+use super::matching::{
+    no_control, path_matches, validate_env_name, validate_env_pattern, validate_path_glob,
+};
 use super::secure::{self, Untrusted};
 use super::{parse_bind, Policy, DEFAULT_POLICY_PATH};
+use crate::image::envfile::printable;
+use crate::plan::bind::covers_generated;
 
 /// Where the policy in force comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,11 +40,12 @@ pub struct LoadedPolicy {
 }
 
 /// Errors from loading a policy. Display is one line, naming the file, the line, the key and
-/// the value, then what is wrong and how to fix it.
+/// the value, then what is wrong and how to fix it (control characters, even in the file's
+/// name, escaped).
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
     /// The file could not be opened or read.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {source}", show(path))]
     Io {
         /// The path.
         path: PathBuf,
@@ -48,7 +54,7 @@ pub enum PolicyError {
         source: std::io::Error,
     },
     /// The file is not valid TOML.
-    #[error("{}:{line}: {message}", path.display())]
+    #[error("{}:{line}: {message}", show(path))]
     Syntax {
         /// The policy file.
         path: PathBuf,
@@ -58,7 +64,7 @@ pub enum PolicyError {
         message: String,
     },
     /// A key the schema does not know (a typo, or a section that takes no keys yet).
-    #[error("{}:{line}: {key}: {problem}", path.display())]
+    #[error("{}:{line}: {key}: {problem}", show(path))]
     UnknownKey {
         /// The policy file.
         path: PathBuf,
@@ -70,7 +76,7 @@ pub enum PolicyError {
         problem: String,
     },
     /// A key's value has the wrong type or fails its check.
-    #[error("{}:{line}: {key}: {value}: {problem}", path.display())]
+    #[error("{}:{line}: {key}: {value}: {problem}", show(path))]
     Invalid {
         /// The policy file.
         path: PathBuf,
@@ -85,7 +91,7 @@ pub enum PolicyError {
     },
     /// A privileged process refuses a policy file that someone other than root could have
     /// written (the file itself or a directory above it).
-    #[error("{}: {problem}: refusing to trust it (fix: {fix})", path.display())]
+    #[error("{}: {problem}: refusing to trust it (fix: {fix})", show(path))]
     Insecure {
         /// The file or directory at fault.
         path: PathBuf,
@@ -388,11 +394,7 @@ impl Walker<'_> {
             .map(str::to_string)
             .unwrap_or_else(|| v.to_string());
         let s = s.split_whitespace().collect::<Vec<_>>().join(" ");
-        if s.chars().count() > 80 {
-            format!("{}...", s.chars().take(77).collect::<String>())
-        } else {
-            s
-        }
+        printable(&s, if s.chars().count() > 80 { 77 } else { 80 })
     }
 
     fn invalid(&self, line: usize, key: &str, value: String, problem: String) -> PolicyError {
@@ -421,7 +423,7 @@ impl Walker<'_> {
                 let names: Vec<&str> = SCHEMA.iter().map(|s| s.name).collect();
                 return Err(self.unknown(
                     line,
-                    name.to_string(),
+                    printable(name, 80),
                     format!(
                         "unknown section{} (sections: {})",
                         suggest(name, &names),
@@ -454,7 +456,8 @@ impl Walker<'_> {
         section_line: usize,
     ) -> Result<(), PolicyError> {
         for (key, item) in table.iter() {
-            let full = format!("{}.{key}", section.name);
+            // A quoted key may hold any character, a newline too: the message stays one line.
+            let full = format!("{}.{}", section.name, printable(key, 80));
             let line = self.key_line(table, key, item, section_line);
             if let Some(why) = section.reserved {
                 return Err(self.unknown(line, full, why.to_string()));
@@ -640,13 +643,16 @@ fn line_at(text: &str, offset: usize) -> usize {
         + 1
 }
 
-/// Joins a possibly multi-line message into one line.
+/// Joins a possibly multi-line message into one line (a control character it quotes from the
+/// file escaped).
 fn one_line(msg: &str) -> String {
-    msg.lines()
+    let joined = msg
+        .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .collect::<Vec<_>>()
-        .join("; ")
+        .join("; ");
+    printable(&joined, 300)
 }
 
 /// `images.owners`: `"user"`, a numeric uid or a user name.
@@ -685,6 +691,7 @@ fn validate_dir(s: &str) -> Result<(), String> {
 }
 
 fn validate_abs_path(s: &str) -> Result<(), String> {
+    no_control(s)?;
     if !s.starts_with('/') {
         return Err(format!(
             "must be an absolute path (e.g. {:?})",
@@ -697,9 +704,88 @@ fn validate_abs_path(s: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// `mounts.system`: `SRC[:DST[:ro|rw]]`.
+/// `mounts.system`: `SRC[:DST[:ro|rw]]`, neither a secret nor below one (a system bind puts
+/// its source in every container), and not over the files Slipway generates.
 fn validate_bind(s: &str) -> Result<(), String> {
-    parse_bind(s).map(|_| ())
+    no_control(s)?;
+    let b = parse_bind(s)?;
+    if let Some((secret, what)) = secret_at(&b.src) {
+        let at = if path_matches(secret, &b.src) {
+            String::new()
+        } else {
+            format!(" (inside {secret})")
+        };
+        return Err(format!(
+            "{}{at} holds {what}: a system bind would put it in every container; remove the \
+             entry",
+            b.src.display()
+        ));
+    }
+    if let Some(generated) = covers_generated(&b.dst) {
+        let how = if b.dst != Path::new(generated) && Path::new(generated).starts_with(&b.dst) {
+            format!(
+                "destination {} would cover /etc/passwd and /etc/group, which Slipway \
+                 generates for every container: bind single files below it instead (e.g. \
+                 \"/etc/hosts\")",
+                b.dst.display()
+            )
+        } else {
+            format!(
+                "destination {} is {generated} or below it, which Slipway generates for every \
+                 container (the image's entries plus the user's): remove the entry",
+                b.dst.display()
+            )
+        };
+        return Err(how);
+    }
+    Ok(())
+}
+
+/// Host paths that hold secrets no job should see, with what they hold. Globs, matched one
+/// path component at a time.
+pub(super) const SECRETS: &[(&str, &str)] = &[
+    ("/etc/shadow", "the password hashes"),
+    ("/etc/shadow-", "a copy of the password hashes"),
+    ("/etc/gshadow", "the group password hashes"),
+    ("/etc/gshadow-", "a copy of the group password hashes"),
+    ("/etc/sudoers", "sudo's rules"),
+    ("/etc/sudoers.d", "sudo's rules"),
+    ("/root", "root's home directory"),
+    (
+        "/etc/munge",
+        "munge's key (whoever reads it can forge any user's credentials on the cluster; jobs \
+         need only munge's socket, /var/run/munge)",
+    ),
+    ("/etc/ssh/*key*", "an SSH host private key"),
+];
+
+/// The [`SECRETS`] entry `path` is, or lies inside (lexically: the policy is checked where
+/// it is written, not only on the nodes). Public keys (`*.pub`) are no secret.
+pub(super) fn secret_at(path: &Path) -> Option<(&'static str, &'static str)> {
+    if path.extension().is_some_and(|e| e == "pub") {
+        return None;
+    }
+    SECRETS.iter().copied().find(|(secret, _)| {
+        path.ancestors()
+            .any(|a| a.as_os_str() != "/" && path_matches(secret, a))
+    })
+}
+
+/// The [`SECRETS`] entries that lie below `path` (a system bind of `/etc` holds
+/// `/etc/shadow`).
+pub(super) fn secrets_below(path: &Path) -> Vec<(&'static str, &'static str)> {
+    SECRETS
+        .iter()
+        .copied()
+        .filter(|(secret, _)| {
+            let secret = Path::new(secret);
+            // A glob's matches lie in its directory, which holds them all.
+            match secret.to_str().is_some_and(|s| s.contains('*')) {
+                true => secret.parent().is_some_and(|dir| dir.starts_with(path)),
+                false => secret != path && secret.starts_with(path),
+            }
+        })
+        .collect()
 }
 
 /// `tmp.size`: what tmpfs(5) takes for `size=`.

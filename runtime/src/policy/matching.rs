@@ -76,6 +76,7 @@ pub(crate) fn validate_path_glob(pattern: &str) -> Result<(), String> {
         let fix = format!("/{}", pattern.trim_start_matches("./"));
         return Err(format!("must be an absolute path (e.g. {fix:?})"));
     }
+    no_control(pattern)?;
     for c in pattern.split('/') {
         if c == ".." {
             return Err("must not contain `..` (write the path it leads to)".into());
@@ -91,8 +92,73 @@ pub(crate) fn validate_path_glob(pattern: &str) -> Result<(), String> {
         if let Err(e) = Pattern::new(c) {
             return Err(format!("bad glob in component {c:?}: {}", e.msg));
         }
+        if let Some((lo, hi)) = reversed_range(c) {
+            let what = if c.contains("[!") {
+                "so the class matches every character"
+            } else {
+                "so it matches nothing"
+            };
+            return Err(format!(
+                "range `{lo}-{hi}` in component {c:?} runs backwards, {what}: write `{hi}-{lo}`"
+            ));
+        }
     }
     Ok(())
+}
+
+/// A path or glob from the policy holding a control character (a newline or tab inside
+/// quotes) is a typo: no real path has one, and messages must stay on one line.
+pub(crate) fn no_control(s: &str) -> Result<(), String> {
+    match s.chars().find(|c| c.is_control()) {
+        Some(c) => Err(format!(
+            "holds the control character {:?}: a path cannot sensibly hold one (a stray \\n or \\t?)",
+            c
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The first range in a `[...]` class of `component` whose end comes before its start
+/// (`[z-a]`): the glob crate accepts it, and it matches no character. Reads classes as the
+/// glob crate does: `[` then `!` for negation, a `]` right after that is literal, and `x-y`
+/// is a range wherever a `-` has a character on each side.
+fn reversed_range(component: &str) -> Option<(char, char)> {
+    let chars: Vec<char> = component.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        if chars[i] != '[' {
+            i += 1;
+            continue;
+        }
+        let start = if chars.get(i + 1) == Some(&'!') {
+            i + 2
+        } else {
+            i + 1
+        };
+        // The class's first character is literal even if it is `]`.
+        let Some(len) = chars
+            .get(start + 1..)
+            .and_then(|rest| rest.iter().position(|&c| c == ']'))
+        else {
+            // Not a class (the glob crate refuses an unclosed one before this is asked).
+            i += 1;
+            continue;
+        };
+        let class = &chars[start..start + 1 + len];
+        let mut j = 0;
+        while j < class.len() {
+            if j + 2 < class.len() && class[j + 1] == '-' {
+                if class[j] > class[j + 2] {
+                    return Some((class[j], class[j + 2]));
+                }
+                j += 3;
+            } else {
+                j += 1;
+            }
+        }
+        i = start + 2 + len;
+    }
+    None
 }
 
 /// Matches a variable name against a pattern where `*` matches any run of characters
@@ -218,6 +284,40 @@ mod tests {
         assert!(validate_path_glob("/apps/[x")
             .unwrap_err()
             .contains("bad glob"));
+        assert!(validate_path_glob("/apps/a\nb")
+            .unwrap_err()
+            .contains("'\\n'"));
+    }
+
+    #[test]
+    fn reversed_ranges_are_refused() {
+        assert_eq!(
+            validate_path_glob("/apps/[z-a]*").unwrap_err(),
+            "range `z-a` in component \"[z-a]*\" runs backwards, so it matches nothing: \
+             write `a-z`"
+        );
+        assert!(validate_path_glob("/apps/[!9-0]")
+            .unwrap_err()
+            .contains("matches every character"));
+        assert!(validate_path_glob("/a/[0-9a-z]/[b-a]")
+            .unwrap_err()
+            .contains("`b-a`"));
+        for ok in [
+            "/apps/[a-z]*",
+            "/a/[]-a]",
+            "/a/[-z]",
+            "/a/[a-]",
+            "/a/[!]]",
+            "/a/[a-a]",
+        ] {
+            assert!(validate_path_glob(ok).is_ok(), "{ok}");
+        }
+        // What the glob crate makes of the same classes: a reversed range matches nothing.
+        assert!(!m("/apps/[z-a]*", "/apps/m"));
+        assert!(m("/a/[]-a]", "/a/^"), "`]-a` is a range from `]` to `a`");
+        assert_eq!(reversed_range("[]-a]"), None);
+        assert_eq!(reversed_range("[a-]"), None);
+        assert_eq!(reversed_range("x[c-b]"), Some(('c', 'b')));
     }
 
     #[test]

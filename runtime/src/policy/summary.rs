@@ -3,7 +3,10 @@
 
 use std::fmt::Write;
 
-use super::load::{schema_keys, LoadedPolicy};
+use std::os::unix::fs::MetadataExt;
+
+use super::check::show;
+use super::load::{schema_keys, secrets_below, LoadedPolicy};
 use super::matching::env_matches;
 use super::KernelMount;
 
@@ -61,7 +64,7 @@ impl LoadedPolicy {
             if !d.is_dir() {
                 w.push(format!(
                     "images.trusted_dirs: {} is not a directory on this host",
-                    d.display()
+                    show(d)
                 ));
             }
         }
@@ -75,10 +78,11 @@ impl LoadedPolicy {
             } else if !d.is_dir() {
                 w.push(format!(
                     "mounts.user_allowed: {} is not a directory on this host",
-                    d.display()
+                    show(d)
                 ));
             }
         }
+        w.extend(self.system_bind_warnings());
         for o in &p.images.owners {
             if o != "user"
                 && o.parse::<u32>().is_err()
@@ -93,6 +97,46 @@ impl LoadedPolicy {
             if let Some(d) = p.env.deny.iter().find(|d| env_matches(d, pat)) {
                 w.push(format!(
                     "env.pass: {pat:?} is also matched by env.deny {d:?}, which wins"
+                ));
+            }
+        }
+        w
+    }
+
+    /// `mounts.system` sources that put more in every container than jobs should see: a tree
+    /// holding a known secret (`/etc` holds `/etc/shadow`), or, on this host, a file or
+    /// directory that others may not read (a 0600 or 0640 file is meant for its owner or
+    /// group, and the bind shows it at a known path in every job). The known secrets
+    /// themselves are refused when the policy loads.
+    fn system_bind_warnings(&self) -> Vec<String> {
+        let rule = self.rule("mounts.system");
+        let mut w = Vec::new();
+        for b in self.system_binds() {
+            let src = show(&b.src);
+            let below = secrets_below(&b.src);
+            if !below.is_empty() {
+                let list: Vec<&str> = below.iter().map(|(path, _)| *path).collect();
+                w.push(format!(
+                    "{rule}: {src} holds secrets ({}): a system bind puts them in every \
+                     container; bind only the files jobs need",
+                    list.join(", ")
+                ));
+                continue;
+            }
+            let Ok(meta) = std::fs::metadata(&b.src) else {
+                continue;
+            };
+            // Others must be able to read a file, and to list and enter a directory.
+            let need = if meta.is_dir() { 0o005 } else { 0o004 };
+            if meta.mode() & need != need {
+                w.push(format!(
+                    "{rule}: {src} is not readable by others on this host (mode {:04o}, owner \
+                     uid {}, gid {}): a system bind puts it in every container, at a known \
+                     path, for every job; if it is private, remove the entry, else chmod o+r{}",
+                    meta.mode() & 0o7777,
+                    meta.uid(),
+                    meta.gid(),
+                    if meta.is_dir() { "x" } else { "" },
                 ));
             }
         }

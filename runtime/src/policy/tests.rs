@@ -85,6 +85,22 @@ fn secure_tempdir() -> Option<tempfile::TempDir> {
     Some(dir)
 }
 
+/// The first 4 KiB of a squashfs file system: a superblock `Image::open` accepts.
+fn fake_squashfs() -> Vec<u8> {
+    let mut b = vec![0u8; 4096];
+    b[..4].copy_from_slice(b"hsqs");
+    b[4..8].copy_from_slice(&1u32.to_le_bytes()); // inodes
+    b[12..16].copy_from_slice(&131_072u32.to_le_bytes()); // block size
+    b[20..22].copy_from_slice(&1u16.to_le_bytes()); // gzip
+    b[22..24].copy_from_slice(&17u16.to_le_bytes()); // block log
+    b[28..30].copy_from_slice(&4u16.to_le_bytes()); // version 4.0
+    b[40..48].copy_from_slice(&4096u64.to_le_bytes()); // bytes used
+    b[48..56].copy_from_slice(&4000u64.to_le_bytes()); // id table
+    b[64..72].copy_from_slice(&200u64.to_le_bytes()); // inode table
+    b[72..80].copy_from_slice(&300u64.to_le_bytes()); // directory table
+    b
+}
+
 fn chown(path: &Path, uid: u32) {
     std::os::unix::fs::chown(path, Some(uid), Some(0)).unwrap();
 }
@@ -221,6 +237,16 @@ fn images_allowed() {
          (write [\"/apps/*\"])"
     );
     assert!(err("[images]\nallowed = [1]\n").starts_with("policy.toml:2: images.allowed: 1: "));
+    // A range that runs backwards matches nothing (or, negated, everything): an error at its
+    // line, naming the glob and the fix.
+    assert_eq!(
+        err("[images]\nallowed = [\n  \"/apps/*\",\n  \"/home/[z-a]*/images/*\",\n]\n"),
+        "policy.toml:4: images.allowed: \"/home/[z-a]*/images/*\": range `z-a` in component \
+         \"[z-a]*\" runs backwards, so it matches nothing: write `a-z`"
+    );
+    assert!(ok("[images]\nallowed = [\"/home/[a-z]*/images/*\"]\n")
+        .check_image(&image("/home/m/images/x", Format::Sif, 0, 0o644), &u)
+        .is_ok());
 }
 
 #[test]
@@ -333,7 +359,7 @@ fn images_trusted_dirs_decide() {
     std::fs::create_dir(&sub).unwrap();
     chmod(&sub, 0o755);
     let file = sub.join("x.sif");
-    std::fs::write(&file, b"hsqs").unwrap();
+    std::fs::write(&file, fake_squashfs()).unwrap();
     chmod(&file, 0o644);
     let p = ok(&format!(
         "[images]\ntrusted_dirs = [{:?}]\n",
@@ -378,7 +404,7 @@ fn images_trusted_dirs_decide() {
     std::fs::create_dir(&sibling).unwrap();
     chmod(&sibling, 0o755);
     let other = sibling.join("x.sif");
-    std::fs::write(&other, b"hsqs").unwrap();
+    std::fs::write(&other, fake_squashfs()).unwrap();
     chmod(&other, 0o644);
     let d = p.kernel_mount(&Image::open(&other).unwrap());
     assert!(!d.allowed && d.reason.contains("not inside"), "{d:?}");
@@ -386,7 +412,7 @@ fn images_trusted_dirs_decide() {
     let p = ok("[images]\ntrusted_dirs = [\"/tmp\"]\n");
     let t = tempfile::tempdir().unwrap();
     let f = t.path().join("x.sif");
-    std::fs::write(&f, b"hsqs").unwrap();
+    std::fs::write(&f, fake_squashfs()).unwrap();
     chmod(&f, 0o644);
     assert!(!p.kernel_mount(&Image::open(&f).unwrap()).allowed);
 }
@@ -418,6 +444,33 @@ fn mounts_system() {
         ("", "empty source"),
         ("/a/../b", "`..`"),
         ("/a:/", "over the container's `/`"),
+        (
+            "/etc/shadow",
+            "/etc/shadow holds the password hashes: a system bind would put it",
+        ),
+        ("/etc/gshadow:/x:ro", "group password hashes"),
+        ("/etc//sudoers", "sudo's rules"),
+        (
+            "/etc/sudoers.d/site",
+            "(inside /etc/sudoers.d) holds sudo's rules",
+        ),
+        (
+            "/root/.ssh:/x",
+            "(inside /root) holds root's home directory",
+        ),
+        (
+            "/etc/munge",
+            "jobs need only munge's socket, /var/run/munge",
+        ),
+        ("/etc/munge/munge.key:/k", "(inside /etc/munge)"),
+        ("/etc/ssh/ssh_host_ed25519_key", "an SSH host private key"),
+        (
+            "/x:/etc/passwd",
+            "destination /etc/passwd is /etc/passwd or below it",
+        ),
+        ("/x:/etc/group/y", "/etc/group or below it"),
+        ("/x:/etc", "would cover /etc/passwd and /etc/group"),
+        ("/a\nb", "control character '\\n'"),
     ] {
         let e = err(&format!("[mounts]\nsystem = [{bad:?}]\n"));
         assert!(
@@ -745,6 +798,86 @@ fn summary_is_valid_policy() {
     assert_eq!(
         ok(&LoadedPolicy::builtin().summary()).policy,
         Policy::default()
+    );
+}
+
+#[test]
+fn mounts_system_warnings() {
+    // Public host keys, and files beside the secrets, are fine.
+    for fine in [
+        "/etc/ssh/ssh_host_rsa_key.pub",
+        "/etc/ssh/ssh_known_hosts",
+        "/etc/shadowsocks",
+        "/etc/passwd.d:/etc/passwd.d",
+        "/var/run/munge",
+    ] {
+        ok(&format!("[mounts]\nsystem = [{fine:?}]\n"));
+    }
+    // A tree holding secrets: a warning naming the key's line.
+    let p = ok("[mounts]\n\nsystem = [\"/etc:/host/etc:ro\", \"/etc/ssh:/x\", \"/opt:/opt\"]\n");
+    let w: Vec<String> = p
+        .warnings()
+        .into_iter()
+        .filter(|w| w.contains("mounts.system"))
+        .collect();
+    assert_eq!(w.len(), 2, "{w:#?}");
+    assert!(
+        w[0].starts_with(
+            "policy.toml:3 (mounts.system): /etc holds secrets (/etc/shadow, /etc/shadow-, "
+        ),
+        "{}",
+        w[0]
+    );
+    assert!(w[0].ends_with("bind only the files jobs need"), "{}", w[0]);
+    assert!(
+        w[1].contains("/etc/ssh holds secrets (/etc/ssh/*key*)"),
+        "{}",
+        w[1]
+    );
+    // On this host, a source others may not read: a warning with its mode.
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("site.key");
+    std::fs::write(&key, "x").unwrap();
+    chmod(&key, 0o640);
+    let open = dir.path().join("site.conf");
+    std::fs::write(&open, "x").unwrap();
+    chmod(&open, 0o644);
+    let p = ok(&format!(
+        "[mounts]\nsystem = [{:?}, {:?}]\n",
+        format!("{}:/k", key.display()),
+        open.display().to_string()
+    ));
+    let w: Vec<String> = p
+        .warnings()
+        .into_iter()
+        .filter(|w| w.contains("mounts.system"))
+        .collect();
+    assert_eq!(w.len(), 1, "{w:#?}");
+    assert!(
+        w[0].starts_with(&format!(
+            "policy.toml:2 (mounts.system): {} is not readable by others on this host (mode \
+             0640, owner uid ",
+            key.display()
+        )),
+        "{}",
+        w[0]
+    );
+}
+
+#[test]
+fn quoted_keys_and_paths_keep_messages_on_one_line() {
+    // `err` asserts one line.
+    assert!(err("\"a\\nb\" = 1\n").starts_with("policy.toml:1: a\\nb: unknown section"));
+    assert!(err("[images]\n\"al\\nlowed\" = []\n")
+        .starts_with("policy.toml:2: images.al\\nlowed: unknown key"));
+    assert!(err("[images]\ntrusted_dirs = [\"\"\"/apps\n/x\"\"\"]\n").contains("control character"));
+    assert!(err("[mounts]\nuser_allowed = [\"/home\\t\"]\n").contains("control character '\\t'"));
+    let e = LoadedPolicy::parse("[x]\n", Path::new("/etc/a\nb.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("\"/etc/a\\nb.toml\":1: x: unknown section"),
+        "{e}"
     );
 }
 
