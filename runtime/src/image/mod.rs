@@ -126,6 +126,7 @@ impl Image {
                         offset: p.offset as u64,
                         size: p.size as u64,
                     });
+                image.check_squashfs(given)?;
                 return Ok(image);
             }
             let part = sif
@@ -149,6 +150,7 @@ impl Image {
                 offset: part.offset as u64,
                 size: part.size as u64,
             });
+            image.check_squashfs(given)?;
             Ok(image)
         } else if head.starts_with(SQUASHFS_MAGIC) {
             image.format = Format::Squashfs;
@@ -156,6 +158,7 @@ impl Image {
                 offset: 0,
                 size: meta.len(),
             });
+            image.check_squashfs(given)?;
             Ok(image)
         } else {
             Err(ImageError::Unsupported {
@@ -164,6 +167,126 @@ impl Image {
             })
         }
     }
+}
+
+impl Image {
+    /// Checks the squashfs superblock (if the image has a squashfs), so that a truncated or
+    /// corrupt image is refused here, naming it, rather than by squashfuse, the kernel or
+    /// unsquashfs later with a message about something else (a mount point, a missing
+    /// command).
+    fn check_squashfs(&self, given: &Path) -> Result<(), ImageError> {
+        let Some(span) = self.squashfs else {
+            return Ok(());
+        };
+        let mut sb = [0u8; SUPERBLOCK_LEN];
+        let n = File::open(&self.path)
+            .and_then(|f| read_at_most(&f, &mut sb, span.offset))
+            .map_err(|source| ImageError::Io {
+                path: given.to_path_buf(),
+                source,
+            })?;
+        let at = match self.format {
+            Format::Sif => format!("squashfs partition at offset {}", span.offset),
+            _ => "squashfs".to_string(),
+        };
+        squashfs_problem(&sb[..n.min(span.size as usize)], span.size).map_err(|problem| {
+            ImageError::Unsupported {
+                path: given.to_path_buf(),
+                problem: format!("{at}: {problem}"),
+            }
+        })
+    }
+}
+
+/// Size of a squashfs 4.0 superblock.
+const SUPERBLOCK_LEN: usize = 96;
+
+/// What is wrong with a squashfs superblock `sb` (the first bytes of a file system `size`
+/// bytes long), if anything: the fields every reader depends on, in the words an admin
+/// needs (squashfs-tools' `squashfs_fs.h` has the layout).
+fn squashfs_problem(sb: &[u8], size: u64) -> Result<(), String> {
+    const REBUILD: &str =
+        "the image is corrupt or truncated (a partial copy?): copy or build it again";
+    if sb.len() < SUPERBLOCK_LEN {
+        return Err(format!(
+            "{} bytes, too short for a superblock ({SUPERBLOCK_LEN}): {REBUILD}",
+            sb.len()
+        ));
+    }
+    let u16_at = |i: usize| u16::from_le_bytes([sb[i], sb[i + 1]]);
+    let u32_at = |i: usize| u32::from_le_bytes(sb[i..i + 4].try_into().expect("4 bytes"));
+    let u64_at = |i: usize| u64::from_le_bytes(sb[i..i + 8].try_into().expect("8 bytes"));
+    if &sb[..4] != SQUASHFS_MAGIC {
+        return Err(format!("no squashfs magic (`hsqs`): {REBUILD}"));
+    }
+    let (major, minor) = (u16_at(28), u16_at(30));
+    if (major, minor) != (4, 0) {
+        return Err(format!(
+            "squashfs version {major}.{minor}; only 4.0 is supported (rebuild it with a \
+             current mksquashfs)"
+        ));
+    }
+    let (block_size, block_log) = (u32_at(12), u16_at(22));
+    if !block_size.is_power_of_two()
+        || !(4096..=1 << 20).contains(&block_size)
+        || u32::from(block_log) != block_size.trailing_zeros()
+    {
+        return Err(format!(
+            "block size {block_size} (log {block_log}) is not a power of two from 4 KiB to \
+             1 MiB: {REBUILD}"
+        ));
+    }
+    let compression = u16_at(20);
+    if !(1..=6).contains(&compression) {
+        return Err(format!(
+            "unknown compression {compression} (1 to 6: gzip, lzma, lzo, xz, lz4, zstd): \
+             {REBUILD}"
+        ));
+    }
+    let bytes_used = u64_at(40);
+    if bytes_used > size {
+        return Err(format!(
+            "the superblock says the file system holds {bytes_used} bytes, but only {size} \
+             are there: {REBUILD}"
+        ));
+    }
+    if u32_at(4) == 0 {
+        return Err(format!(
+            "no inodes (not even the root directory): {REBUILD}"
+        ));
+    }
+    for (name, at) in [
+        ("inode table", 64),
+        ("directory table", 72),
+        ("id table", 48),
+    ] {
+        let start = u64_at(at);
+        if start < SUPERBLOCK_LEN as u64 || start >= bytes_used {
+            return Err(format!(
+                "the {name} starts at {start}, outside the file system ({SUPERBLOCK_LEN} to \
+                 {bytes_used}): {REBUILD}"
+            ));
+        }
+    }
+    if u64_at(64) > u64_at(72) {
+        return Err(format!(
+            "the inode table starts after the directory table: {REBUILD}"
+        ));
+    }
+    Ok(())
+}
+
+/// Reads up to `buf.len()` bytes at `offset`; fewer only at the end of the file.
+fn read_at_most(f: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read_at(&mut buf[n..], offset + n as u64)? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
 }
 
 fn read_head(path: &Path, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -198,5 +321,99 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("missing.sif: No such file or directory"), "{e}");
+    }
+
+    /// A valid squashfs 4.0 superblock for a file system of 4096 bytes.
+    fn superblock() -> Vec<u8> {
+        let mut sb = vec![0u8; SUPERBLOCK_LEN];
+        sb[..4].copy_from_slice(SQUASHFS_MAGIC);
+        sb[4..8].copy_from_slice(&1u32.to_le_bytes()); // inodes
+        sb[12..16].copy_from_slice(&131_072u32.to_le_bytes()); // block size
+        sb[20..22].copy_from_slice(&4u16.to_le_bytes()); // xz
+        sb[22..24].copy_from_slice(&17u16.to_le_bytes()); // block log
+        sb[28..30].copy_from_slice(&4u16.to_le_bytes()); // version 4.0
+        sb[40..48].copy_from_slice(&4096u64.to_le_bytes()); // bytes used
+        sb[48..56].copy_from_slice(&4000u64.to_le_bytes()); // id table
+        sb[64..72].copy_from_slice(&200u64.to_le_bytes()); // inode table
+        sb[72..80].copy_from_slice(&300u64.to_le_bytes()); // directory table
+        sb
+    }
+
+    #[test]
+    fn squashfs_superblocks() {
+        assert_eq!(squashfs_problem(&superblock(), 4096), Ok(()));
+        let bad = |at: usize, bytes: &[u8], size: u64| {
+            let mut sb = superblock();
+            sb[at..at + bytes.len()].copy_from_slice(bytes);
+            squashfs_problem(&sb, size).unwrap_err()
+        };
+        assert!(bad(0, b"sqsh", 4096).contains("no squashfs magic"));
+        assert!(bad(28, &3u16.to_le_bytes(), 4096).contains("version 3.0"));
+        assert!(bad(12, &100_000u32.to_le_bytes(), 4096).contains("block size 100000"));
+        assert!(bad(22, &16u16.to_le_bytes(), 4096).contains("(log 16)"));
+        assert!(bad(20, &9u16.to_le_bytes(), 4096).contains("unknown compression 9"));
+        assert!(bad(4, &0u32.to_le_bytes(), 4096).contains("no inodes"));
+        assert!(bad(64, &u64::MAX.to_le_bytes(), 4096).contains("inode table starts at"));
+        assert!(bad(72, &10u64.to_le_bytes(), 4096).contains("directory table starts at 10"));
+        assert!(bad(72, &150u64.to_le_bytes(), 4096).contains("after the directory table"));
+        assert_eq!(
+            squashfs_problem(&superblock(), 1000).unwrap_err(),
+            "the superblock says the file system holds 4096 bytes, but only 1000 are there: \
+             the image is corrupt or truncated (a partial copy?): copy or build it again"
+        );
+        assert!(squashfs_problem(&superblock()[..50], 4096)
+            .unwrap_err()
+            .starts_with("50 bytes, too short for a superblock"));
+    }
+
+    #[test]
+    fn corrupt_images_are_refused_naming_the_image() {
+        let dir = tempfile::tempdir().unwrap();
+        // A bare squashfs cut short (a partial download).
+        let cut = dir.path().join("cut.sqsh");
+        let mut bytes = superblock();
+        bytes.resize(1000, 0);
+        std::fs::write(&cut, &bytes).unwrap();
+        for e in [Image::open(&cut), Image::open_any(&cut)] {
+            let e = e.unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!(
+                    "image {}: squashfs: the superblock says the file system holds 4096 bytes, \
+                     but only 1000 are there",
+                    cut.display()
+                )),
+                "{e}"
+            );
+        }
+        bytes.resize(4096, 0);
+        std::fs::write(&cut, &bytes).unwrap();
+        assert_eq!(Image::open(&cut).unwrap().format, Format::Squashfs);
+        // A SIF whose partition is no squashfs, though its descriptor says so.
+        let sif = dir.path().join("bad.sif");
+        let mut w = crate::sif::SifWriter::new(1_600_000_000);
+        w.add_bytes(
+            crate::sif::ObjectSpec::primary_squashfs("amd64"),
+            vec![0xaa; 5000],
+        )
+        .unwrap();
+        let f = File::options()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&sif)
+            .unwrap();
+        w.finish(&f, &sif).unwrap();
+        for e in [Image::open(&sif), Image::open_any(&sif)] {
+            let e = e.unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!(
+                    "image {}: squashfs partition at offset ",
+                    sif.display()
+                )),
+                "{e}"
+            );
+            assert!(e.contains(": no squashfs magic (`hsqs`): "), "{e}");
+        }
     }
 }
