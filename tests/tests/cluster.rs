@@ -1553,3 +1553,7 @@ fn containers_in_cluster() {
     down_and_check(cluster);
     let _ = std::fs::remove_dir_all(&images.dir);
 }
+
+/// The security suite's Slurm half (`tests/security/slurm.rs`), on this harness.
+#[path = "../security/slurm.rs"]
+mod security;

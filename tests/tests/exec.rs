@@ -1326,3 +1326,7 @@ fn hostile_image_files_are_bounded() {
     std::fs::remove_file(&sqfs).unwrap();
     assert_clean(fx);
 }
+
+/// The security suite's `slipway exec` half (`tests/security/exec.rs`), with these fixtures.
+#[path = "../security/exec.rs"]
+mod security;

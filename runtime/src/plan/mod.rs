@@ -303,6 +303,11 @@ pub struct Plan {
 pub trait HostFs {
     /// Whether `path` exists (following symlinks).
     fn exists(&self, path: &Path) -> bool;
+    /// The real path of `path` (symlinks resolved), where the launch binds it from: it opens
+    /// a user's bind source with no symlink followed. The path itself by default.
+    fn real(&self, path: &Path) -> PathBuf {
+        path.to_path_buf()
+    }
 }
 
 /// The real host file system.
@@ -311,6 +316,9 @@ pub struct RealFs;
 impl HostFs for RealFs {
     fn exists(&self, path: &Path) -> bool {
         path.exists()
+    }
+    fn real(&self, path: &Path) -> PathBuf {
+        std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
     }
 }
 
@@ -555,7 +563,9 @@ pub fn build(
         mounts.push(MountStep {
             dest: home.clone(),
             kind: MountKind::Bind {
-                source: home.clone(),
+                // Where the home really is (/home may be a link to /gpfs/home): the launch
+                // opens it without following symlinks.
+                source: fs.real(home),
                 recursive: false,
             },
             readonly: false,
@@ -668,6 +678,22 @@ pub fn build(
         });
     } else if bound_same(&mounts, &user_mounts) {
         cwd_bound = true;
+    } else if !policy.user_may_bind_real(host_cwd) {
+        // The working directory is the user's choice like a --bind source: the same trees.
+        let list: Vec<String> = p
+            .mounts
+            .user_allowed
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect();
+        skipped.push(Skipped {
+            what: format!("bind cwd {}", host_cwd.display()),
+            why: format!(
+                "outside the trees users may bind (mounts.user_allowed: {})",
+                list.join(", ")
+            ),
+            rule: policy.rule("mounts.user_allowed"),
+        });
     } else if SYSTEM_DIRS
         .iter()
         .any(|s| host_cwd == Path::new(s) || (*s != "/" && host_cwd.starts_with(s)))

@@ -300,6 +300,16 @@ impl LoadedPolicy {
         ))
     }
 
+    /// Whether the real (canonical) host path `real` lies under one of `mounts.user_allowed`:
+    /// what [`LoadedPolicy::check_user_bind`] decides, for a path that is real already (the
+    /// working directory, from `getcwd`).
+    pub fn user_may_bind_real(&self, real: &Path) -> bool {
+        self.policy.mounts.user_allowed.iter().any(|dir| {
+            let dir_real = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
+            real.starts_with(&dir_real)
+        })
+    }
+
     /// Does host variable `name` pass into the container? A name matching `env.deny` never
     /// passes; otherwise, without `cleanenv` it passes, and with `cleanenv` it passes only if
     /// it matches `env.pass`.
