@@ -230,8 +230,7 @@ pub fn slurmd_spool_dir() -> Option<String> {
     // configuration, whose layout is the installed <slurm/slurm.h>'s (Slurm loads the plugin
     // only if it was built for the same major.minor release).
     unsafe {
-        let p = libc::dlsym(libc::RTLD_DEFAULT, b"slurm_conf\0".as_ptr().cast())
-            as *const sys::slurm_conf_t;
+        let p = libc::dlsym(libc::RTLD_DEFAULT, c"slurm_conf".as_ptr()) as *const sys::slurm_conf_t;
         if p.is_null() {
             return None;
         }
