@@ -632,7 +632,11 @@ fn spank_plugin_in_cluster() {
         }
     }
 
-    let cluster = Cluster::up(4, Some((&so, "policy=/etc/slipway/policy.toml")));
+    // A named policy must exist (a missing one fails every container step): all defaults.
+    let policy = Path::new("/var/lib/slipway-spank-test-policy.toml");
+    std::fs::write(policy, "# every key at its default\n").unwrap();
+    let args = format!("policy={}", policy.display());
+    let cluster = Cluster::up(4, Some((&so, &args)));
     let plugstack = std::fs::read_to_string(cluster.dir.join("etc/plugstack.conf")).unwrap();
     assert!(
         plugstack.contains("libspank_slipway.so policy="),

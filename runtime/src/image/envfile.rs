@@ -157,7 +157,7 @@ pub fn parse(file: &str, text: &str) -> EnvScript {
 /// The most lines of one script reported as not applied; the rest are counted in one line.
 /// A script of a million unparsable lines would otherwise cost a million warnings (memory as
 /// root, the slurmd log, the user's terminal).
-pub const MAX_LEFTOVERS: usize = 20;
+pub const MAX_LEFTOVERS: usize = 10;
 
 /// Keeps `l` if fewer than [`MAX_LEFTOVERS`] are kept already, else counts it in `untold`.
 fn leave(out: &mut EnvScript, untold: &mut usize, l: Leftover) {
@@ -701,12 +701,17 @@ export J=""
         text.push_str(&"export A=\"$A$A\"\n".repeat(40));
         let (env, left) = run(&text, &[]);
         assert_eq!(env["A"].len(), 1 << 16);
-        // The first MAX_LEFTOVERS are listed, the other four counted in one line (line 0).
+        // The first MAX_LEFTOVERS are listed, the others counted in one line (line 0).
         let lines: Vec<usize> = left.iter().map(|l| l.line).collect();
         let mut want: Vec<usize> = (18..18 + MAX_LEFTOVERS).collect();
         want.push(0);
         assert_eq!(lines, want);
-        assert!(left[MAX_LEFTOVERS].why.starts_with("4 more"), "{left:?}");
+        assert!(
+            left[MAX_LEFTOVERS]
+                .why
+                .starts_with(&format!("{} more", 24 - MAX_LEFTOVERS)),
+            "{left:?}"
+        );
         assert!(
             left[0].why.starts_with("longer than 128 KiB"),
             "{:?}",
