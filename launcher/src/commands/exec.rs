@@ -122,7 +122,10 @@ pub fn build_plan(
     // bind sources the plan resolves) is read as the user would, as the SPANK plugin plans
     // with the job user's identity: root must not read for the user what they cannot.
     let _read_as = match opts.as_user {
-        Some(uid) if uid != 0 => Some(ReadAs::enter(&host)?),
+        Some(uid) if uid != 0 => {
+            let groups: Vec<u32> = host.groups.iter().map(|g| g.gid).collect();
+            Some(exec::creds::FsIdentity::enter(uid, host.user.gid, &groups)?)
+        }
         _ => None,
     };
     let image = Image::open(image)?;
@@ -171,59 +174,6 @@ fn image_env(image: &Image) -> Option<Vec<envfile::EnvScript>> {
             .map(|f| envfile::parse(&f.path, &f.content))
             .collect(),
     )
-}
-
-/// While alive, file access from this thread is checked as the container user's: the
-/// file-system uid and gid (setfsuid(2), setfsgid(2), which also drop the capabilities that
-/// bypass permission checks) and the supplementary groups (setgroups(2)). Root's again when
-/// dropped. Planning is single-threaded, so the process-wide groups are this thread's too.
-struct ReadAs {
-    /// Root's supplementary groups, restored on drop.
-    saved: Vec<libc::gid_t>,
-}
-
-impl ReadAs {
-    fn enter(host: &HostFacts) -> anyhow::Result<ReadAs> {
-        let (uid, gid) = (host.user.uid, host.user.gid);
-        let groups: Vec<libc::gid_t> = host.groups.iter().map(|g| g.gid).collect();
-        // SAFETY: a zero size only asks for the count.
-        let n = unsafe { libc::getgroups(0, std::ptr::null_mut()) };
-        let mut saved = vec![0 as libc::gid_t; n.max(0) as usize];
-        // SAFETY: `saved` has room for `n` groups.
-        let n = unsafe { libc::getgroups(n, saved.as_mut_ptr()) };
-        if n < 0 {
-            return Err(std::io::Error::last_os_error()).context("getgroups");
-        }
-        saved.truncate(n as usize);
-        // SAFETY: `groups` holds `groups.len()` gids.
-        if unsafe { libc::setgroups(groups.len(), groups.as_ptr()) } < 0 {
-            return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("setgroups for uid {uid}"));
-        }
-        let guard = ReadAs { saved };
-        // SAFETY: plain credential calls. Neither reports failure, so ask for the values back
-        // (an invalid id, -1, changes nothing and returns the current one).
-        let ok = unsafe {
-            libc::setfsgid(gid);
-            libc::setfsuid(uid);
-            libc::setfsgid(u32::MAX) as u32 == gid && libc::setfsuid(u32::MAX) as u32 == uid
-        };
-        if !ok {
-            anyhow::bail!("setfsuid/setfsgid to {uid}:{gid} did not take effect");
-        }
-        Ok(guard)
-    }
-}
-
-impl Drop for ReadAs {
-    fn drop(&mut self) {
-        // SAFETY: as in `enter`; back to root's identity and groups.
-        unsafe {
-            libc::setfsuid(0);
-            libc::setfsgid(0);
-            libc::setgroups(self.saved.len(), self.saved.as_ptr());
-        }
-    }
 }
 
 fn libc_geteuid() -> u32 {

@@ -12,6 +12,7 @@
 //! On failure nothing is left in the host namespace: every mount is made in the private mount
 //! namespace (gone with the process), loop devices are autoclear, squashfuse is killed.
 
+pub mod creds;
 pub mod fuse;
 pub mod loopdev;
 pub mod prefetch;
@@ -174,36 +175,8 @@ fn as_user<T>(plan: &Plan, f: impl FnOnce() -> Result<T, ExecError>) -> Result<T
     if plan.mode != Mode::Privileged || id.uid == 0 {
         return f();
     }
-    // SAFETY: a zero size only asks for the count.
-    let n = unsafe { libc::getgroups(0, std::ptr::null_mut()) };
-    if n < 0 {
-        return Err(sys_err("getgroups", "/"));
-    }
-    let mut saved = vec![0 as libc::gid_t; n as usize];
-    // SAFETY: saved has room for the count given.
-    let n = unsafe { libc::getgroups(n, saved.as_mut_ptr()) };
-    if n < 0 {
-        return Err(sys_err("getgroups", "/"));
-    }
-    saved.truncate(n as usize);
-    // SAFETY: plain credential calls with valid pointers.
-    unsafe {
-        if libc::setgroups(id.groups.len(), id.groups.as_ptr()) < 0 {
-            return Err(sys_err("setgroups", "/"));
-        }
-        libc::setfsgid(id.gid);
-        libc::setfsuid(id.uid);
-    }
-    let r = f();
-    // SAFETY: as above; back to root.
-    unsafe {
-        libc::setfsuid(0);
-        libc::setfsgid(0);
-        if libc::setgroups(saved.len(), saved.as_ptr()) < 0 {
-            return Err(sys_err("setgroups", "/"));
-        }
-    }
-    r
+    let _user = creds::FsIdentity::enter(id.uid, id.gid, &id.groups)?;
+    f()
 }
 
 /// Builds the container's mount namespace and moves the calling process into its root, keeping

@@ -645,7 +645,7 @@ pub fn build(
                 rule: bind_rule.clone(),
                 as_user: true,
             }),
-            Err(r) => refuse(&mut refused, what, r.message.clone(), r.rule.clone()),
+            Err(r) => refuse(&mut refused, what, r.message(), r.rule.clone()),
         }
     }
 

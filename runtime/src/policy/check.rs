@@ -54,13 +54,18 @@ pub struct Refusal {
     pub subject: String,
     /// Why, naming the rule's values, without the subject.
     pub reason: String,
-    /// `subject: reason`.
-    pub message: String,
+}
+
+impl Refusal {
+    /// `subject: reason`, the whole message.
+    pub fn message(&self) -> String {
+        self.to_string()
+    }
 }
 
 impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
+        write!(f, "{}: {}", self.subject, self.reason)
     }
 }
 
@@ -97,7 +102,6 @@ impl LoadedPolicy {
         Refusal {
             key: key.into(),
             rule: self.rule(key),
-            message: format!("{subject}: {reason}"),
             subject,
             reason,
         }
@@ -281,12 +285,8 @@ impl LoadedPolicy {
                 "users may not bind host paths (mounts.user_allowed is empty)".into(),
             ));
         }
-        for dir in allowed {
-            // An allowed tree may itself be a symlink (/home -> /gpfs/home).
-            let dir_real = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
-            if real.starts_with(&dir_real) {
-                return Ok(real);
-            }
+        if self.user_may_bind_real(&real) {
+            return Ok(real);
         }
         let shown = if real == src {
             show(src)
@@ -305,6 +305,7 @@ impl LoadedPolicy {
     /// working directory, from `getcwd`).
     pub fn user_may_bind_real(&self, real: &Path) -> bool {
         self.policy.mounts.user_allowed.iter().any(|dir| {
+            // An allowed tree may itself be a symlink (/home -> /gpfs/home).
             let dir_real = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
             real.starts_with(&dir_real)
         })

@@ -215,7 +215,7 @@ fn images_allowed() {
         .check_image(&image("/scratch/x\ny.sif", Format::Sif, 0, 0o644), &u)
         .unwrap_err();
     assert!(
-        r.message
+        r.message()
             .starts_with("image \"/scratch/x\\ny.sif\": not allowed"),
         "{r}"
     );
@@ -265,11 +265,11 @@ fn images_owners() {
         .unwrap_err();
     assert_eq!(r.key, "images.owners");
     assert!(
-        r.message.starts_with("image /x.sif: owned by ")
-            && r.message
+        r.message().starts_with("image /x.sif: owned by ")
+            && r.message()
                 .ends_with("not allowed by policy (images.owners: user = alice, root, 4242)"),
         "{}",
-        r.message
+        r.message()
     );
     // A name that does not exist admits nothing (and is no error: directory services fail).
     let p = ok("[images]\nowners = [\"no-such-user-xyz\"]\n");
@@ -297,7 +297,7 @@ fn images_formats() {
         .check_image(&image("/x", Format::Dir, 0, 0o755), &u)
         .unwrap_err();
     assert_eq!(
-        r.message,
+        r.message(),
         "image /x: format dir not allowed by policy (images.formats: sif)"
     );
     assert_eq!(r.rule, "policy.toml:2 (images.formats)");
@@ -501,19 +501,19 @@ fn mounts_user_allowed() {
     let r = p.check_user_bind(&outside).unwrap_err();
     assert_eq!(r.key, "mounts.user_allowed");
     assert!(
-        r.message
+        r.message()
             .contains("not allowed by policy (mounts.user_allowed: "),
         "{r}"
     );
     let r = p.check_user_bind(&data.join("escape")).unwrap_err();
-    assert!(r.message.contains("resolves to"), "{r}");
+    assert!(r.message().contains("resolves to"), "{r}");
     let r = p.check_user_bind(&data.join("missing")).unwrap_err();
-    assert!(r.message.contains("No such file or directory"), "{r}");
+    assert!(r.message().contains("No such file or directory"), "{r}");
     // Empty: nothing.
     let r = ok("[mounts]\nuser_allowed = []\n")
         .check_user_bind(&data)
         .unwrap_err();
-    assert!(r.message.contains("users may not bind host paths"), "{r}");
+    assert!(r.message().contains("users may not bind host paths"), "{r}");
 
     assert_eq!(
         err("[mounts]\nuser_allowed = [\"home\"]\n"),
