@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use super::*;
+use slipway_tests::swapper;
 
 /// A root-only file (0600) with `export LEAKED=<marker>`: what the user must never see.
 fn secret(fx: &Fx, name: &str) -> PathBuf {
@@ -133,32 +134,6 @@ fn env_scripts_are_bounded_in_all() {
     assert!(ru.ru_maxrss < 512 * 1024, "max RSS {} KiB", ru.ru_maxrss);
     let _ = std::fs::remove_file(&sqfs);
     assert_clean(fx);
-}
-
-/// Swaps `a` and `b` (`renameat2(RENAME_EXCHANGE)`) until `stop` is set.
-fn swapper(a: PathBuf, b: PathBuf, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
-    std::thread::spawn(move || {
-        use std::os::unix::ffi::OsStrExt;
-        let ca = std::ffi::CString::new(a.as_os_str().as_bytes()).unwrap();
-        let cb = std::ffi::CString::new(b.as_os_str().as_bytes()).unwrap();
-        let mut n = 0;
-        while !stop.load(Ordering::Relaxed) {
-            // SAFETY: two NUL-terminated paths.
-            let rc = unsafe {
-                libc::syscall(
-                    libc::SYS_renameat2,
-                    libc::AT_FDCWD,
-                    ca.as_ptr(),
-                    libc::AT_FDCWD,
-                    cb.as_ptr(),
-                    libc::RENAME_EXCHANGE,
-                )
-            };
-            assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
-            n += 1;
-        }
-        n
-    })
 }
 
 /// Finding 7: a bind source swapped with a symlink to `/etc` between the policy's check and

@@ -78,18 +78,13 @@ fn variant(images: &Images, name: &str, f: impl FnOnce(&Path)) -> PathBuf {
 /// Every attack of the security issue that goes through Slurm, on one 2-node cluster.
 #[test]
 fn hostile_users_through_slurm() {
-    if let Some(why) = cannot_run() {
+    if let Some(why) = cannot_run_containers() {
         return skip(&why);
-    }
-    for p in ["gcc", "mksquashfs", "squashfuse_ll", "losetup"] {
-        if !have(p) {
-            return skip(&format!("{p} missing"));
-        }
     }
     let _one = one_cluster();
     let so = plugin_so();
     user_with_group();
-    let images = make_images();
+    let images = make_images(false);
     std::fs::write(SECRET, "export LEAKED=cluster-secret\n").unwrap();
     std::fs::set_permissions(SECRET, std::fs::Permissions::from_mode(0o600)).unwrap();
     // Finding 1: environment scripts that are symlinks out of the image.
@@ -330,32 +325,7 @@ fn hostile_users_through_slurm() {
             .arg(&race),
     );
     let stop = Arc::new(AtomicBool::new(false));
-    let swapper = {
-        let (a, b, stop) = (race.join("d"), race.join("l"), stop.clone());
-        std::thread::spawn(move || {
-            let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let (ca, cb) = (
-                    std::ffi::CString::new(a.to_str().unwrap()).unwrap(),
-                    std::ffi::CString::new(b.to_str().unwrap()).unwrap(),
-                );
-                // SAFETY: two NUL-terminated paths.
-                let rc = unsafe {
-                    libc::syscall(
-                        libc::SYS_renameat2,
-                        libc::AT_FDCWD,
-                        ca.as_ptr(),
-                        libc::AT_FDCWD,
-                        cb.as_ptr(),
-                        libc::RENAME_EXCHANGE,
-                    )
-                };
-                assert_eq!(rc, 0);
-                n += 1;
-            }
-            n
-        })
-    };
+    let swapper = slipway_tests::swapper(race.join("d"), race.join("l"), stop.clone());
     let mounts = format!("--container-mounts={}:/x", race.join("d").display());
     for i in 0..20 {
         let name = format!("race{i}");

@@ -81,3 +81,75 @@ pub fn run_ok(cmd: &mut Command) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// The host's squashfs and squashfuse mounts (mount point and source), for leak checks.
+pub fn squash_mounts() -> Vec<String> {
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    mi.lines()
+        .filter(|l| l.contains("squashfuse") || l.contains(" squashfs "))
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let dash = f.iter().position(|x| *x == "-").unwrap_or(f.len() - 1);
+            format!("{} {}", f[4], f.get(dash + 2).unwrap_or(&""))
+        })
+        .collect()
+}
+
+/// Live squashfuse processes that hold a file below `root` open (sorted pids).
+pub fn squashfuse_holding(root: &std::path::Path) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        // A zombie holds nothing.
+        if !comm.starts_with("squashfuse") || stat.contains(") Z ") {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(e.path().join("fd")) else {
+            continue;
+        };
+        if fds
+            .flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t.starts_with(root)))
+        {
+            out.push(pid);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Swaps the paths `a` and `b` (`renameat2(RENAME_EXCHANGE)`) in a loop until `stop` is
+/// set, on a thread of its own; the thread returns how many swaps it made. The attacker of
+/// the time-of-check races: a directory and a symlink changing places.
+pub fn swapper(
+    a: PathBuf,
+    b: PathBuf,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    std::thread::spawn(move || {
+        let ca = std::ffi::CString::new(a.as_os_str().as_bytes()).unwrap();
+        let cb = std::ffi::CString::new(b.as_os_str().as_bytes()).unwrap();
+        let mut n = 0;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            // SAFETY: two NUL-terminated paths.
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_renameat2,
+                    libc::AT_FDCWD,
+                    ca.as_ptr(),
+                    libc::AT_FDCWD,
+                    cb.as_ptr(),
+                    libc::RENAME_EXCHANGE,
+                )
+            };
+            assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+            n += 1;
+        }
+        n
+    })
+}

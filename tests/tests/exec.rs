@@ -10,7 +10,9 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 use slipway_runtime::sif::{ObjectSpec, SifWriter};
-use slipway_tests::{have, is_root, run, run_ok, skip, slipway_bin};
+use slipway_tests::{
+    have, is_root, run, run_ok, skip, slipway_bin, squash_mounts, squashfuse_holding,
+};
 
 const USER: &str = "sliptest";
 
@@ -970,13 +972,13 @@ fn assert_clean(fx: &Fx) {
     // namespace's mounts are released: both happen just after the process exits.
     for _ in 0..100 {
         let loops = run_ok(Command::new("losetup").arg("-a"));
-        if squashfuse_on(fx).is_empty() && !loops.contains(root) {
+        if squashfuse_holding(&fx.root).is_empty() && !loops.contains(root) {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     assert_eq!(
-        squashfuse_on(fx),
+        squashfuse_holding(&fx.root),
         Vec::<u32>::new(),
         "squashfuse left running"
     );
@@ -992,50 +994,6 @@ fn assert_clean(fx: &Fx) {
     }
     let loops = run_ok(Command::new("losetup").arg("-a"));
     assert!(!loops.contains(root), "loop device left: {loops}");
-}
-
-/// The host's squashfs and squashfuse mounts (mount point and source).
-fn squash_mounts() -> Vec<String> {
-    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    mi.lines()
-        .filter(|l| l.contains("squashfuse") || l.contains(" squashfs "))
-        .map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            let dash = f.iter().position(|x| *x == "-").unwrap_or(f.len() - 1);
-            format!("{} {}", f[4], f.get(dash + 2).unwrap_or(&""))
-        })
-        .collect()
-}
-
-/// squashfuse processes that hold one of the fixture images open.
-fn squashfuse_on(fx: &Fx) -> Vec<u32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
-        if !comm.starts_with("squashfuse") {
-            continue;
-        }
-        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-        if stat.contains(") Z ") {
-            continue; // a zombie holds nothing
-        }
-        let Ok(fds) = std::fs::read_dir(e.path().join("fd")) else {
-            continue;
-        };
-        for fd in fds.flatten() {
-            if let Ok(t) = std::fs::read_link(fd.path()) {
-                if t.starts_with(&fx.root) {
-                    out.push(pid);
-                }
-            }
-        }
-    }
-    out.sort();
-    out.dedup();
-    out
 }
 
 #[test]

@@ -10,7 +10,9 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use slipway_tests::{have, is_root, run, run_ok, skip, slipway_bin};
+use slipway_tests::{
+    have, is_root, run, run_ok, skip, slipway_bin, squash_mounts, squashfuse_holding,
+};
 
 const USER: &str = "sliptest";
 
@@ -195,12 +197,16 @@ fn assert_clean(fx: &Fx, tmp: &Path) {
     // squashfuse is killed and the loop device cleared just after the process exits.
     for _ in 0..100 {
         let loops = run_ok(Command::new("losetup").arg("-a"));
-        if squashfuse_on(fx).is_empty() && !loops.contains(root) {
+        if squashfuse_holding(&fx.root).is_empty() && !loops.contains(root) {
             break;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(squashfuse_on(fx), Vec::<u32>::new(), "squashfuse left");
+    assert_eq!(
+        squashfuse_holding(&fx.root),
+        Vec::<u32>::new(),
+        "squashfuse left"
+    );
     for l in squash_mounts() {
         assert!(fx.squash_before.contains(&l), "mount left on the host: {l}");
     }
@@ -216,44 +222,6 @@ fn assert_clean(fx: &Fx, tmp: &Path) {
         .map(|e| e.path())
         .collect();
     assert!(left.is_empty(), "left in TMPDIR: {left:?}");
-}
-
-/// The host's squashfs and squashfuse mounts (mount point and source).
-fn squash_mounts() -> Vec<String> {
-    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    mi.lines()
-        .filter(|l| l.contains("squashfuse") || l.contains(" squashfs "))
-        .map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            let dash = f.iter().position(|x| *x == "-").unwrap_or(f.len() - 1);
-            format!("{} {}", f[4], f.get(dash + 2).unwrap_or(&""))
-        })
-        .collect()
-}
-
-/// squashfuse processes that hold a file of the fixtures open.
-fn squashfuse_on(fx: &Fx) -> Vec<u32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
-        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-        if !comm.starts_with("squashfuse") || stat.contains(") Z ") {
-            continue;
-        }
-        let Ok(fds) = std::fs::read_dir(e.path().join("fd")) else {
-            continue;
-        };
-        if fds
-            .flatten()
-            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t.starts_with(&fx.root)))
-        {
-            out.push(pid);
-        }
-    }
-    out
 }
 
 /// A fresh `TMPDIR` that anyone may write to, as /tmp.
