@@ -55,15 +55,6 @@ pub const EXTERN_STEP: u32 = 0xffff_fffc;
 pub const INTERACTIVE_STEP: u32 = 0xffff_fffa;
 
 impl StepInfo {
-    /// A variable of the job's environment.
-    pub fn var(&self, name: &str) -> Option<&str> {
-        self.env
-            .iter()
-            .rev()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-
     /// The directory of Slurm's PMIx server for this step (`<spool>/pmix.<job>.<step>`, as
     /// Slurm's mpi/pmix plugin names it), if it exists as a real directory (no symlink on the
     /// way) owned by root or the job's user.
@@ -180,8 +171,7 @@ pub fn image_path(request: &ContainerRequest, step: &StepInfo) -> Option<PathBuf
 /// admin named in plugstack.conf must exist.
 pub fn load_policy(config: &Config) -> Result<LoadedPolicy, EntryError> {
     let named = config.policy_named.then_some(config.policy.as_path());
-    let policy = LoadedPolicy::load(named, true).map_err(|e| EntryError::Policy(e.to_string()))?;
-    Ok(policy)
+    LoadedPolicy::load(named, true).map_err(|e| EntryError::Policy(e.to_string()))
 }
 
 /// The spool directory: the plugin's `spool_dir=`, else `SlurmdSpoolDir` as slurmstepd's
@@ -265,26 +255,14 @@ pub fn build_plan(
         ..Default::default()
     };
     let mut plan = plan::build(&req, policy, &host, &image, &RealFs)
-        .map_err(|e| EntryError::Plan(undouble(&e.to_string())))?;
-    plan.check()
-        .map_err(|e| EntryError::Plan(undouble(&e.to_string())))?;
+        .map_err(|e| EntryError::Plan(e.to_string()))?;
+    plan.check().map_err(|e| EntryError::Plan(e.to_string()))?;
     add_slurm_mounts(
         &mut plan,
         policy.policy.tmp.mode,
         step.pmix_server_dir().as_deref(),
     );
     Ok(plan)
-}
-
-/// `image X: image X: why` (the plan's subject, then the policy's message that names it
-/// again) as `image X: why`.
-pub fn undouble(msg: &str) -> String {
-    if let Some((head, rest)) = msg.split_once(": ") {
-        if let Some(tail) = rest.strip_prefix(&format!("{head}: ")) {
-            return format!("{head}: {tail}");
-        }
-    }
-    msg.to_string()
 }
 
 /// What Slurm and PMIx need at the same paths inside. With `tmp.mode = "host"` the node's
@@ -613,18 +591,6 @@ mod tests {
             }
         );
         assert_eq!(host.mounts.len(), 1);
-    }
-
-    #[test]
-    fn a_doubled_subject_is_said_once() {
-        assert_eq!(
-            undouble("image /a.sif: image /a.sif: not allowed by policy [rule]"),
-            "image /a.sif: not allowed by policy [rule]"
-        );
-        assert_eq!(
-            undouble("bind /a:/b: source does not exist"),
-            "bind /a:/b: source does not exist"
-        );
     }
 
     #[test]

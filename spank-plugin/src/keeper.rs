@@ -196,12 +196,18 @@ fn readable_within(sock: &UnixStream, wait: Duration) -> Result<bool, EntryError
 /// `/sys/fs/fuse/connections/N/abort`, N the mount's device minor): a process blocked on a
 /// FUSE server that does not answer (stopped by its owner) is released at once.
 fn abort_fuse_of(pid: libc::pid_t) {
-    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")) else {
-        return;
-    };
-    for minor in fuse_minors(&text) {
-        let _ = std::fs::write(format!("/sys/fs/fuse/connections/{minor}/abort"), "1");
+    // slurmstepd runs user_init with the user's effective uid, and the abort files are
+    // root's: look with root's file-system identity for these calls (setfsuid is per thread,
+    // and allowed since the real uid is 0), then back.
+    // SAFETY: plain credential calls.
+    let before = unsafe { libc::setfsuid(0) } as libc::uid_t;
+    if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")) {
+        for minor in fuse_minors(&text) {
+            let _ = std::fs::write(format!("/sys/fs/fuse/connections/{minor}/abort"), "1");
+        }
     }
+    // SAFETY: as above.
+    unsafe { libc::setfsuid(before) };
 }
 
 /// The device minors of the FUSE mounts in a `mountinfo` text.

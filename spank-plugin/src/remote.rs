@@ -46,20 +46,15 @@ pub fn user_init(sp: Spank) -> Result<(), Error> {
             step.job_id, step.step_id, step.uid
         ));
         let config = st.config.clone().unwrap_or_default();
-        let policy = match &st.policy {
-            Some(Ok(p)) => p.clone(),
-            Some(Err(e)) => {
-                let e = e.clone();
-                keep_for_tasks(&mut st.pending_error, &step, e);
-                st.request = Some(request);
-                return Ok(());
-            }
-            None => {
-                keep_for_tasks(
-                    &mut st.pending_error,
-                    &step,
-                    "policy not loaded (slurm_spank_init did not run)".into(),
+        // Loaded as root by slurm_spank_init; needed once, for this step.
+        let policy = match st.policy.take() {
+            Some(Ok(p)) => p,
+            other => {
+                let e = other.map_or_else(
+                    || "policy not loaded (slurm_spank_init did not run)".into(),
+                    |r| r.err().unwrap_or_default(),
                 );
+                keep_for_tasks(&mut st.pending_error, &step, e);
                 st.request = Some(request);
                 return Ok(());
             }
