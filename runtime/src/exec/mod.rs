@@ -13,11 +13,23 @@
 //! namespace (gone with the process), loop devices are autoclear, squashfuse is killed.
 
 pub mod creds;
+mod enter;
 pub mod fuse;
+pub mod image_files;
 pub mod loopdev;
 pub mod prefetch;
 pub mod rootfs;
 pub mod sys;
+
+pub use enter::{
+    apply_env, chdir, drop_bounding_set, drop_identity, enter_namespace, environ, exec,
+    set_no_new_privs,
+};
+use image_files::identity_files;
+pub use image_files::{
+    read_env_scripts, MAX_ENV_DIR_ENTRIES, MAX_ENV_SCRIPT, MAX_ENV_SCRIPTS, MAX_ENV_SCRIPTS_TOTAL,
+    MAX_IDENTITY_FILE, MAX_WARNINGS,
+};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::CString;
@@ -29,8 +41,8 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Child;
 
-use crate::image::envfile::{self, EnvScript};
-use crate::plan::{ImageMount, Mode, MountKind, Plan, PlanError, IMAGE_ENV_DIR};
+use crate::image::envfile;
+use crate::plan::{ImageMount, Mode, MountKind, Plan, PlanError};
 use sys::{
     Sys, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY, RESOLVE_IN_ROOT,
     RESOLVE_NO_MAGICLINKS,
@@ -844,187 +856,6 @@ fn write_file(p: &Path, text: &str) -> Result<(), ExecError> {
         .map_err(|e| io_err("write", p, e))
 }
 
-/// The largest `/etc/passwd` or `/etc/group` read from an image (about 200,000 entries).
-pub const MAX_IDENTITY_FILE: u64 = 16 * 1024 * 1024;
-
-/// The largest image environment script read (larger ones are reported, not applied).
-pub const MAX_ENV_SCRIPT: u64 = 1024 * 1024;
-
-/// Reads `/etc/passwd` or `/etc/group` of the image (`img_fd`), resolving it inside the image.
-/// `None` (with a warning) when it cannot be opened, e.g. not readable by the user in
-/// unprivileged mode: the container's file then has only the user's entries. A file that is
-/// not a regular one or is too long is an error: it is the image's fault, not the user's.
-/// Bytes that are not UTF-8 (a Latin-1 GECOS field) are replaced.
-fn read_image_file(
-    img_fd: &OwnedFd,
-    path: &str,
-    warnings: &mut Vec<String>,
-) -> Result<Option<String>, ExecError> {
-    let rel = Path::new(path.trim_start_matches('/'));
-    match sys::read_in(img_fd.as_fd(), rel, MAX_IDENTITY_FILE) {
-        Ok(b) => Ok(b.map(|b| String::from_utf8_lossy(&b).into_owned())),
-        Err(e @ sys::Unreadable::Open(_)) | Err(e @ sys::Unreadable::Read(_)) => {
-            warnings.push(format!(
-                "image {path}: {e}; the container's {path} has only your entries"
-            ));
-            Ok(None)
-        }
-        Err(e) => Err(ExecError::ImageFile {
-            path: path.into(),
-            why: format!("{e} (the container's {path} is built from it: fix it in the image)"),
-        }),
-    }
-}
-
-/// The image's `/etc/passwd` and `/etc/group` with the user's entries (replacing any of the
-/// same id or name).
-fn identity_files(
-    sys: &dyn Sys,
-    plan: &Plan,
-    img_fd: &OwnedFd,
-    warnings: &mut Vec<String>,
-) -> Result<(String, String), ExecError> {
-    let id = &plan.identity;
-    let mut line: Vec<String> = id.passwd_line.split(':').map(String::from).collect();
-    // A shell the image lacks would make login shells fail: use /bin/sh.
-    if let Some(shell) = line.get(6) {
-        // Resolved inside the image, as the kernel will when the shell is run.
-        let exists = !shell.is_empty()
-            && sys
-                .open_in(
-                    img_fd.as_fd(),
-                    Path::new(shell.trim_start_matches('/')),
-                    RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
-                )
-                .is_ok();
-        if !exists {
-            line[6] = "/bin/sh".into();
-        }
-    }
-    let ours = line.join(":");
-    let merge = |base: Option<String>, add: &[String]| {
-        let keys: BTreeSet<(String, String)> = add
-            .iter()
-            .map(|l| {
-                let f: Vec<&str> = l.split(':').collect();
-                (f[0].to_string(), f.get(2).unwrap_or(&"").to_string())
-            })
-            .collect();
-        let mut out = String::new();
-        for l in base.unwrap_or_default().lines() {
-            let f: Vec<&str> = l.split(':').collect();
-            let clash = keys
-                .iter()
-                .any(|(n, i)| f.first() == Some(&n.as_str()) || f.get(2) == Some(&i.as_str()));
-            if !clash && !l.trim().is_empty() {
-                out.push_str(l);
-                out.push('\n');
-            }
-        }
-        for l in add {
-            out.push_str(l);
-            out.push('\n');
-        }
-        out
-    };
-    Ok((
-        merge(read_image_file(img_fd, "/etc/passwd", warnings)?, &[ours]),
-        merge(
-            read_image_file(img_fd, "/etc/group", warnings)?,
-            &id.group_lines,
-        ),
-    ))
-}
-
-/// The most environment scripts applied from one image (Apptainer's own images have about
-/// ten); the others are reported in one line.
-pub const MAX_ENV_SCRIPTS: usize = 128;
-
-/// The most bytes of environment scripts read from one image, all scripts together.
-pub const MAX_ENV_SCRIPTS_TOTAL: u64 = 4 * 1024 * 1024;
-
-/// The most names of the environment directory looked at: past that the directory is not
-/// read at all (a directory of millions of entries would cost time and memory as root).
-pub const MAX_ENV_DIR_ENTRIES: usize = 4096;
-
-/// The most lines of the image's unapplied environment reported (the rest are counted).
-pub const MAX_WARNINGS: usize = 20;
-
-/// Reads and parses `/.singularity.d/env/*.sh` of the image whose root is `image`, in name
-/// order. The directory and each script are opened inside the image (`RESOLVE_IN_ROOT`: no
-/// symlink leads out of it) and on its own mount (`RESOLVE_NO_XDEV`: nothing bound into the
-/// container is ever read), without blocking; a script is read only if it is a regular file
-/// of at most [`MAX_ENV_SCRIPT`] bytes of UTF-8 text, and at most [`MAX_ENV_SCRIPTS`] scripts
-/// and [`MAX_ENV_SCRIPTS_TOTAL`] bytes are read in all. Anything else is reported as not
-/// applied, with the reason. Call it with the user's file-system identity.
-pub fn read_env_scripts(image: std::os::fd::BorrowedFd) -> Vec<EnvScript> {
-    use std::os::unix::ffi::OsStrExt;
-    let rel_dir = Path::new(IMAGE_ENV_DIR.trim_start_matches('/'));
-    let how = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS | sys::RESOLVE_NO_XDEV;
-    let Ok(dir) = sys::Linux.open_in(image, rel_dir, how) else {
-        return Vec::new();
-    };
-    let Ok(mut list) = nix::dir::Dir::openat(
-        Some(dir.as_raw_fd()),
-        ".",
-        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
-    ) else {
-        return Vec::new();
-    };
-    let mut names: Vec<std::ffi::OsString> = Vec::new();
-    for (i, e) in list.iter().enumerate() {
-        if i >= MAX_ENV_DIR_ENTRIES {
-            return vec![EnvScript::unreadable(
-                IMAGE_ENV_DIR,
-                &format!("more than {MAX_ENV_DIR_ENTRIES} entries: no script applied"),
-            )];
-        }
-        let Ok(e) = e else { break };
-        let n = std::ffi::OsStr::from_bytes(e.file_name().to_bytes());
-        if Path::new(n).extension().is_some_and(|x| x == "sh") {
-            names.push(n.to_os_string());
-        }
-    }
-    names.sort();
-    let mut out = Vec::new();
-    let mut budget = MAX_ENV_SCRIPTS_TOTAL;
-    for (i, n) in names.iter().enumerate() {
-        let name = format!("{IMAGE_ENV_DIR}/{}", n.to_string_lossy());
-        if i == MAX_ENV_SCRIPTS {
-            out.push(EnvScript::unreadable(
-                &name,
-                &format!(
-                    "this and {} more scripts not read (at most {MAX_ENV_SCRIPTS})",
-                    names.len() - i - 1
-                ),
-            ));
-            break;
-        }
-        let max = MAX_ENV_SCRIPT.min(budget);
-        let script = match sys::read_in(image, &rel_dir.join(n), max) {
-            Ok(Some(b)) => {
-                budget -= b.len() as u64;
-                match String::from_utf8(b) {
-                    Ok(text) => envfile::parse(&name, &text),
-                    Err(_) => EnvScript::unreadable(&name, "not UTF-8 text"),
-                }
-            }
-            Ok(None) => EnvScript::unreadable(&name, "not found: a dangling symlink?"),
-            Err(sys::Unreadable::TooLong(_)) if max < MAX_ENV_SCRIPT => EnvScript::unreadable(
-                &name,
-                &format!(
-                    "not read: the image's scripts exceed {} MiB in all",
-                    MAX_ENV_SCRIPTS_TOTAL >> 20
-                ),
-            ),
-            Err(e) => EnvScript::unreadable(&name, &e.to_string()),
-        };
-        out.push(script);
-    }
-    out
-}
-
 /// Opens a user's bind source (a real path, checked by the plan) with no symlink followed;
 /// see [`sys::open_path_no_symlinks`].
 fn open_user_source(source: &Path) -> Result<OwnedFd, ExecError> {
@@ -1040,196 +871,6 @@ fn open_user_source(source: &Path) -> Result<OwnedFd, ExecError> {
             why: e.to_string(),
         },
     })
-}
-
-/// Joins a prepared container's namespaces (user first, then mount), for a process that did
-/// not prepare it (a Slurm task).
-pub fn enter_namespace(p: &Prepared) -> Result<(), ExecError> {
-    if let Some(u) = &p.user_ns {
-        // SAFETY: setns with an owned namespace fd.
-        if unsafe { libc::setns(u.as_raw_fd(), libc::CLONE_NEWUSER) } < 0 {
-            return Err(sys_err("setns", "user namespace"));
-        }
-    }
-    let Some(mnt) = &p.mnt_ns else {
-        return Err(ExecError::MountPoint {
-            dest: "/".into(),
-            why: "prepared without namespace fds (prepare_for_exec): nothing to join".into(),
-        });
-    };
-    // SAFETY: as above.
-    if unsafe { libc::setns(mnt.as_raw_fd(), libc::CLONE_NEWNS) } < 0 {
-        return Err(sys_err("setns", "mount namespace"));
-    }
-    Ok(())
-}
-
-/// Becomes the container user for good: empty capability bounding set, the user's groups
-/// (privileged mode), gid, uid, no capabilities, `no_new_privs`.
-pub fn drop_identity(plan: &Plan) -> Result<(), ExecError> {
-    let id = &plan.identity;
-    drop_bounding_set()?;
-    // SAFETY: credential calls with valid arguments.
-    unsafe {
-        if plan.mode == Mode::Privileged && libc::setgroups(id.groups.len(), id.groups.as_ptr()) < 0
-        {
-            return Err(sys_err("setgroups", &id.user));
-        }
-        if libc::setresgid(id.gid, id.gid, id.gid) < 0 {
-            return Err(sys_err("setresgid", &id.user));
-        }
-        if libc::setresuid(id.uid, id.uid, id.uid) < 0 {
-            return Err(sys_err("setresuid", &id.user));
-        }
-    }
-    // capset(2) with version 3 and all sets empty.
-    #[repr(C)]
-    struct Header {
-        version: u32,
-        pid: i32,
-    }
-    #[repr(C)]
-    #[derive(Clone, Copy)]
-    struct Data {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    let hdr = Header {
-        version: 0x2008_0522,
-        pid: 0,
-    };
-    let data = [Data {
-        effective: 0,
-        permitted: 0,
-        inheritable: 0,
-    }; 2];
-    // SAFETY: header and two data structs, as capset v3 takes.
-    if unsafe { libc::syscall(libc::SYS_capset, &hdr as *const Header, data.as_ptr()) } < 0 {
-        return Err(sys_err("capset", &id.user));
-    }
-    // SAFETY: prctl with integer arguments.
-    unsafe {
-        libc::prctl(
-            libc::PR_CAP_AMBIENT,
-            libc::PR_CAP_AMBIENT_CLEAR_ALL,
-            0,
-            0,
-            0,
-        );
-    }
-    set_no_new_privs()
-}
-
-/// Empties the capability bounding set (needs `CAP_SETPCAP`; the capabilities the process
-/// has now stay until it changes identity or execs): nothing executed later, setuid-root or
-/// with file capabilities, can gain a capability.
-pub fn drop_bounding_set() -> Result<(), ExecError> {
-    // Every capability the kernel knows, up to the first it does not (EINVAL): no need to read
-    // /proc/sys/kernel/cap_last_cap.
-    for cap in 0..=255 as libc::c_ulong {
-        // SAFETY: prctl with integer arguments.
-        if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } < 0 {
-            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) && cap > 0 {
-                break;
-            }
-            return Err(sys_err("prctl(PR_CAPBSET_DROP)", format!("cap {cap}")));
-        }
-    }
-    Ok(())
-}
-
-/// Sets `no_new_privs`: no `execve` from here on grants privileges (setuid, file
-/// capabilities).
-pub fn set_no_new_privs() -> Result<(), ExecError> {
-    // SAFETY: prctl with integer arguments.
-    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } < 0 {
-        return Err(sys_err("prctl(PR_SET_NO_NEW_PRIVS)", "self"));
-    }
-    Ok(())
-}
-
-/// Replaces the process environment with `env` (for a caller that execs by itself).
-pub fn apply_env(env: &BTreeMap<String, String>) {
-    let old: Vec<_> = std::env::vars_os().map(|(k, _)| k).collect();
-    for k in old {
-        std::env::remove_var(k);
-    }
-    for (k, v) in env {
-        std::env::set_var(k, v);
-    }
-}
-
-/// `K=V` strings for `execve`.
-pub fn environ(env: &BTreeMap<String, String>) -> Vec<CString> {
-    env.iter()
-        .filter_map(|(k, v)| CString::new(format!("{k}={v}")).ok())
-        .collect()
-}
-
-/// Changes to the plan's working directory. A `--pwd` that does not exist is an error; a
-/// derived one falls back to `/` (returned as a warning).
-pub fn chdir(plan: &Plan) -> Result<Option<String>, ExecError> {
-    let p = &plan.cwd.path;
-    match std::env::set_current_dir(p) {
-        Ok(()) => Ok(None),
-        Err(e) if plan.cwd.rule != "--pwd" => {
-            std::env::set_current_dir("/").map_err(|e| io_err("chdir", "/", e))?;
-            Ok(Some(format!("cannot enter {}: {e}; using /", p.display())))
-        }
-        Err(e) => Err(io_err("chdir", p, e)),
-    }
-}
-
-/// Executes the plan's command with `env` (searching the container's `PATH` for a bare
-/// name). Returns only on failure.
-pub fn exec(plan: &Plan, env: &BTreeMap<String, String>) -> ExecError {
-    let envp = environ(env);
-    let mut envp_ptrs: Vec<*const libc::c_char> = envp.iter().map(|c| c.as_ptr()).collect();
-    envp_ptrs.push(std::ptr::null());
-    let argv: Vec<CString> = plan
-        .command
-        .iter()
-        .filter_map(|a| CString::new(a.as_bytes()).ok())
-        .collect();
-    let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|c| c.as_ptr()).collect();
-    argv_ptrs.push(std::ptr::null());
-    let cmd = &plan.command[0];
-    let mut candidates: Vec<PathBuf> = if cmd.contains('/') {
-        vec![PathBuf::from(cmd)]
-    } else {
-        env.get("PATH")
-            .map(String::as_str)
-            .unwrap_or(crate::plan::DEFAULT_PATH)
-            .split(':')
-            .filter(|d| !d.is_empty())
-            .map(|d| Path::new(d).join(cmd))
-            .collect()
-    };
-    if plan.shell_fallback {
-        candidates.push("/bin/sh".into());
-    }
-    let mut err = std::io::Error::from_raw_os_error(libc::ENOENT);
-    for c in candidates {
-        let Ok(path) = CString::new(c.as_os_str().as_bytes()) else {
-            continue;
-        };
-        if plan.shell_fallback && c == Path::new("/bin/sh") {
-            // The fallback shell gets its own name as argv[0].
-            argv_ptrs[0] = path.as_ptr();
-        }
-        // SAFETY: path, argv and envp are NUL-terminated arrays of valid C strings.
-        unsafe { libc::execve(path.as_ptr(), argv_ptrs.as_ptr(), envp_ptrs.as_ptr()) };
-        let e = std::io::Error::last_os_error();
-        // Keep the most telling error (EACCES over ENOENT), as execvp does.
-        if e.raw_os_error() != Some(libc::ENOENT) {
-            err = e;
-        }
-    }
-    ExecError::Exec {
-        command: cmd.clone(),
-        err,
-    }
 }
 
 #[cfg(test)]
