@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use slipway_runtime::exec::{self, sys::Linux};
-use slipway_runtime::host::HostFacts;
+use slipway_runtime::host::{devices, HostFacts};
 use slipway_runtime::image::{envfile, Image};
 use slipway_runtime::plan::{self, bind, Plan, RealFs, Request};
 use slipway_runtime::policy::LoadedPolicy;
@@ -39,6 +39,10 @@ pub struct Opts {
     /// A tmpfs overlay over the image: writes succeed and are lost at exit.
     #[arg(long)]
     pub writable_tmpfs: bool,
+    /// The node's NVIDIA GPUs (those the job has) with the host's driver (also from
+    /// $SLIPWAY_NV, $APPTAINER_NV, $SINGULARITY_NV).
+    #[arg(long)]
+    pub nv: bool,
     /// Policy file (default /etc/slipway/policy.toml; built-in defaults if it is missing).
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
@@ -116,8 +120,16 @@ pub fn build_plan(
     if opts.as_user.is_some() && euid != 0 {
         anyhow::bail!("--as-user is for root only");
     }
-    let host = HostFacts::gather(opts.as_user).context("host facts")?;
+    let mut host = HostFacts::gather(opts.as_user).context("host facts")?;
     let policy = LoadedPolicy::load(opts.policy.as_deref(), euid == 0)?;
+    let nv = opts.nv || nv_from_env();
+    host.devices = devices::gather(
+        &policy.policy,
+        nv,
+        &host.env,
+        &devices::short_hostname(),
+        euid == 0,
+    );
     // The policy is root's to read; everything after it (the image, the --env-file, the
     // bind sources the plan resolves) is read as the user would, as the SPANK plugin plans
     // with the job user's identity: root must not read for the user what they cannot.
@@ -157,6 +169,7 @@ pub fn build_plan(
         contain: opts.contain,
         no_home: opts.no_home,
         writable_tmpfs: opts.writable_tmpfs,
+        nv,
         // `explain` shows the image's environment, read without mounting; the launch reads it
         // from the mounted image instead (no second pass over the file).
         image_env: read_image_env.then(|| image_env(&image)).flatten(),
@@ -174,6 +187,21 @@ fn image_env(image: &Image) -> Option<Vec<envfile::EnvScript>> {
             .map(|f| envfile::parse(&f.path, &f.content))
             .collect(),
     )
+}
+
+/// `$SLIPWAY_NV`, `$APPTAINER_NV` or `$SINGULARITY_NV` set to a true value (Apptainer's
+/// spelling: anything but empty, `0`, `false`, `no`).
+fn nv_from_env() -> bool {
+    ["SLIPWAY_NV", "APPTAINER_NV", "SINGULARITY_NV"]
+        .iter()
+        .any(|k| {
+            std::env::var(k).is_ok_and(|v| {
+                !matches!(
+                    v.to_ascii_lowercase().as_str(),
+                    "" | "0" | "false" | "no" | "off"
+                )
+            })
+        })
 }
 
 fn libc_geteuid() -> u32 {

@@ -422,7 +422,7 @@ fn prepare_inner(
     // Files of the image are read from the image's own mount (never through a bind: the
     // reads below do not cross mount points), before anything is mounted into it, and with
     // the user's file-system identity: root reads nothing the user could not.
-    let mut warnings = Vec::new();
+    let mut warnings = plan.warnings.clone();
     let (passwd, group) = as_user(plan, || identity_files(sys, plan, &img_fd, &mut warnings))?;
     let scripts = as_user(plan, || Ok(read_env_scripts(img_fd.as_fd())))?;
     let generated = |file: &str| if file == "passwd" { &passwd } else { &group };

@@ -21,6 +21,7 @@ fn unprivileged_sequence_on_a_directory_image() {
         std::fs::create_dir(d).unwrap();
     }
     let host = HostFacts {
+        devices: Default::default(),
         euid: 1000,
         user: UserInfo {
             uid: 1000,

@@ -6,6 +6,7 @@
 //! Slipway default that needs it), so `explain` can answer "why is this here?".
 
 pub mod bind;
+mod devices;
 mod render;
 
 use std::collections::BTreeMap;
@@ -66,6 +67,8 @@ pub struct Request {
     pub no_home: bool,
     /// `--writable-tmpfs`.
     pub writable_tmpfs: bool,
+    /// `--nv` (`--container-nv`): the node's NVIDIA GPUs (those the job has) and driver.
+    pub nv: bool,
     /// The image's environment scripts when known ahead (`explain` reads them without
     /// mounting); shown by `explain`. The launch itself reads them from the mounted image.
     pub image_env: Option<Vec<EnvScript>>,
@@ -197,6 +200,8 @@ pub enum EnvAction {
     Drop,
     /// A variable is set to a value.
     Set,
+    /// A directory is appended to a `:` list (after the image's scripts).
+    Append,
 }
 
 /// One environment decision.
@@ -293,6 +298,10 @@ pub struct Plan {
     pub command: Vec<String>,
     /// `slipway shell`: try `/bin/sh` if the command is missing.
     pub shell_fallback: bool,
+    /// What the device steps are based on (GPU selection, driver list, fabric notes).
+    pub devices: Vec<Skipped>,
+    /// Said to the user before the command starts (`gpu.missing = "warn"`).
+    pub warnings: Vec<String>,
     /// Configured or requested steps that will not happen (not errors).
     pub skipped: Vec<Skipped>,
     /// Requests refused: the launch will not start while this is not empty.
@@ -464,6 +473,11 @@ pub fn build(
     mounts.push(bind("/dev/pts", "/dev/pts", false, false, false, BASE));
     mounts.push(node("/dev/ptmx"));
     mounts.push(bind("/dev/shm", "/dev/shm", false, false, true, BASE));
+    // GPUs and fabric devices (device nodes in the minimal /dev, the driver's files).
+    let dev = devices::steps(req, policy, host);
+    mounts.extend(dev.mounts);
+    skipped.extend(dev.skipped);
+    refused.extend(dev.refused);
     let links = [
         ("/dev/fd", "/proc/self/fd"),
         ("/dev/stdin", "/proc/self/fd/0"),
@@ -792,7 +806,18 @@ pub fn build(
             });
             continue;
         }
-        let d = policy.env_passes(k, req.cleanenv);
+        let mut d = policy.env_passes(k, req.cleanenv);
+        // A bound fabric's tuning variables pass even with --cleanenv, unless denied.
+        if !d.allowed
+            && dev.fabric_env
+            && crate::host::fabric::FABRIC_ENV
+                .iter()
+                .any(|p| crate::policy::env_matches(p, k))
+            && policy.env_passes(k, false).allowed
+        {
+            d.allowed = true;
+            d.rule = "slipway (fabric devices are bound: their variables pass)".into();
+        }
         decisions.push(EnvDecision {
             name: k.clone(),
             action: if d.allowed {
@@ -840,6 +865,7 @@ pub fn build(
             });
         }
     }
+    decisions.extend(dev.env);
     for (k, v) in &req.env {
         if !crate::image::envfile::valid_name(k) {
             return Err(PlanError::Invalid(format!(
@@ -905,6 +931,8 @@ pub fn build(
         cwd,
         command: req.command.clone(),
         shell_fallback: req.shell,
+        devices: dev.notes,
+        warnings: dev.warnings,
         skipped,
         refused,
     })
@@ -990,7 +1018,8 @@ impl Plan {
             .env
             .decisions
             .iter()
-            .filter(|d| d.action == EnvAction::Set && d.value.is_some())
+            .filter(|d| d.action != EnvAction::Pass && d.action != EnvAction::Drop)
+            .filter(|d| d.value.is_some())
             .partition(|d| d.origin == "slipway" || d.origin == "identity");
         for d in before {
             env.insert(d.name.clone(), d.value.clone().unwrap_or_default());
@@ -1001,7 +1030,21 @@ impl Plan {
             leftovers.extend(late);
         }
         for d in after {
-            env.insert(d.name.clone(), d.value.clone().unwrap_or_default());
+            let v = d.value.clone().unwrap_or_default();
+            if d.action == EnvAction::Append {
+                let cur = env.get(&d.name).cloned().unwrap_or_default();
+                if cur.split(':').any(|e| e == v) {
+                    continue;
+                }
+                let joined = if cur.is_empty() {
+                    v
+                } else {
+                    format!("{cur}:{v}")
+                };
+                env.insert(d.name.clone(), joined);
+            } else {
+                env.insert(d.name.clone(), v);
+            }
         }
         (env, leftovers)
     }

@@ -71,6 +71,12 @@ pub fn text(p: &Plan) -> String {
             l.rule
         );
     }
+    if !p.devices.is_empty() {
+        let _ = writeln!(w, "devices:");
+        for k in &p.devices {
+            let _ = writeln!(w, "  {}: {} [{}]", k.what, k.why, k.rule);
+        }
+    }
     let id = &p.identity;
     let _ = writeln!(w, "identity:");
     let _ = writeln!(
@@ -103,6 +109,16 @@ pub fn text(p: &Plan) -> String {
                         "drop"
                     },
                     d.name,
+                    d.origin,
+                    d.rule
+                );
+            }
+            EnvAction::Append => {
+                let _ = writeln!(
+                    w,
+                    "  append {}+=:{} ({}) [{}]",
+                    d.name,
+                    d.value.as_deref().unwrap_or(""),
                     d.origin,
                     d.rule
                 );

@@ -35,6 +35,7 @@ fn fake_fs() -> FakeFs {
 
 fn host(euid: u32) -> HostFacts {
     HostFacts {
+        devices: Default::default(),
         euid,
         user: UserInfo {
             uid: 1000,

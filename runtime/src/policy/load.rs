@@ -131,8 +131,6 @@ enum Kind {
 struct Section {
     name: &'static str,
     keys: &'static [(&'static str, Kind)],
-    /// Set for a reserved section that accepts no keys yet: why.
-    reserved: Option<&'static str>,
 }
 
 /// The schema: every section and key the policy file may hold, with its type and check.
@@ -147,7 +145,6 @@ const SCHEMA: &[Section] = &[
             ("kernel_mount", Kind::Enum(&["never", "trusted", "always"])),
             ("trusted_dirs", Kind::List(validate_dir)),
         ],
-        reserved: None,
     },
     Section {
         name: "mounts",
@@ -157,7 +154,6 @@ const SCHEMA: &[Section] = &[
             ("home", Kind::Bool),
             ("cwd", Kind::Bool),
         ],
-        reserved: None,
     },
     Section {
         name: "tmp",
@@ -165,7 +161,6 @@ const SCHEMA: &[Section] = &[
             ("mode", Kind::Enum(&["host", "private"])),
             ("size", Kind::Str(validate_size)),
         ],
-        reserved: None,
     },
     Section {
         name: "env",
@@ -174,20 +169,27 @@ const SCHEMA: &[Section] = &[
             ("deny", Kind::List(validate_env_pattern)),
             ("set", Kind::Map(validate_env_name, validate_env_value)),
         ],
-        reserved: None,
     },
     Section {
         name: "gpu",
-        keys: &[],
-        reserved: Some("GPU support is not implemented yet, so [gpu] takes no keys; remove it"),
+        keys: &[
+            ("nvidia", Kind::Enum(&["on-request", "always", "never"])),
+            ("liblist", Kind::Str(validate_abs_path)),
+            ("devices", Kind::List(validate_path_glob)),
+            ("device_dir", Kind::Str(validate_dir)),
+            ("driver_info", Kind::Str(validate_dir)),
+            ("gres_conf", Kind::Str(validate_abs_path)),
+            ("missing", Kind::Enum(&["fail", "warn"])),
+        ],
     },
     Section {
         name: "fabric",
-        keys: &[],
-        reserved: Some(
-            "fabric (InfiniBand/Omni-Path) support is not implemented yet, so [fabric] takes \
-             no keys; remove it",
-        ),
+        keys: &[
+            ("infiniband", Kind::Enum(&["auto", "never"])),
+            ("omnipath", Kind::Enum(&["auto", "never"])),
+            ("device_dir", Kind::Str(validate_dir)),
+            ("liblist", Kind::Str(validate_opt_abs_path)),
+        ],
     },
 ];
 
@@ -459,9 +461,6 @@ impl Walker<'_> {
             // A quoted key may hold any character, a newline too: the message stays one line.
             let full = format!("{}.{}", section.name, printable(key, 80));
             let line = self.key_line(table, key, item, section_line);
-            if let Some(why) = section.reserved {
-                return Err(self.unknown(line, full, why.to_string()));
-            }
             let Some((_, kind)) = section.keys.iter().find(|(k, _)| *k == key) else {
                 let names: Vec<&str> = section.keys.iter().map(|(k, _)| *k).collect();
                 return Err(self.unknown(
@@ -706,6 +705,14 @@ fn validate_abs_path(s: &str) -> Result<(), String> {
 
 /// `mounts.system`: `SRC[:DST[:ro|rw]]`, neither a secret nor below one (a system bind puts
 /// its source in every container), and not over the files Slipway generates.
+/// An absolute path, or `""` for none.
+fn validate_opt_abs_path(s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Ok(());
+    }
+    validate_abs_path(s)
+}
+
 fn validate_bind(s: &str) -> Result<(), String> {
     no_control(s)?;
     let b = parse_bind(s)?;

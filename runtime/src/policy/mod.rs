@@ -46,9 +46,9 @@ pub struct Policy {
     pub tmp: Tmp,
     /// `[env]`: environment filtering.
     pub env: Env,
-    /// `[gpu]`: GPU support (filled in by the GPU/fabric issue).
+    /// `[gpu]`: NVIDIA GPUs.
     pub gpu: Gpu,
-    /// `[fabric]`: InfiniBand/Omni-Path support (filled in by the GPU/fabric issue).
+    /// `[fabric]`: InfiniBand and Omni-Path.
     pub fabric: Fabric,
 }
 
@@ -205,15 +205,127 @@ impl Default for Env {
     }
 }
 
-/// `[gpu]`: reserved for the GPU/fabric issue; no key is accepted yet.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct Gpu {}
+/// When a launch gets the node's NVIDIA GPUs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum GpuMode {
+    /// When the user asks (`--nv`, `--container-nv`).
+    #[default]
+    #[serde(rename = "on-request")]
+    OnRequest,
+    /// Every launch on a node that has them (as if `--nv` were always given).
+    #[serde(rename = "always")]
+    Always,
+    /// Never: `--nv` is refused.
+    #[serde(rename = "never")]
+    Never,
+}
 
-/// `[fabric]`: reserved for the GPU/fabric issue; no key is accepted yet.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+/// What a missing GPU part does to a launch that asked for GPUs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Missing {
+    /// The launch fails with one line naming what is missing.
+    #[default]
+    Fail,
+    /// The launch goes on without it, with a warning.
+    Warn,
+}
+
+/// Default driver file list: `/etc/slipway/nvliblist.conf`; when that file is absent, the
+/// list shipped in `packaging/nvliblist.conf` (compiled in).
+pub const DEFAULT_NVLIBLIST: &str = "/etc/slipway/nvliblist.conf";
+
+/// `[gpu]`: NVIDIA GPUs (`slipway exec --nv`, `srun --container-nv`). See docs/gpu.md.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Fabric {}
+pub struct Gpu {
+    /// When GPUs are given.
+    pub nvidia: GpuMode,
+    /// The driver file list (Apptainer's `nvliblist.conf` format).
+    pub liblist: PathBuf,
+    /// Extra host device paths or globs bound for GPU launches (e.g. `/dev/nvidia-nvswitch*`).
+    pub devices: Vec<String>,
+    /// Where the NVIDIA device nodes are (`/dev`; another directory only for stand-ins in
+    /// tests or unusual installs: they are bound at `/dev/NAME` inside).
+    pub device_dir: PathBuf,
+    /// The driver's per-GPU information (`Device Minor:`, `Bus Location:`), one directory per
+    /// GPU named by its PCI bus id.
+    pub driver_info: PathBuf,
+    /// Slurm's `gres.conf`: which device files `SLURM_STEP_GPUS` indices name.
+    pub gres_conf: PathBuf,
+    /// A missing driver, GPUs the job does not have, or a listed absolute path that is
+    /// missing: fail the launch, or warn and go on.
+    pub missing: Missing,
+}
+
+impl Default for Gpu {
+    fn default() -> Self {
+        Gpu {
+            nvidia: GpuMode::OnRequest,
+            liblist: DEFAULT_NVLIBLIST.into(),
+            devices: Vec::new(),
+            device_dir: "/dev".into(),
+            driver_info: "/proc/driver/nvidia/gpus".into(),
+            gres_conf: "/etc/slurm/gres.conf".into(),
+            missing: Missing::Fail,
+        }
+    }
+}
+
+/// Whether a fabric's devices are bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FabricMode {
+    /// Bind what exists on the node, in every container.
+    #[default]
+    Auto,
+    /// Never.
+    Never,
+}
+
+/// `[fabric]`: InfiniBand and Omni-Path devices. See docs/gpu.md.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Fabric {
+    /// `/dev/infiniband/{uverbs*,rdma_cm,umad*,issm*}`.
+    pub infiniband: FabricMode,
+    /// `/dev/hfi1*` (PSM2).
+    pub omnipath: FabricMode,
+    /// Where the device nodes are (`/dev`; another directory only for stand-ins).
+    pub device_dir: PathBuf,
+    /// A host library list in the `nvliblist.conf` format (providers such as libmlx5,
+    /// libpsm2, `/etc/libibverbs.d`), bound when a fabric device is; `""` (the default): none.
+    pub liblist: PathBuf,
+}
+
+impl Default for Fabric {
+    fn default() -> Self {
+        Fabric {
+            infiniband: FabricMode::Auto,
+            omnipath: FabricMode::Auto,
+            device_dir: "/dev".into(),
+            liblist: PathBuf::new(),
+        }
+    }
+}
+
+/// Whether a root process may trust what the file `path` says (a driver list named by the
+/// policy): owned by root and writable by no one else, as are all directories above it.
+/// `Err`: one line naming the path, the problem and the fix.
+pub fn check_trusted_file(path: &Path) -> Result<(), String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let fix = |u: secure::Untrusted| match u {
+        secure::Untrusted::Insecure { path, problem, fix } => {
+            format!("{} is {problem} ({fix})", path.display())
+        }
+        other => other.to_string(),
+    };
+    secure::check_meta(path, &meta).map_err(fix)?;
+    if let Some(dir) = path.parent() {
+        secure::check_dirs_up(dir).map_err(fix)?;
+    }
+    Ok(())
+}
 
 /// A bind in `SRC[:DST[:ro|rw]]` form (`mounts.system`, and the same syntax as `--bind`).
 #[derive(Debug, Clone, PartialEq, Eq)]

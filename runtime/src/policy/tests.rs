@@ -638,18 +638,23 @@ fn env_set() {
 // ---- [gpu], [fabric] --------------------------------------------------------------------
 
 #[test]
-fn gpu_and_fabric_take_no_keys_yet() {
+fn gpu_and_fabric_keys() {
     let p = ok("[gpu]\n[fabric]\n");
     assert_eq!(p.policy.gpu, Gpu::default());
-    assert_eq!(
-        err("[gpu]\nenable = true\n"),
-        "policy.toml:2: gpu.enable: GPU support is not implemented yet, so [gpu] takes no \
-         keys; remove it"
+    let p = ok("[gpu]\nnvidia = \"always\"\nmissing = \"warn\"\ndevices = [\"/dev/nvidia-nvswitch*\"]\n\
+                device_dir = \"/srv/dev\"\n[fabric]\ninfiniband = \"never\"\nliblist = \"/etc/slipway/ib.conf\"\n");
+    assert_eq!(p.policy.gpu.nvidia, GpuMode::Always);
+    assert_eq!(p.policy.gpu.missing, Missing::Warn);
+    assert_eq!(p.policy.gpu.device_dir, std::path::Path::new("/srv/dev"));
+    assert_eq!(p.policy.fabric.infiniband, FabricMode::Never);
+    assert_eq!(p.policy.fabric.omnipath, FabricMode::Auto);
+    assert_eq!(p.rule("gpu.nvidia"), "policy.toml:2 (gpu.nvidia)");
+    assert!(err("[gpu]\nnvidia = \"yes\"\n").starts_with("policy.toml:2: gpu.nvidia: \"yes\""));
+    assert!(err("[gpu]\nenable = true\n").starts_with("policy.toml:2: gpu.enable: unknown key"));
+    assert!(err("[gpu]\nliblist = \"nvliblist.conf\"\n").starts_with("policy.toml:2: gpu.liblist"));
+    assert!(
+        err("[fabric]\ndevice_dir = \"/dev/*\"\n").starts_with("policy.toml:2: fabric.device_dir")
     );
-    assert!(err("[fabric]\ndevices = [\"mlx5_0\"]\n").starts_with(
-        "policy.toml:2: fabric.devices: fabric (InfiniBand/Omni-Path) support is not \
-         implemented yet"
-    ));
     assert!(err("gpu = 1\n").starts_with("policy.toml:1: gpu: 1: must be a table"));
 }
 
