@@ -13,6 +13,8 @@ PACKAGES=(
   iproute2 procps psmisc
   # building: bindgen needs libclang; the test probe is linked statically
   libclang-dev gcc libc6-dev pkg-config jq
+  # GPUs: NVIDIA's real 535 user space (contrib/non-free), for --nv without a GPU
+  libcuda1 libnvidia-ml1 nvidia-smi
 )
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -25,6 +27,15 @@ for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
+  # NVIDIA's user space is in Debian's contrib and non-free components.
+  if [ -f /etc/apt/sources.list.d/debian.sources ]; then
+    sed -i -E 's/^(Components:.*\bmain\b)$/\1 contrib non-free/; s/^(Components:.*) contrib non-free( contrib non-free)+$/\1 contrib non-free/' \
+      /etc/apt/sources.list.d/debian.sources
+    grep -q '^Components:.*non-free' /etc/apt/sources.list.d/debian.sources ||
+      sed -i -E '/^Components:/ s/$/ contrib non-free/' /etc/apt/sources.list.d/debian.sources
+  elif [ -f /etc/apt/sources.list ]; then
+    sed -i -E '/^deb .* main$/ s/ main$/ main contrib non-free/' /etc/apt/sources.list
+  fi
   echo "tests/setup.sh: installing ${missing[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq

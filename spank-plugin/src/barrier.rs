@@ -100,15 +100,16 @@ mod tests {
     #[test]
     fn an_error_is_one_line_and_minus_one() {
         let (rc, log) = logged(|| {
-            Err(OptionError::GpuNotImplemented {
-                origin: "--container-nv".into(),
+            Err(OptionError::Invalid {
+                origin: "--container-writable=maybe".into(),
+                reason: "expected a boolean".into(),
             }
             .into())
         });
         assert_eq!(rc, -1);
         assert_eq!(
             log,
-            ["slipway: --container-nv: GPU support is not implemented yet"]
+            ["slipway: --container-writable=maybe: expected a boolean"]
         );
         assert_eq!(logged(|| Err(Error::Reported)), (-1, vec![]));
     }

@@ -14,7 +14,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use slipway_runtime::exec;
-use slipway_runtime::host::{lookup_user, GroupInfo, HostFacts};
+use slipway_runtime::host::{devices, lookup_user, GroupInfo, HostFacts};
 use slipway_runtime::image::Image;
 use slipway_runtime::plan::{self, BindSpec, MountKind, MountStep, Plan, RealFs, Request};
 use slipway_runtime::policy::{LoadedPolicy, TmpMode};
@@ -67,6 +67,21 @@ impl StepInfo {
         let meta = std::fs::File::from(fd).metadata().ok()?;
         use std::os::unix::fs::MetadataExt;
         (meta.is_dir() && (meta.uid() == 0 || meta.uid() == self.uid)).then_some(dir)
+    }
+
+    /// What selects this step's GPUs: `SLURM_STEP_GPUS` (the batch and interactive steps:
+    /// `SLURM_JOB_GPUS`), the one Slurm sets for this step (a step with `--gres=none` has
+    /// none, whatever the job has), and `SLURM_JOB_ID` (in a job: no variable, no GPU).
+    pub fn gpu_env(&self) -> Vec<(String, String)> {
+        let var = match self.step_id {
+            BATCH_STEP | INTERACTIVE_STEP => "SLURM_JOB_GPUS",
+            _ => "SLURM_STEP_GPUS",
+        };
+        self.env
+            .iter()
+            .filter(|(k, _)| k == var || k == "SLURM_JOB_ID")
+            .cloned()
+            .collect()
     }
 
     /// Whether this step's tasks run in the container. The batch script and the extern step
@@ -132,6 +147,9 @@ pub struct Prepared {
     _keeper: Keeper,
     /// Image environment lines not applied (logged, and shown by the step's first task).
     pub warnings: Vec<String>,
+    /// With GPUs: the step's `SLURM_STEP_GPUS` and the container's `CUDA_VISIBLE_DEVICES`,
+    /// for tasks that Slurm gives a subset of them (`--gpu-bind`).
+    pub gpus: Option<(String, String)>,
     /// Microseconds spent building the plan (policy, image, user; the rest of `prepare` is
     /// the keeper's).
     pub plan_us: u128,
@@ -238,6 +256,13 @@ pub fn build_plan(
             .collect(),
         cwd: step.cwd.clone(),
         env: step.env.clone(),
+        devices: devices::gather(
+            &policy.policy,
+            request.nv,
+            &step.gpu_env(),
+            &devices::short_hostname(),
+            true,
+        ),
     };
     let req = Request {
         command: vec!["(slurm task)".into()],
@@ -252,6 +277,7 @@ pub fn build_plan(
             .collect(),
         pwd: request.workdir.clone(),
         writable_tmpfs: request.writable,
+        nv: request.nv,
         ..Default::default()
     };
     let mut plan = plan::build(&req, policy, &host, &image, &RealFs)
@@ -344,7 +370,23 @@ pub fn prepare(
     // Worked out once here, not in every task: a task is a fresh fork of slurmstepd, where
     // every allocation costs copy-on-write page faults.
     let task_env = env_changes(&env, &request.env, &step.env);
+    let gpus = plan
+        .env
+        .decisions
+        .iter()
+        .find(|d| d.name == "CUDA_VISIBLE_DEVICES" && d.origin == "gpu")
+        .and_then(|d| d.value.clone())
+        .map(|visible| {
+            let step_gpus = step
+                .gpu_env()
+                .into_iter()
+                .find(|(k, _)| k != "SLURM_JOB_ID")
+                .map(|(_, v)| v)
+                .unwrap_or_default();
+            (step_gpus, visible)
+        });
     Ok(Prepared {
+        gpus,
         mnt_ns,
         task_env,
         workdir: request.workdir.clone(),
@@ -544,6 +586,8 @@ mod tests {
             },
             mounts: vec![tmpfs],
             links: vec![],
+            devices: vec![],
+            warnings: vec![],
             identity: Identity {
                 uid: 1,
                 gid: 1,

@@ -22,6 +22,8 @@ pub struct ContainerRequest {
     pub env: Vec<String>,
     /// Slurm's own `--container` (exported by Slurm as `SLURM_CONTAINER`).
     pub slurm_container: Option<String>,
+    /// `--container-nv`: the step's NVIDIA GPUs with the host's driver.
+    pub nv: bool,
 }
 
 impl ContainerRequest {
@@ -54,12 +56,6 @@ pub enum OptionError {
         /// What is wrong with it.
         reason: String,
     },
-    /// `--container-nv` (or `SLIPWAY_CONTAINER_NV`) was asked for.
-    #[error("{origin}: GPU support is not implemented yet")]
-    GpuNotImplemented {
-        /// The option or variable that asked for it.
-        origin: String,
-    },
     /// A `val` that is not an index of [`OPTIONS`] (Slurm passed back something we never gave).
     #[error("unknown option number {0}")]
     UnknownOption(i32),
@@ -69,7 +65,6 @@ pub enum OptionError {
 #[derive(Debug)]
 enum Bad {
     Reason(String),
-    Gpu,
 }
 
 fn bad<T>(reason: impl Into<String>) -> Result<T, Bad> {
@@ -152,12 +147,10 @@ pub const OPTIONS: &[OptionSpec] = &[
     OptionSpec {
         name: "container-nv",
         arginfo: None,
-        usage: "[slipway] give the container the job's NVIDIA GPUs (not implemented yet)",
+        usage: "[slipway] give the container the step's NVIDIA GPUs, with the host's driver",
         env: "SLIPWAY_CONTAINER_NV",
-        apply: |_, v| {
-            if parse_bool(v)? {
-                return Err(Bad::Gpu);
-            }
+        apply: |r, v| {
+            r.nv = parse_bool(v)?;
             Ok(())
         },
     },
@@ -203,7 +196,6 @@ fn cli_origin(spec: &OptionSpec, value: &str) -> String {
 fn attach(bad: Bad, origin: String) -> OptionError {
     match bad {
         Bad::Reason(reason) => OptionError::Invalid { origin, reason },
-        Bad::Gpu => OptionError::GpuNotImplemented { origin },
     }
 }
 
@@ -401,25 +393,16 @@ mod tests {
     }
 
     #[test]
-    fn gpu_is_refused_clearly() {
-        let err = build_request(&cli(&[("container-nv", "1")]), no_env, None).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "--container-nv: GPU support is not implemented yet"
-        );
+    fn gpus_on_request() {
+        let r = build_request(&cli(&[("container-nv", "1")]), no_env, None).unwrap();
+        assert!(r.nv);
         let env = |k: &str| (k == "SLIPWAY_CONTAINER_NV").then(|| "1".to_string());
-        let err = build_request(&cli(&[]), env, None).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "SLIPWAY_CONTAINER_NV=1: GPU support is not implemented yet"
-        );
+        assert!(build_request(&cli(&[]), env, None).unwrap().nv);
         let env = |k: &str| (k == "SLIPWAY_CONTAINER_NV").then(|| "0".to_string());
-        build_request(&cli(&[]), env, None).unwrap();
-        let nv = OPTIONS.iter().find(|o| o.name == "container-nv").unwrap();
-        assert!(matches!(
-            check_cli(nv, "1"),
-            Err(OptionError::GpuNotImplemented { .. })
-        ));
+        assert!(!build_request(&cli(&[]), env, None).unwrap().nv);
+        let env = |k: &str| (k == "SLIPWAY_CONTAINER_NV").then(|| "maybe".to_string());
+        let e = build_request(&cli(&[]), env, None).unwrap_err().to_string();
+        assert!(e.starts_with("SLIPWAY_CONTAINER_NV=maybe: "), "{e}");
     }
 
     #[test]

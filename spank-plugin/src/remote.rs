@@ -151,9 +151,24 @@ pub fn task_init_privileged(sp: Spank) -> Result<(), Error> {
 }
 
 /// `slurm_spank_task_init` (each task, as the user, after Slurm changed to the step's
-/// working directory): `--container-workdir`.
+/// working directory): `--container-workdir`, and the task's GPUs.
 pub fn task_init(sp: Spank) -> Result<(), Error> {
     let st = state();
+    // With --gpu-bind Slurm gives each task a subset of the step's GPUs and rewrites its
+    // CUDA_VISIBLE_DEVICES with host numbers; the container numbers the step's GPUs from 0.
+    if let Some((step_gpus, visible)) = st.prepared.as_ref().and_then(|p| p.gpus.as_ref()) {
+        let want = match sp.getenv("SLURM_STEP_GPUS") {
+            Some(task) if &task != step_gpus => {
+                slipway_runtime::host::gpu::task_visible(step_gpus, &task)
+                    .unwrap_or_else(|| visible.clone())
+            }
+            _ => visible.clone(),
+        };
+        if sp.getenv("CUDA_VISIBLE_DEVICES").as_ref() != Some(&want) {
+            sp.setenv("CUDA_VISIBLE_DEVICES", &want)
+                .map_err(Error::Spank)?;
+        }
+    }
     if let Some(dir) = st.prepared.as_ref().and_then(|p| p.workdir()) {
         std::env::set_current_dir(dir).map_err(|e| {
             Error::Step(format!(
