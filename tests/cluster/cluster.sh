@@ -129,8 +129,22 @@ write_config() {
         -e "s|@PROCTRACK@|$PROCTRACK|g" -e "s|@TASKPLUGIN@|$TASKPLUGIN|g" \
         -e "s|@PLUGSTACK_LINE@|$plugstack_line|g" \
         "$HERE/slurm.conf.in" >"$STATE/etc/slurm.conf"
+    # Stand-in GPUs ($SLIPWAY_CLUSTER_GPUS per node): device nodes made with mknod (NVIDIA's
+    # major 195) that every node shares, listed in gres.conf last-first, so that a gres index
+    # is never the device minor (Slurm's SLURM_STEP_GPUS indexes this File= order).
+    local gres=""
+    local gpus=${SLIPWAY_CLUSTER_GPUS:-0}
+    if ((gpus > 0)); then
+        local g=$STATE/gpudev
+        mkdir -p "$g"
+        for ((i = 0; i < gpus; i++)); do mknod -m 0666 "$g/nvidia$i" c 195 "$i"; done
+        mknod -m 0666 "$g/nvidiactl" c 195 255
+        for ((i = gpus - 1; i >= 0; i--)); do echo "Name=gpu File=$g/nvidia$i"; done >"$STATE/etc/gres.conf"
+        echo "GresTypes=gpu" >>"$STATE/etc/slurm.conf"
+        gres=" Gres=gpu:$gpus"
+    fi
     for ((i = 1; i <= n; i++)); do
-        echo "NodeName=node$i NodeAddr=$(node_addr "$i") CPUs=2 RealMemory=1000 State=UNKNOWN"
+        echo "NodeName=node$i NodeAddr=$(node_addr "$i") CPUs=2 RealMemory=1000$gres State=UNKNOWN"
     done >>"$STATE/etc/slurm.conf"
     sed -e "s|@CGROUP_PLUGIN@|$CGROUP_PLUGIN|g" "$HERE/cgroup.conf.in" >"$STATE/etc/cgroup.conf"
     cp "$HERE/mpi.conf" "$STATE/etc/mpi.conf"

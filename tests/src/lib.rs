@@ -153,3 +153,32 @@ pub fn swapper(
         n
     })
 }
+
+/// Where Debian's `libcuda1` (the NVIDIA 535 driver's user space) keeps libcuda.
+pub const HOST_LIBCUDA: &str = "/usr/lib/x86_64-linux-gnu/nvidia/current/libcuda.so.1";
+
+/// Puts `tests/probe/cuda_probe.c`, built dynamically, at `<tree>/bin/cuda_probe`, with the
+/// glibc files it and the host's libcuda need (at their host paths), so an image with no
+/// NVIDIA file can load a bound libcuda. Panics when gcc fails.
+pub fn add_cuda_probe(tree: &std::path::Path) {
+    std::fs::create_dir_all(tree.join("bin")).unwrap();
+    let probe = tree.join("bin/cuda_probe");
+    run_ok(
+        Command::new("gcc")
+            .args(["-O2", "-o"])
+            .arg(&probe)
+            .arg(workspace().join("tests/probe/cuda_probe.c"))
+            .arg("-ldl"),
+    );
+    let ldd = run_ok(Command::new("ldd").arg(&probe).arg(HOST_LIBCUDA));
+    for word in ldd
+        .split_whitespace()
+        .filter(|w| w.starts_with('/') && !w.ends_with(':'))
+    {
+        let lib = std::path::Path::new(word);
+        let real = std::fs::canonicalize(lib).unwrap();
+        let to = tree.join(lib.strip_prefix("/").unwrap());
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(real, to).unwrap();
+    }
+}

@@ -149,11 +149,20 @@ impl Cluster {
 
     /// `cluster.sh up n`, or its output if it failed (and took itself down).
     fn try_up(n: usize, plugin: Option<(&Path, &str)>) -> Result<Cluster, Output> {
+        Cluster::try_up_with(n, plugin, &[])
+    }
+
+    /// [`Cluster::try_up`] with `cluster.sh` variables (`SLIPWAY_CLUSTER_GPUS`).
+    fn try_up_with(
+        n: usize,
+        plugin: Option<(&Path, &str)>,
+        vars: &[(&str, &str)],
+    ) -> Result<Cluster, Output> {
         // A cluster left over by an interrupted earlier run: take it down first.
         script_cmd("down").output().ok();
         let run_netns_was_mounted = is_mount_point("/run/netns");
         let mut cmd = script_cmd("up");
-        cmd.arg(n.to_string());
+        cmd.arg(n.to_string()).envs(vars.iter().copied());
         if let Some((so, args)) = plugin {
             cmd.env("SLIPWAY_SPANK_PLUGIN", so)
                 .env("SLIPWAY_SPANK_ARGS", args);
@@ -729,12 +738,8 @@ fn spank_plugin_in_cluster() {
     // Bad values stop srun before anything is allocated, naming option and value.
     for (args, want) in [
         (
-            &["srun", "--container-nv", "true"][..],
-            "slipway: --container-nv: GPU support is not implemented yet",
-        ),
-        (
-            &["env", "SLIPWAY_CONTAINER_NV=1", "srun", "true"][..],
-            "slipway: SLIPWAY_CONTAINER_NV=1: GPU support is not implemented yet",
+            &["env", "SLIPWAY_CONTAINER_NV=maybe", "srun", "true"][..],
+            "slipway: SLIPWAY_CONTAINER_NV=maybe: 'maybe' is not a boolean (1/0, true/false, yes/no)",
         ),
         (
             &["srun", "--container-mounts=data:/data", "true"][..],
@@ -1568,3 +1573,6 @@ fn containers_in_cluster() {
 /// The security suite's Slurm half (`tests/security/slurm.rs`), on this harness.
 #[path = "../security/slurm.rs"]
 mod security;
+
+#[path = "../gpu/slurm.rs"]
+mod gpu;

@@ -21,7 +21,6 @@ use serde_json::Value;
 use slipway_tests::{have, is_root, run, run_ok, skip, slipway_bin};
 
 const USER: &str = "sliptest";
-const LIBCUDA: &str = "/usr/lib/x86_64-linux-gnu/nvidia/current";
 
 struct Fx {
     root: PathBuf,
@@ -73,14 +72,6 @@ fn scratch() -> PathBuf {
     }
 }
 
-/// Copies `lib` (a host path) into the image at the same path.
-fn copy_in(image: &Path, lib: &Path) {
-    let real = std::fs::canonicalize(lib).unwrap();
-    let to = image.join(lib.strip_prefix("/").unwrap());
-    std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-    std::fs::copy(real, to).unwrap();
-}
-
 fn fx() -> Option<&'static Fx> {
     static FX: OnceLock<Option<Fx>> = OnceLock::new();
     FX.get_or_init(|| {
@@ -88,7 +79,7 @@ fn fx() -> Option<&'static Fx> {
             eprintln!("needs root");
             return None;
         }
-        if !have("gcc") || !have("setpriv") || !Path::new(LIBCUDA).join("libcuda.so.1").exists() {
+        if !have("gcc") || !have("setpriv") || !Path::new(slipway_tests::HOST_LIBCUDA).exists() {
             eprintln!("needs gcc, setpriv and Debian's libcuda1 (tests/setup.sh installs it)");
             return None;
         }
@@ -104,31 +95,13 @@ fn fx() -> Option<&'static Fx> {
         let image = root.join("image");
         std::fs::create_dir_all(image.join("bin")).unwrap();
         let src = slipway_tests::workspace().join("tests/probe");
-        run_ok(
-            Command::new("gcc")
-                .args(["-O2", "-o"])
-                .arg(image.join("bin/cuda_probe"))
-                .arg(src.join("cuda_probe.c"))
-                .arg("-ldl"),
-        );
+        slipway_tests::add_cuda_probe(&image);
         run_ok(
             Command::new("gcc")
                 .args(["-static", "-O2", "-o"])
                 .arg(image.join("bin/probe"))
                 .arg(src.join("probe.c")),
         );
-        // What the probe and libcuda need from the image (libcuda's own dependencies).
-        let ldd = run_ok(
-            Command::new("ldd")
-                .arg(image.join("bin/cuda_probe"))
-                .arg(Path::new(LIBCUDA).join("libcuda.so.1")),
-        );
-        for word in ldd
-            .split_whitespace()
-            .filter(|w| w.starts_with('/') && !w.ends_with(':'))
-        {
-            copy_in(&image, Path::new(word));
-        }
         std::fs::create_dir_all(image.join("etc")).unwrap();
         std::fs::write(image.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
         std::fs::write(image.join("etc/group"), "root:x:0:\n").unwrap();
