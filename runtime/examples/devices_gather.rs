@@ -15,7 +15,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let policy = LoadedPolicy::load(args.get(1).map(Path::new), false).expect("policy");
     let runs: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1000);
-    let nv = args.get(3).map_or(true, |s| s != "nonv");
+    let nv = args.get(3).is_none_or(|s| s != "nonv");
     let env: Vec<(String, String)> = std::env::vars().collect();
     let node = devices::short_hostname();
     let mut times = Vec::with_capacity(runs);
