@@ -13,8 +13,9 @@ PACKAGES=(
   iproute2 procps psmisc
   # building: bindgen needs libclang; the test probe is linked statically
   libclang-dev gcc libc6-dev pkg-config jq
-  # GPUs: NVIDIA's real 535 user space (contrib/non-free), for --nv without a GPU
-  libcuda1 libnvidia-ml1 nvidia-smi
+  # GPUs: NVIDIA's real 535 user space (contrib/non-free) and AMD's ROCm 5.2 runtime, for
+  # --nv and --rocm without a GPU
+  libcuda1 libnvidia-ml1 nvidia-smi libhsa-runtime64-1 rocminfo
 )
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -21,7 +21,8 @@ fn main() {
     let mut times = Vec::with_capacity(runs);
     for _ in 0..runs {
         let t = Instant::now();
-        let d = devices::gather(&policy.policy, nv, &env, &node, true);
+        let asked = devices::Asked { nv, rocm: false };
+        let d = devices::gather(&policy.policy, asked, &env, &node, true);
         times.push(t.elapsed().as_secs_f64() * 1e6);
         assert_eq!(d.nvidia.is_some(), nv);
     }

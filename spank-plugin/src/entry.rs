@@ -147,9 +147,10 @@ pub struct Prepared {
     _keeper: Keeper,
     /// Image environment lines not applied (logged, and shown by the step's first task).
     pub warnings: Vec<String>,
-    /// With GPUs: the step's `SLURM_STEP_GPUS` and the container's `CUDA_VISIBLE_DEVICES`,
-    /// for tasks that Slurm gives a subset of them (`--gpu-bind`).
-    pub gpus: Option<(String, String)>,
+    /// With GPUs: the step's `SLURM_STEP_GPUS`, and each vendor variable the container sets
+    /// (`CUDA_VISIBLE_DEVICES`, `ROCR_VISIBLE_DEVICES`) with its value, for tasks that Slurm
+    /// gives a subset of the GPUs (`--gpu-bind`).
+    pub gpus: Option<(String, Vec<(String, String)>)>,
     /// Microseconds spent building the plan (policy, image, user; the rest of `prepare` is
     /// the keeper's).
     pub plan_us: u128,
@@ -258,7 +259,10 @@ pub fn build_plan(
         env: step.env.clone(),
         devices: devices::gather(
             &policy.policy,
-            request.nv,
+            devices::Asked {
+                nv: request.nv,
+                rocm: request.rocm,
+            },
             &step.gpu_env(),
             &devices::short_hostname(),
             true,
@@ -278,6 +282,7 @@ pub fn build_plan(
         pwd: request.workdir.clone(),
         writable_tmpfs: request.writable,
         nv: request.nv,
+        rocm: request.rocm,
         ..Default::default()
     };
     let mut plan = plan::build(&req, policy, &host, &image, &RealFs)
@@ -370,21 +375,22 @@ pub fn prepare(
     // Worked out once here, not in every task: a task is a fresh fork of slurmstepd, where
     // every allocation costs copy-on-write page faults.
     let task_env = env_changes(&env, &request.env, &step.env);
-    let gpus = plan
+    let visible: Vec<(String, String)> = plan
         .env
         .decisions
         .iter()
-        .find(|d| d.name == "CUDA_VISIBLE_DEVICES" && d.origin == "gpu")
-        .and_then(|d| d.value.clone())
-        .map(|visible| {
-            let step_gpus = step
-                .gpu_env()
-                .into_iter()
-                .find(|(k, _)| k != "SLURM_JOB_ID")
-                .map(|(_, v)| v)
-                .unwrap_or_default();
-            (step_gpus, visible)
-        });
+        .filter(|d| d.origin == "gpu" && d.name.ends_with("_VISIBLE_DEVICES"))
+        .filter_map(|d| Some((d.name.clone(), d.value.clone()?)))
+        .collect();
+    let gpus = (!visible.is_empty()).then(|| {
+        let step_gpus = step
+            .gpu_env()
+            .into_iter()
+            .find(|(k, _)| k != "SLURM_JOB_ID")
+            .map(|(_, v)| v)
+            .unwrap_or_default();
+        (step_gpus, visible)
+    });
     Ok(Prepared {
         gpus,
         mnt_ns,

@@ -24,6 +24,8 @@ pub struct ContainerRequest {
     pub slurm_container: Option<String>,
     /// `--container-nv`: the step's NVIDIA GPUs with the host's driver.
     pub nv: bool,
+    /// `--container-rocm`: the step's AMD GPUs with `/dev/kfd` and the host's ROCm files.
+    pub rocm: bool,
 }
 
 impl ContainerRequest {
@@ -151,6 +153,16 @@ pub const OPTIONS: &[OptionSpec] = &[
         env: "SLIPWAY_CONTAINER_NV",
         apply: |r, v| {
             r.nv = parse_bool(v)?;
+            Ok(())
+        },
+    },
+    OptionSpec {
+        name: "container-rocm",
+        arginfo: None,
+        usage: "[slipway] give the container the step's AMD GPUs, with /dev/kfd",
+        env: "SLIPWAY_CONTAINER_ROCM",
+        apply: |r, v| {
+            r.rocm = parse_bool(v)?;
             Ok(())
         },
     },

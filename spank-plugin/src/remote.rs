@@ -155,18 +155,18 @@ pub fn task_init_privileged(sp: Spank) -> Result<(), Error> {
 pub fn task_init(sp: Spank) -> Result<(), Error> {
     let st = state();
     // With --gpu-bind Slurm gives each task a subset of the step's GPUs and rewrites its
-    // CUDA_VISIBLE_DEVICES with host numbers; the container numbers the step's GPUs from 0.
-    if let Some((step_gpus, visible)) = st.prepared.as_ref().and_then(|p| p.gpus.as_ref()) {
-        let want = match sp.getenv("SLURM_STEP_GPUS") {
-            Some(task) if &task != step_gpus => {
-                slipway_runtime::host::gpu::task_visible(step_gpus, &task)
-                    .unwrap_or_else(|| visible.clone())
+    // CUDA_VISIBLE_DEVICES (ROCR_VISIBLE_DEVICES) with host numbers; the container numbers
+    // the step's GPUs from 0.
+    if let Some((step_gpus, vars)) = st.prepared.as_ref().and_then(|p| p.gpus.as_ref()) {
+        let task = sp.getenv("SLURM_STEP_GPUS").filter(|t| t != step_gpus);
+        for (var, visible) in vars {
+            let want = task
+                .as_ref()
+                .and_then(|t| slipway_runtime::host::gpu::task_visible(step_gpus, t))
+                .unwrap_or_else(|| visible.clone());
+            if sp.getenv(var).as_ref() != Some(&want) {
+                sp.setenv(var, &want).map_err(Error::Spank)?;
             }
-            _ => visible.clone(),
-        };
-        if sp.getenv("CUDA_VISIBLE_DEVICES").as_ref() != Some(&want) {
-            sp.setenv("CUDA_VISIBLE_DEVICES", &want)
-                .map_err(Error::Spank)?;
         }
     }
     if let Some(dir) = st.prepared.as_ref().and_then(|p| p.workdir()) {

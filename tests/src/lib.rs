@@ -157,25 +157,44 @@ pub fn swapper(
 /// Where Debian's `libcuda1` (the NVIDIA 535 driver's user space) keeps libcuda.
 pub const HOST_LIBCUDA: &str = "/usr/lib/x86_64-linux-gnu/nvidia/current/libcuda.so.1";
 
+/// Where Debian's `libhsa-runtime64-1` (ROCm 5.2's runtime) keeps the HSA runtime.
+pub const HOST_LIBHSA: &str = "/usr/lib/x86_64-linux-gnu/libhsa-runtime64.so.1";
+
 /// Puts `tests/probe/cuda_probe.c`, built dynamically, at `<tree>/bin/cuda_probe`, with the
 /// glibc files it and the host's libcuda need (at their host paths), so an image with no
 /// NVIDIA file can load a bound libcuda. Panics when gcc fails.
 pub fn add_cuda_probe(tree: &std::path::Path) {
+    add_probe(tree, "cuda_probe", HOST_LIBCUDA, &[]);
+}
+
+/// Puts `tests/probe/rocm_probe.c` at `<tree>/bin/rocm_probe`, with what it and the host's
+/// HSA runtime need except ROCm itself (libhsa*, libhsakmt*): the image has no ROCm.
+pub fn add_rocm_probe(tree: &std::path::Path) {
+    add_probe(tree, "rocm_probe", HOST_LIBHSA, &["libhsa", "libhsakmt"]);
+}
+
+/// Builds `tests/probe/<name>.c` into `<tree>/bin/<name>` and copies in the libraries it and
+/// `lib` load, but those whose names start with one of `except`.
+fn add_probe(tree: &std::path::Path, name: &str, lib: &str, except: &[&str]) {
     std::fs::create_dir_all(tree.join("bin")).unwrap();
-    let probe = tree.join("bin/cuda_probe");
+    let probe = tree.join("bin").join(name);
     run_ok(
         Command::new("gcc")
             .args(["-O2", "-o"])
             .arg(&probe)
-            .arg(workspace().join("tests/probe/cuda_probe.c"))
+            .arg(workspace().join(format!("tests/probe/{name}.c")))
             .arg("-ldl"),
     );
-    let ldd = run_ok(Command::new("ldd").arg(&probe).arg(HOST_LIBCUDA));
+    let ldd = run_ok(Command::new("ldd").arg(&probe).arg(lib));
     for word in ldd
         .split_whitespace()
         .filter(|w| w.starts_with('/') && !w.ends_with(':'))
     {
         let lib = std::path::Path::new(word);
+        let file = lib.file_name().unwrap_or_default().to_string_lossy();
+        if except.iter().any(|e| file.starts_with(e)) {
+            continue;
+        }
         let real = std::fs::canonicalize(lib).unwrap();
         let to = tree.join(lib.strip_prefix("/").unwrap());
         std::fs::create_dir_all(to.parent().unwrap()).unwrap();

@@ -96,6 +96,7 @@ fn fx() -> Option<&'static Fx> {
         std::fs::create_dir_all(image.join("bin")).unwrap();
         let src = slipway_tests::workspace().join("tests/probe");
         slipway_tests::add_cuda_probe(&image);
+        slipway_tests::add_rocm_probe(&image);
         run_ok(
             Command::new("gcc")
                 .args(["-static", "-O2", "-o"])
@@ -118,6 +119,27 @@ fn fx() -> Option<&'static Fx> {
         mknod(&dev.join("infiniband/umad0"), 231, 0);
         mknod(&dev.join("infiniband/rdma_cm"), 10, 58);
         mknod(&dev.join("hfi1_0"), 246, 0);
+        // AMD: /dev/kfd (its major is allocated when amdgpu loads), render nodes (DRM's 226),
+        // and a KFD topology in the driver's format: CPU node 0, GPU nodes 1 and 2 whose render
+        // minors are 129 and 128 (ROCr's order is node order, not minor order).
+        mknod(&dev.join("kfd"), 240, 0);
+        mknod(&dev.join("dri/renderD128"), 226, 128);
+        mknod(&dev.join("dri/renderD129"), 226, 129);
+        mknod(&dev.join("dri/card0"), 226, 0);
+        let topo = root.join("kfd-topology");
+        for (n, gpu_id, minor) in [(0, 0, 0), (1, 4242, 129), (2, 4343, 128)] {
+            let d = topo.join(n.to_string());
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("gpu_id"), format!("{gpu_id}\n")).unwrap();
+            std::fs::write(
+                d.join("properties"),
+                format!(
+                    "simd_count 256\ndrm_render_minor {minor}\nunique_id {}\n",
+                    1000 + n
+                ),
+            )
+            .unwrap();
+        }
         let nodriver_dev = root.join("dev-nodriver");
         for m in 0..4 {
             mknod(&nodriver_dev.join(format!("nvidia{m}")), 195, m);
@@ -170,9 +192,11 @@ fn policy(fx: &Fx, name: &str, gpu: &str, fabric: &str) -> PathBuf {
     std::fs::write(
         &p,
         format!(
-            "[gpu]\ndevice_dir = \"{}\"\ndriver_info = \"{}\"\n{gpu}\n[fabric]\ndevice_dir = \"{}\"\n{fabric}\n",
+            "[gpu]\ndevice_dir = \"{}\"\ndriver_info = \"{}\"\n{gpu}\nkfd_topology = \"{}/kfd-topology\"\n\
+             [fabric]\ndevice_dir = \"{}\"\n{fabric}\n",
             fx.dev.display(),
             fx.info.display(),
+            fx.root.display(),
             fx.dev.display()
         ),
     )
@@ -416,7 +440,7 @@ fn policy_modes() {
     assert!(!out.status.success());
     let e = err_line(&out);
     assert!(
-        e.contains("--nv: GPUs are turned off on this system"),
+        e.contains("--nv: NVIDIA GPUs are turned off on this system"),
         "{e}"
     );
     assert!(e.contains("never.toml:4 (gpu.nvidia)"), "{e}");
@@ -668,11 +692,107 @@ fn explain_shows_devices_and_rules() {
         "[built-in nvliblist.conf:",
         "set CUDA_VISIBLE_DEVICES=0 (gpu)",
         "append LD_LIBRARY_PATH+=:/.singularity.d/libs",
-        "GPUs: CUDA_VISIBLE_DEVICES=0 (indices in PCI bus order",
+        "GPUs: CUDA_VISIBLE_DEVICES=0 (indices in the driver's order:",
         "/dev/infiniband/uverbs0 <- bind",
         "RLIMIT_MEMLOCK: kept",
     ] {
         assert!(t.contains(want), "{want:?} not in:\n{t}");
     }
     assert!(!t.contains("/dev/nvidia0 <-"), "{t}");
+}
+
+/// `--rocm`: /dev/kfd and the render nodes of the selected GPUs (ROCR_VISIBLE_DEVICES counts
+/// KFD topology nodes, not minors), and the host's ROCm runtime (Debian's real
+/// libhsa-runtime64 5.2, bound from the host's ld.so.cache into an image without ROCm) loads
+/// and answers `hsa_init` (an error code here: the stand-in kfd has no driver behind it).
+#[test]
+fn rocm_gives_kfd_render_nodes_and_the_host_runtime() {
+    let Some(fx) = need() else { return };
+    if !Path::new(slipway_tests::HOST_LIBHSA).exists() {
+        return skip("needs Debian's libhsa-runtime64-1 (tests/setup.sh installs it)");
+    }
+    let pol = policy(fx, "rocm.toml", "", "");
+    let p = pol.to_str().unwrap();
+    for user in [false, true] {
+        let r = cuda_report(&slipway(
+            fx,
+            user,
+            &[
+                "exec",
+                "--rocm",
+                "--policy",
+                p,
+                image(fx),
+                "/bin/rocm_probe",
+            ],
+            &[],
+        ));
+        assert_eq!(
+            r["libhsa"], "/.singularity.d/libs/libhsa-runtime64.so.1",
+            "{r:?}"
+        );
+        assert_ne!(r["hsa_init"], "0", "{r:?}");
+        assert_eq!(r["kfd"], "240:0");
+        assert_eq!(r["dev_dri"], "renderD128@226:128,renderD129@226:129");
+        assert_eq!(r["rocr_visible"], "0,1");
+    }
+    let r = cuda_report(&slipway(
+        fx,
+        true,
+        &[
+            "exec",
+            "--rocm",
+            "--policy",
+            p,
+            image(fx),
+            "/bin/rocm_probe",
+        ],
+        &[("ROCR_VISIBLE_DEVICES", "0")],
+    ));
+    assert_eq!(r["dev_dri"], "renderD129@226:129", "{r:?}");
+    assert_eq!(r["rocr_visible"], "0");
+    // Nothing of it without --rocm; --rocm and --nv together give both.
+    let r = cuda_report(&slipway(
+        fx,
+        true,
+        &["exec", "--policy", p, image(fx), "/bin/rocm_probe"],
+        &[],
+    ));
+    assert_eq!((r["libhsa"].as_str(), r["kfd"].as_str()), ("none", "none"));
+    let r = cuda_report(&slipway(
+        fx,
+        true,
+        &[
+            "exec",
+            "--rocm",
+            "--nv",
+            "--policy",
+            p,
+            image(fx),
+            "/bin/cuda_probe",
+        ],
+        &[],
+    ));
+    assert_eq!(r["driver_version"], "12020");
+    // gpu.amd = "never" refuses --rocm with one line.
+    let never = policy(fx, "rocm-never.toml", "amd = \"never\"", "");
+    let out = slipway(
+        fx,
+        true,
+        &[
+            "exec",
+            "--rocm",
+            "--policy",
+            never.to_str().unwrap(),
+            image(fx),
+            "/bin/rocm_probe",
+        ],
+        &[],
+    );
+    assert!(!out.status.success());
+    assert!(
+        err_line(&out).contains("--rocm: AMD GPUs are turned off on this system"),
+        "{}",
+        err_line(&out)
+    );
 }

@@ -43,6 +43,10 @@ pub struct Opts {
     /// $SLIPWAY_NV, $APPTAINER_NV, $SINGULARITY_NV).
     #[arg(long)]
     pub nv: bool,
+    /// The node's AMD GPUs (those the job has) with /dev/kfd and the host's ROCm files (also
+    /// from $SLIPWAY_ROCM, $APPTAINER_ROCM, $SINGULARITY_ROCM).
+    #[arg(long)]
+    pub rocm: bool,
     /// Policy file (default /etc/slipway/policy.toml; built-in defaults if it is missing).
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
@@ -122,10 +126,13 @@ pub fn build_plan(
     }
     let mut host = HostFacts::gather(opts.as_user).context("host facts")?;
     let policy = LoadedPolicy::load(opts.policy.as_deref(), euid == 0)?;
-    let nv = opts.nv || nv_from_env();
+    let asked = devices::Asked {
+        nv: opts.nv || flag_from_env("NV"),
+        rocm: opts.rocm || flag_from_env("ROCM"),
+    };
     host.devices = devices::gather(
         &policy.policy,
-        nv,
+        asked,
         &host.env,
         &devices::short_hostname(),
         euid == 0,
@@ -169,7 +176,8 @@ pub fn build_plan(
         contain: opts.contain,
         no_home: opts.no_home,
         writable_tmpfs: opts.writable_tmpfs,
-        nv,
+        nv: asked.nv,
+        rocm: asked.rocm,
         // `explain` shows the image's environment, read without mounting; the launch reads it
         // from the mounted image instead (no second pass over the file).
         image_env: read_image_env.then(|| image_env(&image)).flatten(),
@@ -189,19 +197,17 @@ fn image_env(image: &Image) -> Option<Vec<envfile::EnvScript>> {
     )
 }
 
-/// `$SLIPWAY_NV`, `$APPTAINER_NV` or `$SINGULARITY_NV` set to a true value (Apptainer's
-/// spelling: anything but empty, `0`, `false`, `no`).
-fn nv_from_env() -> bool {
-    ["SLIPWAY_NV", "APPTAINER_NV", "SINGULARITY_NV"]
-        .iter()
-        .any(|k| {
-            std::env::var(k).is_ok_and(|v| {
-                !matches!(
-                    v.to_ascii_lowercase().as_str(),
-                    "" | "0" | "false" | "no" | "off"
-                )
-            })
+/// `$SLIPWAY_<name>`, `$APPTAINER_<name>` or `$SINGULARITY_<name>` (`NV`, `ROCM`) set to a
+/// true value (Apptainer's spelling: anything but empty, `0`, `false`, `no`, `off`).
+fn flag_from_env(name: &str) -> bool {
+    ["SLIPWAY_", "APPTAINER_", "SINGULARITY_"].iter().any(|p| {
+        std::env::var(format!("{p}{name}")).is_ok_and(|v| {
+            !matches!(
+                v.to_ascii_lowercase().as_str(),
+                "" | "0" | "false" | "no" | "off"
+            )
         })
+    })
 }
 
 fn libc_geteuid() -> u32 {

@@ -1,26 +1,27 @@
-//! The node's NVIDIA GPUs, and which of them a launch gets.
+//! Which GPUs a launch gets, for any vendor ([`super::nvidia`], [`super::amd`]).
 //!
-//! What the host says, never assumptions: a GPU's device minor comes from the driver's
-//! per-GPU information (`/proc/driver/nvidia/gpus/<bus id>/information`, `Device Minor:`) or
-//! from the device file Slurm's `gres.conf` names (its `st_rdev`); an index (`0`, `1`, as in
-//! `CUDA_VISIBLE_DEVICES` and `NVIDIA_VISIBLE_DEVICES`) is a position in PCI bus order, which
-//! is nvidia-smi's order and NVML's. Minors and indices often differ (a node whose GPU in
-//! the first slot is `/dev/nvidia2`).
+//! What the host says, never assumptions: a GPU's device minor comes from the driver (NVIDIA's
+//! per-GPU information, AMD's KFD topology) or from the device file Slurm's `gres.conf` names
+//! (its `st_rdev`); an index (`0`, `1`, as in `CUDA_VISIBLE_DEVICES`) is a position in the
+//! driver's enumeration order (PCI bus order for NVIDIA: nvidia-smi's and NVML's; KFD node
+//! order for AMD: ROCr's). Minors and indices often differ (a node whose first GPU is
+//! `/dev/nvidia2`).
 //!
 //! Which GPUs ([`wanted`], [`select`]):
 //! 1. Under Slurm, the step's (or the batch job's) allocation: `SLURM_STEP_GPUS` /
 //!    `SLURM_JOB_GPUS` are indices into `gres.conf`'s `Name=gpu` `File=` list for this node
-//!    (with `AutoDetect=nvml`, into the PCI-ordered list).
-//! 2. Else `NVIDIA_VISIBLE_DEVICES`, else `CUDA_VISIBLE_DEVICES` (indices or `GPU-` UUIDs;
-//!    `all`, `none`, `void` as NVIDIA's container toolkit reads them).
+//!    (with `AutoDetect`, into the driver's order).
+//! 2. Else the vendor's variables (`NVIDIA_VISIBLE_DEVICES`, then `CUDA_VISIBLE_DEVICES`;
+//!    `ROCR_VISIBLE_DEVICES`): indices or `GPU-` UUIDs; `all`, `none`, `void` as NVIDIA's
+//!    container toolkit reads them.
 //! 3. Else every GPU of the node.
 //!
-//! Only the selected GPUs' device nodes are in the container, so CUDA there numbers them from
-//! 0: inside, `CUDA_VISIBLE_DEVICES` is `0,...,n-1` ([`Selection::visible`]), whatever the
-//! host value was (the NVIDIA container toolkit documents the same renumbering; Slurm does the
-//! same with `ConstrainDevices`). Honouring the caller's variables is safe even for a root
-//! launch: binding a device node grants nothing its permissions and the job's device cgroup
-//! do not.
+//! Only the selected GPUs' device nodes are in the container, so the runtime there numbers
+//! them from 0: inside, the vendor's variable is `0,...,n-1` ([`Selection::visible`]),
+//! whatever the host value was (the NVIDIA container toolkit documents the same renumbering;
+//! Slurm does the same with `ConstrainDevices`). Honouring the caller's variables is safe even
+//! for a root launch: binding a device node grants nothing its permissions and the job's
+//! device cgroup do not.
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -29,104 +30,35 @@ use serde::Serialize;
 
 use super::gres::GresConf;
 
-/// The NVIDIA character device major.
-pub const NVIDIA_MAJOR: u32 = 195;
-
-/// Control nodes bound with any GPU, when they exist (`nvidia-caps` is added per entry).
-pub const CONTROL_NODES: [&str; 4] = [
-    "nvidiactl",
-    "nvidia-uvm",
-    "nvidia-uvm-tools",
-    "nvidia-modeset",
-];
-
-/// The persistence daemon's socket (NVML talks to it when it runs).
-pub const PERSISTENCED_SOCKET: &str = "/var/run/nvidia-persistenced/socket";
-
-/// One GPU as the driver describes it.
+/// One GPU in the driver's enumeration order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct NvidiaGpu {
-    /// Device minor (`/dev/nvidia<minor>`).
+pub struct GpuInfo {
+    /// Its device minor.
     pub minor: u32,
-    /// PCI bus id (`0000:3b:00.0`).
-    pub bus_id: String,
-    /// The name of its driver-information directory (the bus id as the driver writes it).
-    pub dir: String,
+    /// How the driver names it (PCI bus id, KFD node).
+    pub label: String,
     /// `GPU-...` UUID, when the driver says.
     pub uuid: Option<String>,
-    /// Model name, when the driver says.
-    pub model: Option<String>,
 }
 
-/// What the node has.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct NvidiaHost {
-    /// Where device nodes are looked for.
+/// What selection works on: a vendor's GPUs as the host shows them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Inventory {
+    /// `NVIDIA`, `AMD` (for messages).
+    pub vendor: &'static str,
+    /// The GPU device nodes' major (195; 226 for DRM render nodes).
+    pub major: u32,
+    /// A GPU with minor M is bound at `<dest_prefix>M` inside.
+    pub dest_prefix: &'static str,
+    /// Where device nodes are.
     pub device_dir: PathBuf,
-    /// Where the driver's per-GPU information is.
-    pub driver_info: PathBuf,
-    /// The GPUs in PCI bus order (index = position); `None` when there is no driver
-    /// information (no driver loaded, or a stand-in without it).
-    pub gpus: Option<Vec<NvidiaGpu>>,
-    /// `nvidia<N>` nodes present in `device_dir`, with the minor of each, by minor.
+    /// Where the enumeration order comes from (for messages).
+    pub order_from: PathBuf,
+    /// The GPUs in the driver's order (index = position); `None` when the driver does not
+    /// say (not loaded, or a stand-in without it).
+    pub gpus: Option<Vec<GpuInfo>>,
+    /// GPU nodes present, `(minor, path)`, by minor.
     pub nodes: Vec<(u32, PathBuf)>,
-    /// Control nodes present (`nvidiactl`, `nvidia-uvm`, ..., `nvidia-caps/*`).
-    pub control: Vec<PathBuf>,
-}
-
-impl NvidiaHost {
-    /// Looks at `device_dir` and `driver_info` (a few stats and small reads).
-    pub fn discover(device_dir: &Path, driver_info: &Path) -> NvidiaHost {
-        let mut nodes = Vec::new();
-        if let Ok(dir) = std::fs::read_dir(device_dir) {
-            for e in dir.flatten() {
-                let name = e.file_name();
-                let Some(n) = name.to_str().and_then(|n| n.strip_prefix("nvidia")) else {
-                    continue;
-                };
-                if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
-                    continue;
-                }
-                // Not followed if a link: only a real NVIDIA node of this directory.
-                if let Some((NVIDIA_MAJOR, minor)) = char_dev(&e.path(), false) {
-                    nodes.push((minor, e.path()));
-                }
-            }
-        }
-        nodes.sort();
-        let mut control: Vec<PathBuf> = CONTROL_NODES
-            .iter()
-            .map(|n| device_dir.join(n))
-            .filter(|p| is_char(p))
-            .collect();
-        if let Ok(dir) = std::fs::read_dir(device_dir.join("nvidia-caps")) {
-            let mut caps: Vec<PathBuf> = dir
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| is_char(p))
-                .collect();
-            caps.sort();
-            control.extend(caps);
-        }
-        NvidiaHost {
-            device_dir: device_dir.to_path_buf(),
-            driver_info: driver_info.to_path_buf(),
-            gpus: read_driver_info(driver_info),
-            nodes,
-            control,
-        }
-    }
-
-    /// Whether a driver is there to talk to: its control node exists.
-    pub fn has_driver(&self) -> bool {
-        self.control
-            .iter()
-            .any(|p| p.file_name().is_some_and(|n| n == "nvidiactl"))
-    }
-}
-
-fn is_char(p: &Path) -> bool {
-    char_dev(p, false).is_some()
 }
 
 /// `(major, minor)` of character device `p` (`follow`: through a symlink).
@@ -140,41 +72,6 @@ pub fn char_dev(p: &Path, follow: bool) -> Option<(u32, u32)> {
     m.file_type()
         .is_char_device()
         .then(|| (libc::major(m.rdev()), libc::minor(m.rdev())))
-}
-
-/// Reads `<driver_info>/<bus id>/information` for every GPU, sorted by bus id.
-fn read_driver_info(dir: &Path) -> Option<Vec<NvidiaGpu>> {
-    let entries = std::fs::read_dir(dir).ok()?;
-    let mut gpus = Vec::new();
-    for e in entries.flatten().take(1024) {
-        let Ok(text) = std::fs::read_to_string(e.path().join("information")) else {
-            continue;
-        };
-        if let Some(g) = parse_information(&e.file_name().to_string_lossy(), &text) {
-            gpus.push(g);
-        }
-    }
-    gpus.sort_by(|a, b| a.bus_id.cmp(&b.bus_id));
-    Some(gpus)
-}
-
-/// Parses one `information` file (`Key:   value` lines); `None` without a `Device Minor`.
-pub fn parse_information(dir_name: &str, text: &str) -> Option<NvidiaGpu> {
-    let field = |key: &str| {
-        text.lines().find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            (k.trim() == key).then(|| v.trim().to_string())
-        })
-    };
-    Some(NvidiaGpu {
-        minor: field("Device Minor")?.parse().ok()?,
-        bus_id: field("Bus Location")
-            .unwrap_or_else(|| dir_name.to_string())
-            .to_ascii_lowercase(),
-        dir: dir_name.to_string(),
-        uuid: field("GPU UUID"),
-        model: field("Model"),
-    })
 }
 
 /// Which GPUs the caller's environment asks for.
@@ -201,7 +98,9 @@ pub enum Wanted {
 }
 
 /// What the environment asks for: see the module documentation for the order.
-pub fn wanted(env: &[(String, String)]) -> Wanted {
+/// `visible`: the vendor's variables, first wins (`["NVIDIA_VISIBLE_DEVICES",
+/// "CUDA_VISIBLE_DEVICES"]`).
+pub fn wanted(env: &[(String, String)], visible: &[&str]) -> Wanted {
     let get = |k: &str| {
         env.iter()
             .rev()
@@ -219,10 +118,10 @@ pub fn wanted(env: &[(String, String)]) -> Wanted {
     if get("SLURM_JOB_ID").is_some() {
         return Wanted::SlurmNone;
     }
-    for var in ["NVIDIA_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES"] {
+    for var in visible {
         if let Some(value) = get(var) {
             return Wanted::Visible {
-                var: var.into(),
+                var: var.to_string(),
                 value,
             };
         }
@@ -233,8 +132,10 @@ pub fn wanted(env: &[(String, String)]) -> Wanted {
 /// One selected GPU.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SelectedGpu {
-    /// Its device minor: bound at `/dev/nvidia<minor>`.
+    /// Its device minor.
     pub minor: u32,
+    /// Where it is bound inside (`/dev/nvidia<minor>`, `/dev/dri/renderD<minor>`).
+    pub dest: PathBuf,
     /// The host device node bound there.
     pub node: PathBuf,
     /// Why it is selected (`SLURM_STEP_GPUS index 1 = /dev/nvidia3 (gres.conf:2)`).
@@ -251,7 +152,7 @@ pub struct Selection {
 }
 
 impl Selection {
-    /// `CUDA_VISIBLE_DEVICES` inside: `0,...,n-1` (only these GPUs are there), empty for none.
+    /// The vendor's variable inside: `0,...,n-1` (only these GPUs are there), empty for none.
     pub fn visible(&self) -> String {
         (0..self.gpus.len())
             .map(|i| i.to_string())
@@ -263,7 +164,7 @@ impl Selection {
 /// Chooses the GPUs. `gres`: `gres.conf` when `wanted` is Slurm's (its error otherwise);
 /// `node`: this node's Slurm name. `Err`: one line saying what is missing and the fix.
 pub fn select(
-    host: &NvidiaHost,
+    host: &Inventory,
     wanted: &Wanted,
     gres: Option<&Result<GresConf, String>>,
     node: &str,
@@ -273,13 +174,14 @@ pub fn select(
             let gpus = match &host.gpus {
                 Some(list) => list
                     .iter()
-                    .map(|g| by_minor(host, g.minor, format!("GPU {} ({})", g.minor, g.bus_id)))
+                    .map(|g| by_minor(host, g.minor, format!("GPU {} ({})", g.minor, g.label)))
                     .collect::<Result<Vec<_>, _>>()?,
                 None => host
                     .nodes
                     .iter()
                     .map(|(m, p)| SelectedGpu {
                         minor: *m,
+                        dest: format!("{}{m}", host.dest_prefix).into(),
                         node: p.clone(),
                         why: "present (no driver information: every GPU node)".into(),
                     })
@@ -287,8 +189,8 @@ pub fn select(
             };
             Ok(Selection {
                 gpus,
-                how: "every GPU of the node (no SLURM_*_GPUS, NVIDIA_VISIBLE_DEVICES or \
-                      CUDA_VISIBLE_DEVICES)"
+                how: "every GPU of the node (no SLURM_*_GPUS, and none of the vendor's \
+                      *_VISIBLE_DEVICES)"
                     .into(),
             })
         }
@@ -334,18 +236,20 @@ pub fn select(
                         )
                     })?;
                     let minor = match char_dev(file, true) {
-                        Some((NVIDIA_MAJOR, minor)) => minor,
+                        Some((major, minor)) if major == host.major => minor,
                         _ => {
                             return Err(format!(
-                                "{var} index {i} is {} ({}), which is not an NVIDIA device \
+                                "{var} index {i} is {} ({}), which is not an {} GPU device \
                                  node on this node",
                                 file.display(),
-                                conf.path.display()
+                                conf.path.display(),
+                                host.vendor
                             ))
                         }
                     };
                     gpus.push(SelectedGpu {
                         minor,
+                        dest: format!("{}{minor}", host.dest_prefix).into(),
                         node: file.clone(),
                         why: format!("{var} index {i} = {} (gres.conf)", file.display()),
                     });
@@ -399,7 +303,10 @@ pub fn select(
             }
             Ok(Selection {
                 gpus,
-                how: format!("{var}={value} (indices in PCI bus order, as nvidia-smi lists them)"),
+                how: format!(
+                    "{var}={value} (indices in the driver's order: {})",
+                    host.order_from.display()
+                ),
             })
         }
     }
@@ -418,21 +325,18 @@ fn parse_indices(value: &str) -> Result<Vec<u32>, String> {
     Ok(out)
 }
 
-fn driver_list<'a>(
-    host: &'a NvidiaHost,
-    var: &str,
-    value: &str,
-) -> Result<&'a [NvidiaGpu], String> {
+fn driver_list<'a>(host: &'a Inventory, var: &str, value: &str) -> Result<&'a [GpuInfo], String> {
     host.gpus.as_deref().ok_or_else(|| {
         format!(
-            "{var}={value}: cannot tell which device that is: the driver's GPU information \
-             ({}) is missing (is the NVIDIA driver loaded?)",
-            host.driver_info.display()
+            "{var}={value}: cannot tell which device that is: the driver's GPU list ({}) is \
+             missing (is the {} driver loaded?)",
+            host.order_from.display(),
+            host.vendor
         )
     })
 }
 
-fn by_index(host: &NvidiaHost, i: u32, why: &str) -> Result<SelectedGpu, String> {
+fn by_index(host: &Inventory, i: u32, why: &str) -> Result<SelectedGpu, String> {
     let list = driver_list(host, why, "")?;
     let g = list.get(i as usize).ok_or_else(|| {
         format!(
@@ -445,11 +349,11 @@ fn by_index(host: &NvidiaHost, i: u32, why: &str) -> Result<SelectedGpu, String>
     by_minor(
         host,
         g.minor,
-        format!("{why} = GPU {} ({})", g.minor, g.bus_id),
+        format!("{why} = GPU {} ({})", g.minor, g.label),
     )
 }
 
-fn by_minor(host: &NvidiaHost, minor: u32, why: String) -> Result<SelectedGpu, String> {
+fn by_minor(host: &Inventory, minor: u32, why: String) -> Result<SelectedGpu, String> {
     let node = host
         .nodes
         .iter()
@@ -457,11 +361,16 @@ fn by_minor(host: &NvidiaHost, minor: u32, why: String) -> Result<SelectedGpu, S
         .map(|(_, p)| p.clone())
         .ok_or_else(|| {
             format!(
-                "{why}: no device node for minor {minor} in {} (nvidia{minor})",
+                "{why}: no device node for minor {minor} in {}",
                 host.device_dir.display()
             )
         })?;
-    Ok(SelectedGpu { minor, node, why })
+    Ok(SelectedGpu {
+        minor,
+        dest: format!("{}{minor}", host.dest_prefix).into(),
+        node,
+        why,
+    })
 }
 
 /// The container's `CUDA_VISIBLE_DEVICES` for one task of a step whose container holds the
@@ -477,6 +386,3 @@ pub fn task_visible(step: &str, task: &str) -> Option<String> {
         .collect();
     pos.map(|p| p.join(","))
 }
-
-#[cfg(test)]
-mod tests;

@@ -5,11 +5,14 @@
 //! - [`ldcache`]: the dynamic loader's cache (`/etc/ld.so.cache`), parsed in Rust.
 //! - [`liblist`]: driver file lists in Apptainer's `nvliblist.conf` format.
 //! - [`gres`]: Slurm's `gres.conf` (which device files a node's GPUs are).
-//! - [`gpu`]: the node's NVIDIA GPUs and which of them a launch gets.
+//! - [`gpu`]: which of a node's GPUs a launch gets (any vendor).
+//! - [`nvidia`]: NVIDIA GPUs: device nodes and the driver's information.
+//! - [`amd`]: AMD GPUs: `/dev/kfd`, render nodes and the KFD topology.
 //! - [`fabric`]: InfiniBand and Omni-Path devices.
 //! - [`driverfiles`]: a driver list resolved to the files bound where.
 //! - [`devices`]: all of the above gathered for one launch.
 
+pub mod amd;
 pub mod devices;
 pub mod driverfiles;
 pub mod fabric;
@@ -18,5 +21,6 @@ pub mod gres;
 mod identity;
 pub mod ldcache;
 pub mod liblist;
+pub mod nvidia;
 
 pub use identity::{group_name, lookup_user, GroupInfo, HostError, HostFacts, UserInfo};

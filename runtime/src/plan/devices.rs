@@ -1,12 +1,12 @@
-//! Device steps: the NVIDIA GPUs a launch gets (device nodes, the driver's files, the
-//! environment that selects them) and the node's fabric devices, from the facts gathered by
+//! Device steps: the GPUs a launch gets, NVIDIA's and AMD's (device nodes, the driver's files,
+//! the environment that selects them) and the node's fabric devices, from the facts gathered by
 //! [`crate::host::devices`] and the policy's `[gpu]` and `[fabric]`. Pure, like the rest of
 //! the plan: every step carries the rule that caused it.
 
 use std::path::{Path, PathBuf};
 
 use super::{EnvAction, EnvDecision, MountKind, MountStep, Request, Skipped};
-use crate::host::devices::{FabricFacts, NvidiaFacts};
+use crate::host::devices::{FabricFacts, GpuFacts, InfoMask, Vendor};
 use crate::host::driverfiles::{Resolved, LIB_DIR};
 use crate::host::HostFacts;
 use crate::policy::{GpuMode, LoadedPolicy, Missing};
@@ -70,75 +70,92 @@ fn in_dev(dir: &Path, p: &Path) -> PathBuf {
 /// The device steps of a launch.
 pub(super) fn steps(req: &Request, policy: &LoadedPolicy, host: &HostFacts) -> DeviceSteps {
     let mut out = DeviceSteps::default();
-    gpu(req, policy, host.devices.nvidia.as_ref(), &mut out);
-    fabric(policy, &host.devices.fabric, &mut out);
+    let d = &host.devices;
+    gpu(Vendor::Nvidia, req.nv, policy, d.nvidia.as_ref(), &mut out);
+    gpu(Vendor::Amd, req.rocm, policy, d.amd.as_ref(), &mut out);
+    fabric(policy, &d.fabric, &mut out);
     out
 }
 
-fn gpu(req: &Request, policy: &LoadedPolicy, nv: Option<&NvidiaFacts>, out: &mut DeviceSteps) {
+fn gpu(
+    vendor: Vendor,
+    requested: bool,
+    policy: &LoadedPolicy,
+    facts: Option<&GpuFacts>,
+    out: &mut DeviceSteps,
+) {
     let g = &policy.policy.gpu;
-    let mode_rule = policy.rule("gpu.nvidia");
-    if g.nvidia == GpuMode::Never {
-        if req.nv {
+    let mode = match vendor {
+        Vendor::Nvidia => g.nvidia,
+        Vendor::Amd => g.amd,
+    };
+    let flag = vendor.flag();
+    let mode_rule = policy.rule(vendor.key());
+    if mode == GpuMode::Never {
+        if requested {
             out.refused.push(note(
-                "--nv",
-                "GPUs are turned off on this system (gpu.nvidia = \"never\"): run without --nv",
+                flag,
+                format!(
+                    "{} GPUs are turned off on this system ({} = \"never\"): run without {flag}",
+                    if vendor == Vendor::Nvidia {
+                        "NVIDIA"
+                    } else {
+                        "AMD"
+                    },
+                    vendor.key()
+                ),
                 mode_rule,
             ));
         }
         return;
     }
-    if !req.nv && g.nvidia != GpuMode::Always {
+    if !requested && mode != GpuMode::Always {
         return;
     }
-    let asked = if req.nv {
-        "--nv".to_string()
+    let asked = if requested {
+        flag.to_string()
     } else {
         mode_rule.clone()
     };
-    let Some(nv) = nv else {
+    let Some(f) = facts else {
         out.refused.push(note(
-            "--nv",
+            flag,
             "the node's GPUs were not looked up (slipway bug: devices not gathered)",
             asked,
         ));
         return;
     };
-    let dev_rule = policy.rule("gpu.device_dir");
-    let list_rule = policy.rule("gpu.liblist");
+    let list_rule = policy.rule(match vendor {
+        Vendor::Nvidia => "gpu.liblist",
+        Vendor::Amd => "gpu.rocm_liblist",
+    });
 
     // What is missing for the launch the user asked for.
     let mut problems = Vec::new();
-    if !nv.host.has_driver() {
-        problems.push(note(
-            "--nv",
-            format!(
-                "no NVIDIA driver on this node (no nvidiactl in {}): run on a GPU node, or \
-                 without --nv",
-                nv.host.device_dir.display()
-            ),
-            dev_rule.clone(),
-        ));
+    if let Err(why) = &f.driver {
+        problems.push(note(flag, why.clone(), policy.rule("gpu.device_dir")));
     }
-    match &nv.files {
+    match &f.files {
         Err(e) => problems.push(note(
-            "--nv",
+            flag,
             format!("the driver list cannot be used: {e}"),
             list_rule.clone(),
         )),
-        Ok(files) if !files.has_library("libcuda.so") => problems.push(note(
-            "--nv",
-            format!(
-                "no NVIDIA driver library on this node: libcuda.so is not in the loader's \
-                 cache{} (is the driver installed? run ldconfig)",
-                nv.ldcache_error
-                    .as_ref()
-                    .map(|e| format!(" ({e})"))
-                    .unwrap_or_default()
-            ),
-            list_rule.clone(),
-        )),
         Ok(files) => {
+            if let Some(lib) = f.required_library.filter(|l| !files.has_library(l)) {
+                problems.push(note(
+                    flag,
+                    format!(
+                        "no driver library on this node: {lib} is not in the loader's \
+                         cache{} (is the driver installed? run ldconfig)",
+                        f.ldcache_error
+                            .as_ref()
+                            .map(|e| format!(" ({e})"))
+                            .unwrap_or_default()
+                    ),
+                    list_rule.clone(),
+                ));
+            }
             for m in files.missing.iter().filter(|m| m.kind == "path") {
                 problems.push(note(
                     m.entry.clone(),
@@ -148,12 +165,12 @@ fn gpu(req: &Request, policy: &LoadedPolicy, nv: Option<&NvidiaFacts>, out: &mut
             }
         }
     }
-    if let Err(e) = &nv.selection {
+    if let Err(e) = &f.selection {
         problems.push(note("GPUs", e.clone(), asked.clone()));
     }
     if !problems.is_empty() {
-        if !req.nv {
-            // gpu.nvidia = "always" on a node (or in a job) without GPUs: nothing to give.
+        if !requested {
+            // "always" on a node (or in a job) without GPUs: nothing to give.
             out.skipped.extend(problems.into_iter().map(|p| Skipped {
                 rule: mode_rule.clone(),
                 ..p
@@ -173,25 +190,27 @@ fn gpu(req: &Request, policy: &LoadedPolicy, nv: Option<&NvidiaFacts>, out: &mut
     }
 
     // Devices: the control nodes, then exactly the selected GPUs.
-    for c in &nv.host.control {
+    for c in &f.control {
         out.mounts.push(node(
             c,
-            in_dev(&nv.host.device_dir, c),
+            in_dev(&f.device_dir, c),
             &format!("{asked}: driver control node"),
         ));
     }
-    if let Ok(sel) = &nv.selection {
+    if let Ok(sel) = &f.selection {
         out.notes.push(note("GPUs", sel.how.clone(), asked.clone()));
         for s in &sel.gpus {
             out.mounts.push(node(
                 &s.node,
-                PathBuf::from(format!("/dev/nvidia{}", s.minor)),
+                s.dest.clone(),
                 &format!("{asked}: {}", s.why),
             ));
         }
-        mask_driver_info(nv, sel, &asked, out);
+        if let Some(m) = &f.mask {
+            mask_driver_info(m, &asked, out);
+        }
         out.env.push(EnvDecision {
-            name: "CUDA_VISIBLE_DEVICES".into(),
+            name: vendor.visible_var().into(),
             action: EnvAction::Set,
             value: Some(sel.visible()),
             origin: "gpu".into(),
@@ -201,14 +220,14 @@ fn gpu(req: &Request, policy: &LoadedPolicy, nv: Option<&NvidiaFacts>, out: &mut
             ),
         });
     }
-    for d in &nv.extra_devices {
+    for d in &f.extra_devices {
         out.mounts.push(node(
             d,
-            in_dev(&nv.host.device_dir, d),
+            in_dev(&f.device_dir, d),
             &policy.rule("gpu.devices"),
         ));
     }
-    if let Some(sock) = &nv.persistenced {
+    for sock in &f.sockets {
         out.mounts.push(MountStep {
             readonly: false,
             nosuid: true,
@@ -216,13 +235,13 @@ fn gpu(req: &Request, policy: &LoadedPolicy, nv: Option<&NvidiaFacts>, out: &mut
             ..node(
                 sock,
                 sock.clone(),
-                &format!("{asked}: nvidia-persistenced's socket"),
+                &format!("{asked}: the driver daemon's socket"),
             )
         });
     }
-    if let Ok(files) = &nv.files {
+    if let Ok(files) = &f.files {
         out.notes
-            .push(note("driver files", nv.liblist.clone(), list_rule.clone()));
+            .push(note("driver files", f.liblist.clone(), list_rule.clone()));
         add_files(files, out);
     }
 }
@@ -230,19 +249,9 @@ fn gpu(req: &Request, policy: &LoadedPolicy, nv: Option<&NvidiaFacts>, out: &mut
 /// With a subset of the node's GPUs, the driver's per-GPU information shows only those
 /// (nvidia-smi and NVML list what is there), as NVIDIA's container toolkit does: a tmpfs over
 /// the directory with the selected GPUs' entries bound back.
-fn mask_driver_info(
-    nv: &NvidiaFacts,
-    sel: &crate::host::gpu::Selection,
-    asked: &str,
-    out: &mut DeviceSteps,
-) {
-    let Some(all) = &nv.host.gpus else { return };
-    if sel.gpus.len() >= all.len() {
-        return;
-    }
-    let info = &nv.host.driver_info;
+fn mask_driver_info(m: &InfoMask, asked: &str, out: &mut DeviceSteps) {
     out.mounts.push(MountStep {
-        dest: info.clone(),
+        dest: m.dir.clone(),
         kind: MountKind::Tmpfs {
             mode: 0o555,
             size: Some("64k".into()),
@@ -253,15 +262,8 @@ fn mask_driver_info(
         rule: format!("{asked}: only the selected GPUs' driver information"),
         as_user: false,
     });
-    for s in &sel.gpus {
-        if let Some(g) = all.iter().find(|g| g.minor == s.minor) {
-            let p = info.join(&g.dir);
-            out.mounts.push(file(
-                &p,
-                &p,
-                &format!("{asked}: GPU {} ({})", g.minor, g.bus_id),
-            ));
-        }
+    for (p, label) in &m.keep {
+        out.mounts.push(file(p, p, &format!("{asked}: {label}")));
     }
 }
 

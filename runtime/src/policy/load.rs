@@ -175,6 +175,9 @@ const SCHEMA: &[Section] = &[
         keys: &[
             ("nvidia", Kind::Enum(&["on-request", "always", "never"])),
             ("liblist", Kind::Str(validate_abs_path)),
+            ("amd", Kind::Enum(&["on-request", "always", "never"])),
+            ("rocm_liblist", Kind::Str(validate_abs_path)),
+            ("kfd_topology", Kind::Str(validate_dir)),
             ("devices", Kind::List(validate_path_glob)),
             ("device_dir", Kind::Str(validate_dir)),
             ("driver_info", Kind::Str(validate_dir)),

@@ -235,14 +235,24 @@ pub enum Missing {
 /// list shipped in `packaging/nvliblist.conf` (compiled in).
 pub const DEFAULT_NVLIBLIST: &str = "/etc/slipway/nvliblist.conf";
 
-/// `[gpu]`: NVIDIA GPUs (`slipway exec --nv`, `srun --container-nv`). See docs/gpu.md.
+/// Default AMD list: `/etc/slipway/rocmliblist.conf`, else `packaging/rocmliblist.conf`.
+pub const DEFAULT_ROCMLIBLIST: &str = "/etc/slipway/rocmliblist.conf";
+
+/// `[gpu]`: NVIDIA GPUs (`slipway exec --nv`, `srun --container-nv`) and AMD GPUs (`--rocm`,
+/// `--container-rocm`). See docs/gpu.md.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Gpu {
-    /// When GPUs are given.
+    /// When NVIDIA GPUs are given.
     pub nvidia: GpuMode,
-    /// The driver file list (Apptainer's `nvliblist.conf` format).
+    /// The NVIDIA driver file list (Apptainer's `nvliblist.conf` format).
     pub liblist: PathBuf,
+    /// When AMD GPUs are given.
+    pub amd: GpuMode,
+    /// The AMD (ROCm) file list, same format (Apptainer's `rocmliblist.conf`).
+    pub rocm_liblist: PathBuf,
+    /// AMD's KFD topology (`/sys/class/kfd/kfd/topology/nodes`): render minors and ROCr's order.
+    pub kfd_topology: PathBuf,
     /// Extra host device paths or globs bound for GPU launches (e.g. `/dev/nvidia-nvswitch*`).
     pub devices: Vec<String>,
     /// Where the NVIDIA device nodes are (`/dev`; another directory only for stand-ins in
@@ -263,6 +273,9 @@ impl Default for Gpu {
         Gpu {
             nvidia: GpuMode::OnRequest,
             liblist: DEFAULT_NVLIBLIST.into(),
+            amd: GpuMode::OnRequest,
+            rocm_liblist: DEFAULT_ROCMLIBLIST.into(),
+            kfd_topology: "/sys/class/kfd/kfd/topology/nodes".into(),
             devices: Vec::new(),
             device_dir: "/dev".into(),
             driver_info: "/proc/driver/nvidia/gpus".into(),

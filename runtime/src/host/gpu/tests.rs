@@ -3,6 +3,8 @@
 //! four GPUs whose minors are not in PCI order.
 
 use super::*;
+use crate::host::gpu::{select, task_visible, wanted, Selection, Wanted};
+use crate::host::gres::GresConf;
 use std::ffi::CString;
 
 /// A stand-in node: `/dev` with nvidia0-3 and nvidiactl, driver information with bus ids that
@@ -86,7 +88,14 @@ fn discovery_reads_nodes_control_and_pci_order() {
 #[test]
 fn indices_are_pci_positions_not_minors() {
     let Some((_t, host)) = standin() else { return };
-    let sel = |pairs: &[(&str, &str)]| select(&host, &wanted(&env(pairs)), None, "n1");
+    let sel = |pairs: &[(&str, &str)]| {
+        select(
+            &host.inventory(),
+            &wanted(&env(pairs), &VISIBLE_VARS),
+            None,
+            "n1",
+        )
+    };
     assert_eq!(minors(&sel(&[]).unwrap()), [2, 0, 3, 1]);
     assert_eq!(
         minors(&sel(&[("CUDA_VISIBLE_DEVICES", "0,3")]).unwrap()),
@@ -119,11 +128,11 @@ fn without_driver_information_indices_are_refused_not_guessed() {
     let Some((t, host)) = standin() else { return };
     let host = NvidiaHost::discover(&host.device_dir, &t.path().join("absent"));
     assert!(host.gpus.is_none());
-    let all = select(&host, &Wanted::All, None, "n1").unwrap();
+    let all = select(&host.inventory(), &Wanted::All, None, "n1").unwrap();
     assert_eq!(minors(&all), [0, 1, 2, 3]);
     let e = select(
-        &host,
-        &wanted(&env(&[("CUDA_VISIBLE_DEVICES", "1")])),
+        &host.inventory(),
+        &wanted(&env(&[("CUDA_VISIBLE_DEVICES", "1")]), &VISIBLE_VARS),
         None,
         "n1",
     )
@@ -141,12 +150,15 @@ fn slurm_indices_map_through_gres_conf_files() {
         &t.path().join("gres.conf"),
     )
     .map_err(|e| e.to_string());
-    let w = wanted(&env(&[
-        ("SLURM_JOB_ID", "7"),
-        ("SLURM_STEP_GPUS", "0,2"),
-        ("CUDA_VISIBLE_DEVICES", "0,1"),
-    ]));
-    let s = select(&host, &w, Some(&conf), "n1").unwrap();
+    let w = wanted(
+        &env(&[
+            ("SLURM_JOB_ID", "7"),
+            ("SLURM_STEP_GPUS", "0,2"),
+            ("CUDA_VISIBLE_DEVICES", "0,1"),
+        ]),
+        &VISIBLE_VARS,
+    );
+    let s = select(&host.inventory(), &w, Some(&conf), "n1").unwrap();
     assert_eq!(minors(&s), [3, 1]);
     assert!(
         s.gpus[0].why.contains("SLURM_STEP_GPUS index 0"),
@@ -154,14 +166,14 @@ fn slurm_indices_map_through_gres_conf_files() {
         s.gpus[0]
     );
     assert_eq!(s.visible(), "0,1");
-    let e = select(&host, &w, Some(&conf), "n7").unwrap_err();
+    let e = select(&host.inventory(), &w, Some(&conf), "n7").unwrap_err();
     assert!(e.contains("names no Name=gpu File= for node n7"), "{e}");
-    let w = wanted(&env(&[("SLURM_STEP_GPUS", "5")]));
-    let e = select(&host, &w, Some(&conf), "n1").unwrap_err();
+    let w = wanted(&env(&[("SLURM_STEP_GPUS", "5")]), &VISIBLE_VARS);
+    let e = select(&host.inventory(), &w, Some(&conf), "n1").unwrap_err();
     assert!(e.contains("index 5, but"), "{e}");
     let e = select(
-        &host,
-        &wanted(&env(&[("SLURM_JOB_ID", "7")])),
+        &host.inventory(),
+        &wanted(&env(&[("SLURM_JOB_ID", "7")]), &VISIBLE_VARS),
         Some(&conf),
         "n1",
     )
