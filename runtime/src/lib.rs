@@ -8,12 +8,14 @@
 //! - [`host`]: facts about the host and the user (identity, groups, home, cwd, environment).
 //! - [`plan`]: what a launch will do, as data (`slipway explain` prints it).
 //! - [`exec`]: carrying a plan out: prepare the container's mount namespace, enter it.
+//! - [`jobs`]: one container per job and node, shared by its tasks (PBS).
 #![warn(missing_docs)]
 
 pub mod build;
 pub mod exec;
 pub mod host;
 pub mod image;
+pub mod jobs;
 pub mod plan;
 pub mod policy;
 pub mod sif;

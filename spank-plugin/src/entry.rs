@@ -615,6 +615,7 @@ mod tests {
             },
             command: vec!["x".into()],
             shell_fallback: false,
+            argv0: None,
             skipped: vec![],
             refused: vec![],
         };

@@ -177,6 +177,7 @@ pub fn build_plan(
         no_home: opts.no_home,
         writable_tmpfs: opts.writable_tmpfs,
         nv: asked.nv,
+        argv0: None,
         rocm: asked.rocm,
         // `explain` shows the image's environment, read without mounting; the launch reads it
         // from the mounted image instead (no second pass over the file).

@@ -8,6 +8,7 @@ mod build;
 mod exec;
 mod explain;
 mod inspect;
+mod pbs;
 mod policy;
 mod quick;
 
@@ -28,6 +29,8 @@ pub enum Command {
     Explain(explain::Args),
     /// Check the admin policy file (`policy check [FILE]`).
     Policy(policy::Args),
+    /// What the PBS hook runs: `begin` and `end` (root), `launch` (the job's tasks).
+    Pbs(pbs::Args),
 }
 
 /// Parses the launch verbs (`exec`, `run`, `shell`) on their own, without building the
@@ -67,5 +70,6 @@ pub fn run(cmd: Command) -> anyhow::Result<u8> {
         Command::Shell(a) => exec::run_shell(a),
         Command::Explain(a) => explain::run(a),
         Command::Policy(a) => policy::run(a),
+        Command::Pbs(a) => pbs::run(a),
     }
 }

@@ -157,11 +157,16 @@ pub fn exec(plan: &Plan, env: &BTreeMap<String, String>) -> ExecError {
     let envp = environ(env);
     let mut envp_ptrs: Vec<*const libc::c_char> = envp.iter().map(|c| c.as_ptr()).collect();
     envp_ptrs.push(std::ptr::null());
-    let argv: Vec<CString> = plan
+    let mut argv: Vec<CString> = plan
         .command
         .iter()
         .filter_map(|a| CString::new(a.as_bytes()).ok())
         .collect();
+    if let (Some(a0), Some(first)) = (&plan.argv0, argv.first_mut()) {
+        if let Ok(c) = CString::new(a0.as_bytes()) {
+            *first = c;
+        }
+    }
     let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|c| c.as_ptr()).collect();
     argv_ptrs.push(std::ptr::null());
     let cmd = &plan.command[0];

@@ -628,6 +628,7 @@ pub fn build(
         cwd,
         command: req.command.clone(),
         shell_fallback: req.shell,
+        argv0: req.argv0.clone(),
         devices: dev.notes,
         warnings: dev.warnings,
         skipped,

@@ -33,6 +33,8 @@ pub struct Request {
     pub command: Vec<String>,
     /// For `slipway shell`: fall back to `/bin/sh` when the command (`/bin/bash`) is missing.
     pub shell: bool,
+    /// The command's `argv[0]` when it is not the command itself (`-bash`: a login shell).
+    pub argv0: Option<String>,
     /// `--bind` (and `SLIPWAY_BIND`...) specifications, in order.
     pub binds: Vec<BindSpec>,
     /// `--pwd`.
@@ -282,6 +284,8 @@ pub struct Plan {
     pub command: Vec<String>,
     /// `slipway shell`: try `/bin/sh` if the command is missing.
     pub shell_fallback: bool,
+    /// `argv[0]` when it is not the command (`-bash`).
+    pub argv0: Option<String>,
     /// What the device steps are based on (GPU selection, driver list, fabric notes).
     pub devices: Vec<Skipped>,
     /// Said to the user before the command starts (`gpu.missing = "warn"`).
