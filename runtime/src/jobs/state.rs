@@ -319,6 +319,15 @@ pub fn end(job: &str) -> Result<(), JobError> {
             libc::kill(-pid, libc::SIGKILL);
             libc::kill(pid, libc::SIGKILL);
         }
+        // Gone (or a zombie for init to reap) before its mounts are taken away: at most 5 s.
+        let stat = Path::new("/proc").join(pid.to_string()).join("stat");
+        for _ in 0..500 {
+            let s = std::fs::read_to_string(&stat).unwrap_or_default();
+            if s.is_empty() || s.rsplit(") ").next().is_some_and(|r| r.starts_with('Z')) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
     let image = dir.image_dir();
     // Unmounted whatever state says (a crash between mount and write leaves no state).
