@@ -378,9 +378,21 @@ fn assert_common(fx: &Fx, r: &Value, image_fs: Option<&str>) {
     let env = &r["env"];
     assert_eq!(env["IMAGE_VAR"], "from image");
     assert_eq!(env["FROM_IMAGE"], "image-default");
+    // As under Apptainer: the scripts start without the host's PATH, so the Docker script's
+    // `${PATH:-"/usr/bin"}` gives /usr/bin, to which the default PATH's missing entries are
+    // appended; then 90-environment.sh prepends /opt/tool/bin.
     assert_eq!(
         env["PATH"],
-        "/opt/tool/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+        "/opt/tool/bin:/usr/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/sbin:/bin"
+    );
+    assert_eq!(
+        env["APPTAINER_NAME"],
+        r["env"]["SLIPWAY_CONTAINER"]
+            .as_str()
+            .unwrap()
+            .rsplit('/')
+            .next()
+            .unwrap()
     );
     assert_eq!(env["HOME"], fx.home.to_str().unwrap());
     assert_eq!(env["USER"], USER);

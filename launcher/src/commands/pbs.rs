@@ -166,19 +166,16 @@ fn launch(l: LaunchArgs) -> anyhow::Result<u8> {
     // In the container: its environment from the image's scripts, read from its root.
     let root = std::fs::File::open("/").context("open /")?;
     let scripts = exec::read_env_scripts(root.as_fd());
-    let (env, leftovers) = plan.environment(&host.env, &scripts);
+    let (env, told) = exec::shellenv::environment(&plan, &host.env, &scripts)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let first_task = host
         .env
         .iter()
         .find(|(k, _)| k == "PBS_TASKNUM")
         .is_none_or(|(_, v)| v == "1");
     if first_task {
-        for l in leftovers.iter().take(exec::MAX_WARNINGS) {
-            eprintln!(
-                "slipway: warning: {}: not applied ({})",
-                l.location(),
-                l.why
-            );
+        for w in told.iter().take(exec::MAX_WARNINGS) {
+            eprintln!("slipway: warning: {w}");
         }
     }
     drop(root);

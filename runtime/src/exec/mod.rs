@@ -19,6 +19,7 @@ pub mod image_files;
 pub mod loopdev;
 pub mod prefetch;
 pub mod rootfs;
+pub mod shellenv;
 pub mod sys;
 
 pub use enter::{
@@ -41,7 +42,6 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Child;
 
-use crate::image::envfile;
 use crate::plan::{ImageMount, Mode, MountKind, Plan, PlanError};
 use sys::{
     Sys, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY, RESOLVE_IN_ROOT,
@@ -66,6 +66,9 @@ pub enum ExecError {
         /// The errno (in the message, not chained, so it is printed once).
         err: std::io::Error,
     },
+    /// The image's environment could not be evaluated (its scripts timed out, failed, ...).
+    #[error("{0}")]
+    Environment(String),
     /// A mount point cannot be made.
     #[error("mount point {}: {why}", dest.display())]
     MountPoint {
@@ -611,26 +614,15 @@ fn prepare_inner(
     // Into the container's root (and the old root, with the staging tmpfs, detached).
     sys.pivot_root(&root)?;
 
-    // The environment, with the image's scripts (read above, from the image alone).
-    let (env, leftovers) = plan.environment(host_env, &scripts);
-    warnings.extend(
-        leftovers
-            .iter()
-            .take(MAX_WARNINGS)
-            .map(|l| match l.text.as_str() {
-                "" => format!("{}: not applied ({})", l.location(), l.why),
-                text => format!(
-                    "{}: not applied ({}): {}",
-                    l.location(),
-                    l.why,
-                    envfile::printable(text, 200)
-                ),
-            }),
-    );
-    if leftovers.len() > MAX_WARNINGS {
+    // The environment, with the image's scripts (read above, from the image alone), by the
+    // Rust evaluator or the image's own shell as the user (shellenv).
+    let (env, told) =
+        shellenv::environment(plan, host_env, &scripts).map_err(ExecError::Environment)?;
+    warnings.extend(told.iter().take(MAX_WARNINGS).cloned());
+    if told.len() > MAX_WARNINGS {
         warnings.push(format!(
             "{} more environment lines of the image not applied (not listed)",
-            leftovers.len() - MAX_WARNINGS
+            told.len() - MAX_WARNINGS
         ));
     }
 

@@ -74,6 +74,9 @@ pub struct EnvScript {
     pub assignments: Vec<Assignment>,
     /// Lines that were not understood.
     pub leftovers: Vec<Leftover>,
+    /// SHA-256 of the text, hex, when read from an image (recognizes stock Apptainer files).
+    #[serde(skip)]
+    pub digest: String,
 }
 
 /// Parses one script. `file` names it in leftovers.
@@ -548,6 +551,7 @@ impl EnvScript {
                 text: String::new(),
                 why: why.to_string(),
             }],
+            digest: String::new(),
         }
     }
 }

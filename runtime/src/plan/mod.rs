@@ -7,17 +7,16 @@
 
 pub mod bind;
 mod devices;
+pub mod environment;
 mod render;
 mod types;
 
-use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 
 pub use bind::BindSpec;
 pub use types::*;
 
 use crate::host::HostFacts;
-use crate::image::envfile::{EnvScript, Leftover};
 use crate::image::Image;
 use crate::policy::{Format, LoadedPolicy, PolicySource, TmpMode, User};
 
@@ -492,14 +491,47 @@ pub fn build(
     let mut host_env: Vec<&(String, String)> = host.env.iter().collect();
     host_env.sort();
     host_env.dedup_by(|a, b| a.0 == b.0);
-    for (k, _) in host_env {
+    let mut injected: Vec<EnvDecision> = Vec::new();
+    for (k, v) in host_env {
+        if let Some(d) = environment::apptainer_var(k, v) {
+            match d {
+                environment::Apptainer::Inject(name, origin) => {
+                    // APPTAINERENV_X wins over SINGULARITYENV_X (both may be set).
+                    let apptainer = origin.starts_with("APPTAINERENV_");
+                    if let Some(i) = injected.iter().position(|e| e.name == name) {
+                        if apptainer {
+                            injected.remove(i);
+                        } else {
+                            continue;
+                        }
+                    }
+                    injected.push(EnvDecision {
+                        name,
+                        action: EnvAction::Inject,
+                        value: Some(v.clone()),
+                        origin,
+                        rule: "Apptainer's *ENV_ prefix: set in the container, evaluated".into(),
+                    });
+                }
+                environment::Apptainer::Drop(rule) => decisions.push(EnvDecision {
+                    name: k.clone(),
+                    action: EnvAction::Drop,
+                    value: None,
+                    origin: "host".into(),
+                    rule,
+                }),
+            }
+            continue;
+        }
         if k == "PATH" {
             decisions.push(EnvDecision {
                 name: k.clone(),
                 action: EnvAction::Drop,
                 value: None,
                 origin: "host".into(),
-                rule: format!("slipway (container PATH starts as {DEFAULT_PATH})"),
+                rule: "slipway (host directories: the container's PATH is the image's, else \
+                       the default)"
+                    .into(),
             });
             continue;
         }
@@ -534,7 +566,12 @@ pub fn build(
         origin: origin.into(),
         rule: rule.into(),
     };
-    decisions.push(set("PATH", DEFAULT_PATH, "slipway", BASE));
+    decisions.push(set(
+        "PATH",
+        DEFAULT_PATH,
+        "default",
+        "slipway (when the image's scripts set none, as Apptainer)",
+    ));
     let home_s = u.home.display().to_string();
     for (k, v) in [
         ("HOME", home_s.as_str()),
@@ -563,13 +600,20 @@ pub fn build(
         }
     }
     decisions.extend(dev.env);
+    decisions.extend(injected);
     for (k, v) in &req.env {
         if !crate::image::envfile::valid_name(k) {
             return Err(PlanError::Invalid(format!(
                 "--env {k}: not a variable name"
             )));
         }
-        decisions.push(set(k, v, "--env", "--env"));
+        decisions.push(EnvDecision {
+            name: environment::injected_name(k),
+            action: EnvAction::Inject,
+            value: Some(v.clone()),
+            origin: "--env".into(),
+            rule: "--env (evaluated in the container, after the image's scripts)".into(),
+        });
     }
     let set_rule = policy.rule("env.set");
     for (k, v) in &p.env.set {
@@ -689,62 +733,6 @@ impl Plan {
             }),
             None => Ok(()),
         }
-    }
-
-    /// The container's environment, given the image's parsed scripts (in order). Returns the
-    /// variables and the lines that were not applied.
-    pub fn environment(
-        &self,
-        host_env: &[(String, String)],
-        image_scripts: &[EnvScript],
-    ) -> (BTreeMap<String, String>, Vec<Leftover>) {
-        let mut env = BTreeMap::new();
-        let passed: std::collections::BTreeSet<&str> = self
-            .env
-            .decisions
-            .iter()
-            .filter(|d| d.action == EnvAction::Pass)
-            .map(|d| d.name.as_str())
-            .collect();
-        for (k, v) in host_env {
-            if passed.contains(k.as_str()) {
-                env.insert(k.clone(), v.clone());
-            }
-        }
-        let mut leftovers = Vec::new();
-        let (before, after): (Vec<_>, Vec<_>) = self
-            .env
-            .decisions
-            .iter()
-            .filter(|d| d.action != EnvAction::Pass && d.action != EnvAction::Drop)
-            .filter(|d| d.value.is_some())
-            .partition(|d| d.origin == "slipway" || d.origin == "identity");
-        for d in before {
-            env.insert(d.name.clone(), d.value.clone().unwrap_or_default());
-        }
-        for s in image_scripts.iter().chain(&self.env.env_file) {
-            let late = s.apply(&mut env);
-            leftovers.extend(s.leftovers.iter().cloned());
-            leftovers.extend(late);
-        }
-        for d in after {
-            let v = d.value.clone().unwrap_or_default();
-            if d.action == EnvAction::Append {
-                let cur = env.get(&d.name).cloned().unwrap_or_default();
-                if cur.split(':').any(|e| e == v) {
-                    continue;
-                }
-                let joined = if cur.is_empty() {
-                    v
-                } else {
-                    format!("{cur}:{v}")
-                };
-                env.insert(d.name.clone(), joined);
-            } else {
-                env.insert(d.name.clone(), v);
-            }
-        }
-        (env, leftovers)
     }
 
     /// The plan as text (what `slipway explain` prints).

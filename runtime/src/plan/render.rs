@@ -113,6 +113,16 @@ pub fn text(p: &Plan) -> String {
                     d.rule
                 );
             }
+            EnvAction::Inject => {
+                let _ = writeln!(
+                    w,
+                    "  inject {}=\"{}\" ({}) [{}]",
+                    d.name,
+                    printable(d.value.as_deref().unwrap_or(""), 200),
+                    d.origin,
+                    d.rule
+                );
+            }
             EnvAction::Append => {
                 let _ = writeln!(
                     w,
@@ -129,7 +139,7 @@ pub fn text(p: &Plan) -> String {
                     None => String::new(),
                 };
                 let _ = writeln!(w, "  set {}{v} ({}) [{}]", d.name, d.origin, d.rule);
-                if d.origin == "slipway" && d.name == "SLIPWAY_CONTAINER" {
+                if d.origin == "default" && d.name == "PATH" {
                     match &p.env.image_scripts {
                         None => {
                             let _ = writeln!(

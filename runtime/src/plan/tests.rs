@@ -224,9 +224,11 @@ fn environment_order() {
     );
     assert_eq!(
         get("TERM"),
-        Some("xterm"),
-        "host value kept by the ${{K:-V}} form"
+        Some("vt100"),
+        "as under Apptainer, the image's ${{K:-V}} default wins: host variables are hidden \
+         while the image's scripts run"
     );
+    assert_eq!(get("APPTAINER_NAME"), Some("app.sif"));
     assert_eq!(get("LD_PRELOAD"), None, "denied by policy");
     assert_eq!(get("SLURM_JOB_ID"), Some("7"));
     assert_eq!(get("A"), Some("1"), "--env wins over the image");

@@ -188,6 +188,9 @@ pub enum EnvAction {
     Set,
     /// A directory is appended to a `:` list (after the image's scripts).
     Append,
+    /// A variable is set in the container after the image's scripts, its value evaluated there
+    /// as a double-quoted shell word (`--env`, `APPTAINERENV_*`; Apptainer's injection).
+    Inject,
 }
 
 /// One environment decision.
