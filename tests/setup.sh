@@ -13,6 +13,8 @@ PACKAGES=(
   iproute2 procps psmisc
   # building: bindgen needs libclang; the test probe is linked statically
   libclang-dev gcc libc6-dev pkg-config jq
+  # environments: a static busybox is the test images' /bin/sh (tests/tests/environment.rs)
+  busybox-static
   # GPUs: NVIDIA's real 535 user space (contrib/non-free) and AMD's ROCm 5.2 runtime, for
   # --nv and --rocm without a GPU
   libcuda1 libnvidia-ml1 nvidia-smi libhsa-runtime64-1 rocminfo

@@ -285,12 +285,18 @@ fn shell_child(
             // Dies with the shell; killed, it takes the shell along (PDEATHSIG below).
             return (reap(pid) >> 8) & 0xff;
         }
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+        let parent = libc::getppid();
         if !ns {
             libc::setpgid(0, 0);
         }
         if super::drop_identity(plan).is_err() {
             return 72;
+        }
+        // After the identity changed (which clears it), and checked against a parent that
+        // died in between.
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+        if libc::getppid() != parent {
+            return 75;
         }
         let _ = super::chdir(plan);
         let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);

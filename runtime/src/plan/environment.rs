@@ -315,8 +315,10 @@ fn runtime_vars(env: &mut BTreeMap<String, String>) {
 /// fd 3. It starts with `HOME` and `__SLIPWAY_DEFAULT_PATH` only; names starting with
 /// `__SLIPWAY` or `__slipway` are its own.
 pub fn action_script(plan: &Plan, has_runtimevars: bool) -> String {
+    // PATH unset first: some shells (busybox) make up one when they start without it.
     let mut s = String::from(
-        r#"__slipway_fixpath() {
+        r#"unset PATH
+__slipway_fixpath() {
   __slipway_rest="$__SLIPWAY_DEFAULT_PATH:"; __slipway_new="${PATH:-}"
   while [ -n "$__slipway_rest" ]; do
     __slipway_d="${__slipway_rest%%:*}"; __slipway_rest="${__slipway_rest#*:}"
