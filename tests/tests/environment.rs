@@ -380,6 +380,7 @@ fn hostile_scripts_are_bounded() {
         let uid = run_ok(Command::new("id").args(["-u", USER]))
             .trim()
             .to_string();
+        let host_ns = std::fs::read_link("/proc/self/ns/pid").unwrap();
         let alive: Vec<String> = std::fs::read_dir("/proc")
             .unwrap()
             .flatten()
