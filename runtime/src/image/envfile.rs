@@ -417,6 +417,21 @@ fn parse_dollar(s: &str, depth: usize) -> Result<(Part, usize), &'static str> {
 
 /// Parses the WORD of `${K:-WORD}` up to the closing `}`; returns parts and bytes used (not
 /// counting the `}`).
+/// Where the double-quoted string `s` (after its opening quote) ends: the first `"` not
+/// escaped by a backslash (`slipway build` writes Docker `ENV` values with `\"`).
+fn closing_quote(s: &str) -> Option<usize> {
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'\\' => i += 2,
+            b'"' => return Some(i),
+            _ => i += 1,
+        }
+    }
+    None
+}
+
 fn parse_default(s: &str, depth: usize) -> Result<(Vec<Part>, usize), &'static str> {
     let mut parts = Vec::new();
     let mut lit = String::new();
@@ -429,7 +444,7 @@ fn parse_default(s: &str, depth: usize) -> Result<(Vec<Part>, usize), &'static s
         match b[i] {
             b'}' => break,
             b'"' => {
-                let end = s[i + 1..].find('"').ok_or("unterminated double quote")?;
+                let end = closing_quote(&s[i + 1..]).ok_or("unterminated double quote")?;
                 let (inner, _) = parse_word(&format!("\"{}\"", &s[i + 1..i + 1 + end]), depth)?;
                 flush(&mut parts, &mut lit);
                 parts.extend(inner);
@@ -598,6 +613,15 @@ mod tests {
         let mut left = s.leftovers;
         left.extend(late);
         (env, left)
+    }
+
+    /// `slipway build` writes a Docker `ENV` value holding `"` as `\"` inside Docker's
+    /// `${K:-"..."}` default: the quote ends at the unescaped `"`.
+    #[test]
+    fn escaped_quotes_in_a_default() {
+        let (env, left) = run("export MSG=\"${MSG:-\"say \\\"hi\\\" now\"}\"\n", &[]);
+        assert!(left.is_empty(), "{left:?}");
+        assert_eq!(env["MSG"], "say \"hi\" now");
     }
 
     #[test]
