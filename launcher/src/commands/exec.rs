@@ -193,7 +193,7 @@ fn image_env(image: &Image) -> Option<Vec<envfile::EnvScript>> {
     Some(
         i.environment
             .iter()
-            .map(|f| envfile::parse(&f.path, &f.content))
+            .map(|f| envfile::parse_image_script(&f.path, &f.content))
             .collect(),
     )
 }

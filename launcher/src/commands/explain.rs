@@ -21,6 +21,37 @@ pub struct Args {
     pub command: Vec<String>,
 }
 
+/// The environment the command will get, when it can be known without the image's shell
+/// (the scripts hold plain assignments, or the image could not be read ahead: then nothing).
+fn final_env(plan: &slipway_runtime::plan::Plan, host_env: &[(String, String)]) -> String {
+    use std::fmt::Write;
+    let Some(scripts) = &plan.env.image_scripts else {
+        return String::new();
+    };
+    let mut s = String::new();
+    if !slipway_runtime::exec::shellenv::rust_suffices(plan, scripts) {
+        let _ = writeln!(
+            s,
+            "final environment: computed at launch by the image's /bin/sh (its scripts need a \
+             shell: see the lines not applied above)"
+        );
+        return s;
+    }
+    let (env, _) = plan.environment(host_env, scripts);
+    let _ = writeln!(
+        s,
+        "final environment (before GPU and Slurm additions at launch):"
+    );
+    for (k, v) in env {
+        let _ = writeln!(
+            s,
+            "  {k}={}",
+            slipway_runtime::image::envfile::printable(&v, 200)
+        );
+    }
+    s
+}
+
 /// Runs `slipway explain`.
 pub fn run(a: Args) -> anyhow::Result<u8> {
     let command = if a.command.is_empty() {
@@ -28,11 +59,11 @@ pub fn run(a: Args) -> anyhow::Result<u8> {
     } else {
         a.command
     };
-    let (plan, _) = build_plan(&a.opts, &a.image, command, false, true)?;
+    let (plan, host) = build_plan(&a.opts, &a.image, command, false, true)?;
     let text = if a.json {
         serde_json::to_string_pretty(&plan)? + "\n"
     } else {
-        plan.render()
+        plan.render() + &final_env(&plan, &host.env)
     };
     // A reader that stops early (`| head`, `grep -q`) is not an error.
     match std::io::stdout().lock().write_all(text.as_bytes()) {

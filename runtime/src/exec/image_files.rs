@@ -174,18 +174,8 @@ pub fn read_env_scripts(image: std::os::fd::BorrowedFd) -> Vec<EnvScript> {
         let script = match sys::read_in(image, &rel_dir.join(n), max) {
             Ok(Some(b)) => {
                 budget -= b.len() as u64;
-                let digest = {
-                    use sha2::Digest;
-                    sha2::Sha256::digest(&b)
-                        .iter()
-                        .map(|x| format!("{x:02x}"))
-                        .collect::<String>()
-                };
                 match String::from_utf8(b) {
-                    Ok(text) => envfile::EnvScript {
-                        digest,
-                        ..envfile::parse(&name, &text)
-                    },
+                    Ok(text) => envfile::parse_image_script(&name, &text),
                     Err(_) => EnvScript::unreadable(&name, "not UTF-8 text"),
                 }
             }

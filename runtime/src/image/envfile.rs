@@ -79,6 +79,19 @@ pub struct EnvScript {
     pub digest: String,
 }
 
+/// [`parse`] of an image's script, with its SHA-256 (stock Apptainer files are recognised by it).
+pub fn parse_image_script(file: &str, text: &str) -> EnvScript {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect();
+    EnvScript {
+        digest,
+        ..parse(file, text)
+    }
+}
+
 /// Parses one script. `file` names it in leftovers.
 pub fn parse(file: &str, text: &str) -> EnvScript {
     let mut out = EnvScript {
