@@ -288,6 +288,30 @@ fn prepare_inner(
         _ => None,
     };
 
+    // Unprivileged, the host's binds are cloned now, before the staging tmpfs exists (a
+    // clone with submounts taken later would carry it along). In a user namespace every
+    // inherited mount is locked, and the kernel refuses a non-recursive clone of a tree with
+    // locked mounts below it (EINVAL): such a source (a node's /tmp with a per-job scratch
+    // below it, an autofs home) is bound with its submounts, as the host shows it to the user.
+    let mut early: Vec<Option<(OwnedFd, bool)>> = Vec::new();
+    if !privileged {
+        for (m, src) in plan.mounts.iter().zip(&sources) {
+            early.push(match (&m.kind, src) {
+                (MountKind::Bind { recursive, .. }, Some(fd)) => {
+                    Some(match sys.clone_tree(fd.as_fd(), *recursive, &m.dest) {
+                        Err(ExecError::Sys { ref err, .. })
+                            if !*recursive && err.raw_os_error() == Some(libc::EINVAL) =>
+                        {
+                            (sys.clone_tree(fd.as_fd(), true, &m.dest)?, true)
+                        }
+                        other => (other?, *recursive),
+                    })
+                }
+                _ => None,
+            });
+        }
+    }
+
     // Staging: a tmpfs holding the image mount point, the container root, the layers and the
     // generated files.
     sys.mount(
@@ -435,7 +459,7 @@ fn prepare_inner(
     // kept while only mount points made in it are mounted on: the minimal /dev's nodes all go
     // there, so each costs one create instead of a walk of its path.
     let mut made_in: Option<(PathBuf, OwnedFd)> = None;
-    for (m, src) in plan.mounts.iter().zip(&sources) {
+    for (index, (m, src)) in plan.mounts.iter().zip(&sources).enumerate() {
         if let MountKind::Generated { file } = &m.kind {
             if write_in_ours(sys, &root_fd, &m.dest, generated(file), &ours, &mut made_in)? {
                 continue;
@@ -544,7 +568,10 @@ fn prepare_inner(
                     }
                 );
                 let fd = src_fd.expect("bind source opened");
-                let t = sys.clone_tree(fd.as_fd(), recursive, &m.dest)?;
+                let (t, recursive) = match early.get_mut(index).and_then(Option::take) {
+                    Some(cloned) => cloned,
+                    None => (sys.clone_tree(fd.as_fd(), recursive, &m.dest)?, recursive),
+                };
                 // A clone keeps its source's flags: skip mount_setattr when they are already
                 // there (only a non-recursive clone can be judged from the source alone).
                 if !recursive && attrs != 0 {
