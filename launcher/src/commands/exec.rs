@@ -47,6 +47,10 @@ pub struct Opts {
     /// from $SLIPWAY_ROCM, $APPTAINER_ROCM, $SINGULARITY_ROCM).
     #[arg(long)]
     pub rocm: bool,
+    /// One container per process even for the ranks of a parallel job (by default those of one
+    /// job on one node share one; also from $SLIPWAY_NO_SHARE).
+    #[arg(long)]
+    pub no_share: bool,
     /// Policy file (default /etc/slipway/policy.toml; built-in defaults if it is missing).
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
@@ -200,7 +204,7 @@ fn image_env(image: &Image) -> Option<Vec<envfile::EnvScript>> {
 
 /// `$SLIPWAY_<name>`, `$APPTAINER_<name>` or `$SINGULARITY_<name>` (`NV`, `ROCM`) set to a
 /// true value (Apptainer's spelling: anything but empty, `0`, `false`, `no`, `off`).
-fn flag_from_env(name: &str) -> bool {
+pub fn flag_from_env(name: &str) -> bool {
     ["SLIPWAY_", "APPTAINER_", "SINGULARITY_"].iter().any(|p| {
         std::env::var(format!("{p}{name}")).is_ok_and(|v| {
             !matches!(
@@ -216,25 +220,59 @@ fn libc_geteuid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
+/// The key of the node's container this launch shares with the other ranks of its parallel
+/// job, when it does: unprivileged, not `--no-share`, a rank of a job.
+pub fn shared_key(opts: &Opts, plan: &Plan, host: &HostFacts) -> Option<String> {
+    let no_share = opts.no_share || flag_from_env("NO_SHARE");
+    (plan.mode == plan::Mode::Unprivileged && !no_share)
+        .then(|| slipway_runtime::jobs::shared::key(&host.env, plan))
+        .flatten()
+}
+
 /// Prepares and enters the container, then execs; returns only on failure.
-fn launch(plan: Plan, host: HostFacts) -> anyhow::Result<u8> {
+fn launch(plan: Plan, host: HostFacts, shared: Option<String>) -> anyhow::Result<u8> {
     plan.check()?;
-    let prepared = exec::prepare_for_exec(&plan, &host.env, &Linux, Path::new(exec::STAGING))?;
-    for w in &prepared.warnings {
-        eprintln!("slipway: warning: {w}");
-    }
+    let env = match shared {
+        Some(key) => {
+            // A rank of a parallel job: join (or create) the node's container of the job.
+            slipway_runtime::jobs::shared::enter(&key, &plan, &host.env)?;
+            let root = std::fs::File::open("/").context("open /")?;
+            let scripts = exec::read_env_scripts(std::os::fd::AsFd::as_fd(&root));
+            let (env, told) = exec::shellenv::environment(&plan, &host.env, &scripts)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let first = ["PMIX_RANK", "OMPI_COMM_WORLD_RANK", "SLURM_PROCID"]
+                .iter()
+                .find_map(|k| host.env.iter().find(|(n, _)| n == k))
+                .is_none_or(|(_, v)| v == "0");
+            if first {
+                for w in told.iter().take(exec::MAX_WARNINGS) {
+                    eprintln!("slipway: warning: {w}");
+                }
+            }
+            env
+        }
+        None => {
+            let prepared =
+                exec::prepare_for_exec(&plan, &host.env, &Linux, Path::new(exec::STAGING))?;
+            for w in &prepared.warnings {
+                eprintln!("slipway: warning: {w}");
+            }
+            prepared.env.clone()
+        }
+    };
     exec::drop_identity(&plan)?;
     if let Some(w) = exec::chdir(&plan)? {
         eprintln!("slipway: warning: {w}");
     }
-    let e = exec::exec(&plan, &prepared.env);
+    let e = exec::exec(&plan, &env);
     Err(e.into())
 }
 
 /// Runs `slipway exec`.
 pub fn run_exec(a: ExecArgs) -> anyhow::Result<u8> {
     let (plan, host) = build_plan(&a.opts, &a.image, a.command, false, false)?;
-    launch(plan, host)
+    let shared = shared_key(&a.opts, &plan, &host);
+    launch(plan, host, shared)
 }
 
 /// Runs `slipway run`.
@@ -242,13 +280,14 @@ pub fn run_run(a: RunArgs) -> anyhow::Result<u8> {
     let mut cmd = vec![RUNSCRIPT.to_string()];
     cmd.extend(a.args);
     let (plan, host) = build_plan(&a.opts, &a.image, cmd, false, false)?;
-    launch(plan, host)
+    let shared = shared_key(&a.opts, &plan, &host);
+    launch(plan, host, shared)
 }
 
 /// Runs `slipway shell`.
 pub fn run_shell(a: ShellArgs) -> anyhow::Result<u8> {
     let (plan, host) = build_plan(&a.opts, &a.image, vec!["/bin/bash".into()], true, false)?;
-    launch(plan, host)
+    launch(plan, host, None)
 }
 
 #[cfg(test)]

@@ -34,8 +34,8 @@ fn sys_err(what: &'static str, path: &Path) -> JobError {
 
 /// The pid the job's keeper recorded, if that process lives, is a keeper, and belongs to
 /// `uid` (when given).
-pub fn recorded_keeper(dir: &JobDir, uid: Option<u32>) -> Option<libc::pid_t> {
-    let text = std::fs::read_to_string(dir.user_dir().join("keeper.pid")).ok()?;
+pub fn recorded_keeper(user_dir: &Path, uid: Option<u32>) -> Option<libc::pid_t> {
+    let text = std::fs::read_to_string(user_dir.join("keeper.pid")).ok()?;
     let pid: libc::pid_t = text.trim().parse().ok()?;
     if pid <= 1 {
         return None;
@@ -54,6 +54,21 @@ pub fn recorded_keeper(dir: &JobDir, uid: Option<u32>) -> Option<libc::pid_t> {
     Some(pid)
 }
 
+/// How long a keeper holds its container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifetime {
+    /// Until the job's `state.json` is gone (PBS's `execjob_end`) or it is killed.
+    UntilEnd,
+    /// While processes use the container: it leaves after [`IDLE_CHECKS`] checks a second
+    /// apart found none in its mount namespace but itself and its children (`slipway exec`
+    /// ranks of one job sharing a node's container).
+    WhileUsed,
+}
+
+/// Consecutive idle checks (a second apart) before a [`Lifetime::WhileUsed`] keeper leaves:
+/// ranks that start a little after the first one ends still find its container.
+pub const IDLE_CHECKS: u32 = 3;
+
 /// Joins the job's container on this node, starting its keeper first if none lives. On
 /// return the calling process is in the container (root and working directory its `/`).
 pub fn join_or_start(
@@ -61,7 +76,25 @@ pub fn join_or_start(
     plan: &Plan,
     host_env: &[(String, String)],
 ) -> Result<(), JobError> {
-    let udir = dir.user_dir();
+    join_or_start_in(
+        &dir.path,
+        &dir.user_dir(),
+        Lifetime::UntilEnd,
+        plan,
+        host_env,
+    )
+}
+
+/// [`join_or_start`] with the lock and pid in `udir` (the user's), for a keeper that watches
+/// `dir` (its `state.json`, for [`Lifetime::UntilEnd`]).
+pub fn join_or_start_in(
+    dir: &Path,
+    udir: &Path,
+    lifetime: Lifetime,
+    plan: &Plan,
+    host_env: &[(String, String)],
+) -> Result<(), JobError> {
+    let udir = udir.to_path_buf();
     let lock_path = udir.join("lock");
     let lock = std::fs::OpenOptions::new()
         .create(true)
@@ -81,9 +114,9 @@ pub fn join_or_start(
     }
     // SAFETY: getuid has no preconditions.
     let uid = unsafe { libc::getuid() };
-    let pid = match recorded_keeper(dir, Some(uid)) {
+    let pid = match recorded_keeper(&udir, Some(uid)) {
         Some(pid) => pid,
-        None => start(dir, plan, host_env, lock.as_raw_fd())?,
+        None => start(dir, &udir, lifetime, plan, host_env, lock.as_raw_fd())?,
     };
     let joined = join(pid);
     // Unlocked explicitly: a flock belongs to the open file, which a child could share.
@@ -121,7 +154,9 @@ fn join(pid: libc::pid_t) -> Result<(), JobError> {
 
 /// Starts a keeper and waits until it has built the container (or failed: its error).
 fn start(
-    dir: &JobDir,
+    dir: &Path,
+    udir: &Path,
+    lifetime: Lifetime,
     plan: &Plan,
     host_env: &[(String, String)],
     lock: std::os::fd::RawFd,
@@ -129,21 +164,36 @@ fn start(
     let mut fds = [0; 2];
     // SAFETY: pipe2 fills two fds.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
-        return Err(sys_err("pipe", &dir.path));
+        return Err(sys_err("pipe", dir));
     }
     // SAFETY: pipe2 returned two fresh fds we now own.
     let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    // An fd of the job's directory: the keeper watches state.json through it after it has
-    // left the host's file system.
-    let dir_fd = std::fs::File::open(&dir.path).map_err(|e| JobError::Io {
-        what: "open",
-        path: dir.path.clone(),
-        err: e,
-    })?;
+    // Fds of the job's directory (the keeper watches state.json through it after it has left
+    // the host's file system) and of the user's (its pid file; its own lock, a separate open
+    // file, for a keeper that decides to leave).
+    let open = |p: &Path| {
+        std::fs::File::open(p).map_err(|e| JobError::Io {
+            what: "open",
+            path: p.to_path_buf(),
+            err: e,
+        })
+    };
+    let dir_fd = open(dir)?;
+    let udir_fd = open(udir)?;
+    let own_lock = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .open(udir.join("lock"))
+        .map_err(|e| JobError::Io {
+            what: "open",
+            path: udir.join("lock"),
+            err: e,
+        })?;
     // SAFETY: the launcher is single-threaded; the children only _exit.
     let child = unsafe { libc::fork() };
     if child < 0 {
-        return Err(sys_err("fork", &dir.path));
+        return Err(sys_err("fork", dir));
     }
     if child == 0 {
         drop(rd);
@@ -154,7 +204,7 @@ fn start(
             libc::close(lock);
             libc::setsid();
             match libc::fork() {
-                0 => keeper_main(plan, host_env, wr, dir_fd),
+                0 => keeper_main(plan, host_env, wr, dir_fd, udir_fd, own_lock, lifetime),
                 p if p > 0 => 0,
                 _ => 71,
             }
@@ -163,7 +213,7 @@ fn start(
         unsafe { libc::_exit(code) };
     }
     drop(wr);
-    drop(dir_fd);
+    drop((dir_fd, udir_fd, own_lock));
     let mut status = 0;
     // SAFETY: reaps the intermediate child.
     unsafe { libc::waitpid(child, &mut status, 0) };
@@ -189,6 +239,9 @@ fn keeper_main(
     host_env: &[(String, String)],
     answer: OwnedFd,
     dir: std::fs::File,
+    udir: std::fs::File,
+    lock: std::fs::File,
+    lifetime: Lifetime,
 ) -> i32 {
     let name = std::ffi::CString::new(KEEPER_NAME).expect("no NUL");
     // SAFETY: prctl with a valid string; dup2 onto the standard fds.
@@ -219,11 +272,11 @@ fn keeper_main(
     };
     // The pid file, written through the job directory's fd (the host's paths are gone).
     let write_pid = || -> std::io::Result<()> {
-        let tmp = c"user/keeper.pid.tmp";
+        let tmp = c"keeper.pid.tmp";
         // SAFETY: openat relative to an open directory fd, with a literal name.
         let fd = unsafe {
             libc::openat(
-                dir.as_raw_fd(),
+                udir.as_raw_fd(),
                 tmp.as_ptr(),
                 libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC | libc::O_NOFOLLOW,
                 0o600,
@@ -238,10 +291,10 @@ fn keeper_main(
         // SAFETY: renameat within the same directory fd.
         if unsafe {
             libc::renameat(
-                dir.as_raw_fd(),
+                udir.as_raw_fd(),
                 tmp.as_ptr(),
-                dir.as_raw_fd(),
-                c"user/keeper.pid".as_ptr(),
+                udir.as_raw_fd(),
+                c"keeper.pid".as_ptr(),
             )
         } < 0
         {
@@ -255,22 +308,74 @@ fn keeper_main(
     }
     let _ = out.write_all(format!("ok {pid}\n").as_bytes());
     drop(out);
-    // Hold the container until the job's state is removed (end), checking every second.
+    // Hold the container: until the job's state is removed (end), or while it is used,
+    // checking every second.
+    let mut idle = 0;
     loop {
         std::thread::sleep(Duration::from_secs(1));
-        // SAFETY: faccessat relative to an open directory fd.
-        let gone = unsafe {
-            libc::faccessat(
-                dir.as_fd().as_raw_fd(),
-                c"state.json".as_ptr(),
-                libc::F_OK,
-                0,
-            )
-        } < 0;
-        if gone {
-            break;
+        match lifetime {
+            Lifetime::UntilEnd => {
+                // SAFETY: faccessat relative to an open directory fd.
+                let gone = unsafe {
+                    libc::faccessat(
+                        dir.as_fd().as_raw_fd(),
+                        c"state.json".as_ptr(),
+                        libc::F_OK,
+                        0,
+                    )
+                } < 0;
+                if gone {
+                    break;
+                }
+            }
+            Lifetime::WhileUsed => {
+                // Under the tasks' lock: a task that found this keeper joins before it looks.
+                // SAFETY: flock on an fd we own.
+                unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
+                idle = if users(pid) == 0 { idle + 1 } else { 0 };
+                if idle >= IDLE_CHECKS {
+                    // SAFETY: unlinkat relative to an open directory fd.
+                    unsafe { libc::unlinkat(udir.as_raw_fd(), c"keeper.pid".as_ptr(), 0) };
+                    break;
+                }
+                // SAFETY: as above.
+                unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_UN) };
+            }
         }
     }
     prepared.teardown();
     0
+}
+
+/// Processes in the keeper's (`pid`) mount namespace but the keeper and its children.
+fn users(pid: libc::pid_t) -> usize {
+    let Ok(own) = std::fs::read_link("/proc/self/ns/mnt") else {
+        return 0;
+    };
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    procs
+        .flatten()
+        .filter(|e| {
+            let Some(p) = e
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<libc::pid_t>().ok())
+            else {
+                return false;
+            };
+            if p == pid || std::fs::read_link(e.path().join("ns/mnt")).ok().as_ref() != Some(&own) {
+                return false;
+            }
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            let after = stat.rsplit(") ").next().unwrap_or("");
+            let ppid: libc::pid_t = after
+                .split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            !after.starts_with('Z') && ppid != pid
+        })
+        .count()
 }

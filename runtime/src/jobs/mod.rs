@@ -16,8 +16,11 @@
 //!   goes.
 //! - [`end`] (root, PBS's `execjob_end`): kills the keeper, unmounts the image, removes the
 //!   directory; idempotent, and it needs nothing but the directory (after a MoM restart too).
+//! - [`shared`]: the same keeper for the hybrid model (`mpirun slipway exec`): no root part;
+//!   the container lives while its ranks use it.
 
 pub mod keeper;
+pub mod shared;
 mod state;
 
 pub use state::{begin, end, job_dir, BeginRequest, JobDir, JobError, JobState, STATE_ROOT};

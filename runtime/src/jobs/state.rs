@@ -312,7 +312,9 @@ pub fn end(job: &str) -> Result<(), JobError> {
         return Ok(());
     }
     let state = dir.load_state().ok();
-    if let Some(pid) = super::keeper::recorded_keeper(&dir, state.as_ref().map(|s| s.uid)) {
+    if let Some(pid) =
+        super::keeper::recorded_keeper(&dir.user_dir(), state.as_ref().map(|s| s.uid))
+    {
         // The keeper leads its own session and process group (squashfuse included).
         // SAFETY: kill with a checked pid.
         unsafe {

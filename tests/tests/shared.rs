@@ -1,0 +1,136 @@
+//! The hybrid model (issue 15): ranks of one parallel job on one node, each started as
+//! `slipway exec IMG ...` by the host's launcher, share one container (one user and mount
+//! namespace), so cross-memory attach works between them: `process_vm_readv` of 4 MiB, what
+//! Open MPI's vader uses for single-copy transfers, between two ranks (the probe,
+//! `tests/probe/cma_probe.c`). With `--no-share` each rank has its own user namespace and the
+//! same read fails (EPERM): the test can fail. The job is named as PMIx names it to its ranks
+//! (`PMIX_NAMESPACE`); the launches are the unprivileged user's.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use slipway_tests::{have, is_root, run, run_ok, skip, slipway_bin, workspace};
+
+const USER: &str = "sliptest";
+
+fn image() -> Option<PathBuf> {
+    if !is_root() || !have("gcc") || !have("setpriv") || !Path::new("/bin/busybox").exists() {
+        return None;
+    }
+    if run(Command::new("id").arg(USER)).status.code() != Some(0) {
+        run_ok(Command::new("useradd").args(["-m", USER]));
+    }
+    let root = PathBuf::from("/srv/slipway-shared-tests");
+    let img = root.join("image");
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(img.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", img.join("bin/busybox")).unwrap();
+    for a in ["sh", "readlink", "sleep", "cat"] {
+        std::os::unix::fs::symlink("busybox", img.join("bin").join(a)).unwrap();
+    }
+    run_ok(
+        Command::new("gcc")
+            .args(["-static", "-O2", "-o"])
+            .arg(img.join("bin/cma_probe"))
+            .arg(workspace().join("tests/probe/cma_probe.c")),
+    );
+    run_ok(Command::new("chmod").args(["-R", "a+rX"]).arg(&root));
+    Some(img)
+}
+
+/// `slipway exec [extra] IMG ARGS` as the test user, a rank of job `job`.
+fn rank(img: &Path, job: &str, extra: &[&str], args: &[&str]) -> Child {
+    Command::new("setpriv")
+        .args(["--reuid", USER, "--regid", USER, "--init-groups"])
+        .arg(slipway_bin())
+        .arg("exec")
+        .args(extra)
+        .arg(img)
+        .args(args)
+        // Unique per test run: a job's container of an earlier run may still be leaving.
+        .env("PMIX_NAMESPACE", format!("{job}.{}", std::process::id()))
+        .current_dir("/")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn out(c: Child) -> String {
+    let o = c.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn keepers() -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            comm.trim() == "slipway-keeper"
+                && !stat.rsplit(") ").next().is_some_and(|s| s.starts_with('Z'))
+        })
+        .count()
+}
+
+#[test]
+fn ranks_of_a_job_share_one_container_and_cma_works() {
+    let Some(img) = image() else {
+        return skip("needs root, gcc (static glibc), setpriv and /bin/busybox (busybox-static)");
+    };
+    let ns = [
+        "sh",
+        "-c",
+        "readlink /proc/self/ns/mnt; readlink /proc/self/ns/user; sleep 1",
+    ];
+    // Three ranks of one job: one container. Another job: another one.
+    let ranks: Vec<Child> = (0..3).map(|_| rank(&img, "job-a", &[], &ns)).collect();
+    let other = rank(&img, "job-b", &[], &ns);
+    let seen: Vec<String> = ranks.into_iter().map(out).collect();
+    assert!(seen.iter().all(|s| s == &seen[0]), "{seen:?}");
+    assert_ne!(out(other), seen[0]);
+
+    // Cross-memory attach between two ranks: works when they share, EPERM when they do not.
+    for (extra, want) in [(&[][..], "cma=ok"), (&["--no-share"][..], "cma=EPERM")] {
+        let f = format!("/tmp/slipway-cma-test-{}", std::process::id());
+        for p in [f.clone(), format!("{f}.done")] {
+            let _ = std::fs::remove_file(p);
+        }
+        let server = rank(&img, "job-c", extra, &["/bin/cma_probe", "serve", &f]);
+        let reader = rank(&img, "job-c", extra, &["/bin/cma_probe", "read", &f]);
+        let got = out(reader);
+        out(server);
+        assert_eq!(got.trim(), want, "{extra:?}");
+        let _ = std::fs::remove_file(format!("{f}.done"));
+    }
+
+    // The first rank ending at once does not take the container from the others, and the
+    // container goes when its last rank has: no keeper left.
+    let first = rank(
+        &img,
+        "job-d",
+        &[],
+        &["sh", "-c", "readlink /proc/self/ns/mnt"],
+    );
+    let a = out(first);
+    std::thread::sleep(Duration::from_millis(300));
+    let later = rank(
+        &img,
+        "job-d",
+        &[],
+        &["sh", "-c", "readlink /proc/self/ns/mnt"],
+    );
+    assert_eq!(
+        out(later),
+        a,
+        "a rank right after the first joined its container"
+    );
+    let t0 = Instant::now();
+    while keepers() > 0 && t0.elapsed() < Duration::from_secs(15) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(keepers(), 0, "a keeper outlived its ranks");
+}
