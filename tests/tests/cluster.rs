@@ -1576,3 +1576,6 @@ mod security;
 
 #[path = "../gpu/slurm.rs"]
 mod gpu;
+
+#[path = "../hybrid/slurm.rs"]
+mod hybrid;

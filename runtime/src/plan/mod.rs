@@ -28,6 +28,8 @@ pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 pub const IMAGE_ENV_DIR: &str = "/.singularity.d/env";
 
 const BASE: &str = "slipway (container base)";
+/// The PMIx server's directories a client finds it through.
+const PMIX_DIRS: [&str; 2] = ["PMIX_SERVER_TMPDIR", "PMIX_SYSTEM_TMPDIR"];
 const DEVS: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 /// Host directories whose binding as the working directory would shadow the image's own.
 const SYSTEM_DIRS: [&str; 13] = [
@@ -429,6 +431,39 @@ pub fn build(
         });
     }
     mounts.extend(user_mounts);
+
+    // Unprivileged ranks of a job launched by a host daemon (srun --mpi=pmix, mpirun's orted)
+    // meet its PMIx server through rendezvous files in these directories: bound at the same
+    // paths, like the SPANK plugin binds the step's (the user reaches them on the host anyway).
+    if mode == Mode::Unprivileged {
+        for var in PMIX_DIRS {
+            let Some((_, dir)) = host.env.iter().rev().find(|(k, _)| k == var) else {
+                continue;
+            };
+            let dir = Path::new(dir);
+            let covered = mounts.iter().any(|m| match &m.kind {
+                MountKind::Bind { source, .. } => {
+                    dir.starts_with(source) && source == &m.dest && source != Path::new("/")
+                }
+                _ => false,
+            });
+            if !dir.is_absolute() || covered || !fs.exists(dir) || dest_too_long(dir).is_some() {
+                continue;
+            }
+            mounts.push(MountStep {
+                dest: normalize(dir),
+                kind: MountKind::Bind {
+                    source: fs.real(dir),
+                    recursive: false,
+                },
+                readonly: false,
+                nosuid: true,
+                nodev: true,
+                rule: format!("slipway (${var}: the launcher's PMIx rendezvous directory)"),
+                as_user: true,
+            });
+        }
+    }
 
     // Identity and the generated passwd/group.
     let u = &host.user;
