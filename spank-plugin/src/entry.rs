@@ -594,6 +594,7 @@ mod tests {
             links: vec![],
             devices: vec![],
             warnings: vec![],
+            shared: None,
             identity: Identity {
                 uid: 1,
                 gid: 1,

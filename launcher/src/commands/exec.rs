@@ -180,6 +180,7 @@ pub fn build_plan(
         contain: opts.contain,
         no_home: opts.no_home,
         writable_tmpfs: opts.writable_tmpfs,
+        no_share: opts.no_share || flag_from_env("NO_SHARE"),
         nv: asked.nv,
         argv0: None,
         rocm: asked.rocm,
@@ -222,11 +223,8 @@ fn libc_geteuid() -> u32 {
 
 /// The key of the node's container this launch shares with the other ranks of its parallel
 /// job, when it does: unprivileged, not `--no-share`, a rank of a job.
-pub fn shared_key(opts: &Opts, plan: &Plan, host: &HostFacts) -> Option<String> {
-    let no_share = opts.no_share || flag_from_env("NO_SHARE");
-    (plan.mode == plan::Mode::Unprivileged && !no_share)
-        .then(|| slipway_runtime::jobs::shared::key(&host.env, plan))
-        .flatten()
+pub fn shared_key(plan: &Plan) -> Option<String> {
+    plan.shared.as_ref().map(|s| s.key.clone())
 }
 
 /// Prepares and enters the container, then execs; returns only on failure.
@@ -271,7 +269,7 @@ fn launch(plan: Plan, host: HostFacts, shared: Option<String>) -> anyhow::Result
 /// Runs `slipway exec`.
 pub fn run_exec(a: ExecArgs) -> anyhow::Result<u8> {
     let (plan, host) = build_plan(&a.opts, &a.image, a.command, false, false)?;
-    let shared = shared_key(&a.opts, &plan, &host);
+    let shared = shared_key(&plan);
     launch(plan, host, shared)
 }
 
@@ -280,7 +278,7 @@ pub fn run_run(a: RunArgs) -> anyhow::Result<u8> {
     let mut cmd = vec![RUNSCRIPT.to_string()];
     cmd.extend(a.args);
     let (plan, host) = build_plan(&a.opts, &a.image, cmd, false, false)?;
-    let shared = shared_key(&a.opts, &plan, &host);
+    let shared = shared_key(&plan);
     launch(plan, host, shared)
 }
 

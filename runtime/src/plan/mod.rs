@@ -684,7 +684,7 @@ pub fn build(
         }
     };
 
-    Ok(Plan {
+    let mut plan = Plan {
         mode,
         mode_reason,
         policy: match &policy.source {
@@ -710,9 +710,33 @@ pub fn build(
         argv0: req.argv0.clone(),
         devices: dev.notes,
         warnings: dev.warnings,
+        shared: None,
         skipped,
         refused,
-    })
+    };
+    // Ranks of one parallel job on one node share one container (unprivileged).
+    if mode == Mode::Unprivileged {
+        if let Some(key) = crate::jobs::shared::key(&host.env, &plan) {
+            let share_rule = policy.rule("mpi.share");
+            if req.no_share || !p.mpi.share {
+                plan.skipped.push(Skipped {
+                    what: format!("sharing the node's container of job {key}"),
+                    why: if req.no_share {
+                        "--no-share".into()
+                    } else {
+                        "disabled by policy".into()
+                    },
+                    rule: share_rule,
+                });
+            } else {
+                plan.shared = Some(Shared {
+                    key,
+                    rule: share_rule,
+                });
+            }
+        }
+    }
+    Ok(plan)
 }
 
 /// The most names a mount destination may have (`/a/b` has two). Making a missing mount point

@@ -71,6 +71,14 @@ pub fn text(p: &Plan) -> String {
             l.rule
         );
     }
+    if let Some(sh) = &p.shared {
+        let _ = writeln!(
+            w,
+            "container: shared by the job's ranks on this node (key {}): the first creates it, \
+             the others join it [{}]",
+            sh.key, sh.rule
+        );
+    }
     if !p.devices.is_empty() {
         let _ = writeln!(w, "devices:");
         for k in &p.devices {

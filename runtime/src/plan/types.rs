@@ -51,6 +51,8 @@ pub struct Request {
     pub no_home: bool,
     /// `--writable-tmpfs`.
     pub writable_tmpfs: bool,
+    /// `--no-share`: one container per process even for the ranks of a parallel job.
+    pub no_share: bool,
     /// `--nv` (`--container-nv`): the node's NVIDIA GPUs (those the job has) and driver.
     pub nv: bool,
     /// `--rocm` (`--container-rocm`): the same for AMD GPUs.
@@ -251,6 +253,15 @@ pub struct Cwd {
     pub rule: String,
 }
 
+/// A container shared by the ranks of one parallel job on one node ([`crate::jobs::shared`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct Shared {
+    /// The job and a digest of the container.
+    pub key: String,
+    /// The rule that allows it (`mpi.share`).
+    pub rule: String,
+}
+
 /// Something requested or configured that will not happen.
 #[derive(Debug, Clone, Serialize)]
 pub struct Skipped {
@@ -293,6 +304,8 @@ pub struct Plan {
     pub devices: Vec<Skipped>,
     /// Said to the user before the command starts (`gpu.missing = "warn"`).
     pub warnings: Vec<String>,
+    /// The node's container this launch shares with the other ranks of its job, if it does.
+    pub shared: Option<Shared>,
     /// Configured or requested steps that will not happen (not errors).
     pub skipped: Vec<Skipped>,
     /// Requests refused: the launch will not start while this is not empty.

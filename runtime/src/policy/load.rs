@@ -194,6 +194,10 @@ const SCHEMA: &[Section] = &[
             ("liblist", Kind::Str(validate_opt_abs_path)),
         ],
     },
+    Section {
+        name: "mpi",
+        keys: &[("share", Kind::Bool)],
+    },
 ];
 
 /// Every `(section, key)` of the schema, in file order.

@@ -50,6 +50,23 @@ pub struct Policy {
     pub gpu: Gpu,
     /// `[fabric]`: InfiniBand and Omni-Path.
     pub fabric: Fabric,
+    /// `[mpi]`: the hybrid model (`mpirun slipway exec`).
+    pub mpi: Mpi,
+}
+
+/// `[mpi]`: how `slipway exec` ranks of one parallel job behave. See docs/mpi.md.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Mpi {
+    /// Ranks of one job on one node share one container (unprivileged); `false`: one container
+    /// per process, as with `--no-share`.
+    pub share: bool,
+}
+
+impl Default for Mpi {
+    fn default() -> Self {
+        Mpi { share: true }
+    }
 }
 
 /// When the kernel may mount an image's squashfs (a loop device, as root).

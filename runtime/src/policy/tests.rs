@@ -137,7 +137,7 @@ fn unknown_section_and_key() {
     assert_eq!(
         err("[image]\nallowed = []\n"),
         "policy.toml:1: image: unknown section; did you mean `images`? (sections: images, \
-         mounts, tmp, env, gpu, fabric)"
+         mounts, tmp, env, gpu, fabric, mpi)"
     );
     assert_eq!(
         err("# comment\n[images]\nformats = [\"sif\"]\nallow = [\"/apps/*\"]\n"),
