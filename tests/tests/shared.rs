@@ -15,6 +15,11 @@ use slipway_tests::{have, is_root, run, run_ok, skip, slipway_bin, workspace};
 const USER: &str = "sliptest";
 
 fn image() -> Option<PathBuf> {
+    static IMAGE: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    IMAGE.get_or_init(make_image).clone()
+}
+
+fn make_image() -> Option<PathBuf> {
     if !is_root() || !have("gcc") || !have("setpriv") || !Path::new("/bin/busybox").exists() {
         return None;
     }
@@ -133,4 +138,115 @@ fn ranks_of_a_job_share_one_container_and_cma_works() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(keepers(), 0, "a keeper outlived its ranks");
+}
+
+/// The key of `img`'s shared container for job `job` of the test user, from `explain`.
+fn key_of(img: &Path, job: &str) -> String {
+    let out = run_ok(
+        Command::new("setpriv")
+            .args(["--reuid", USER, "--regid", USER, "--init-groups"])
+            .arg(slipway_bin())
+            .arg("explain")
+            .arg(img)
+            .arg("/bin/true")
+            .env("PMIX_NAMESPACE", job)
+            .current_dir("/"),
+    );
+    out.lines()
+        .find_map(|l| l.strip_prefix("container: shared by the job's ranks on this node (key "))
+        .and_then(|r| r.split(')').next())
+        .unwrap_or_else(|| panic!("no shared container in explain:\n{out}"))
+        .to_string()
+}
+
+/// A rank killed while it holds the lock frees it; two images in one job, and two users' jobs
+/// with the same name, never share; another user cannot enter a user's runtime directory.
+#[test]
+fn lock_holders_images_and_users() {
+    let Some(img) = image() else {
+        return skip("needs root, gcc (static glibc), setpriv and /bin/busybox (busybox-static)");
+    };
+    let other = "sliptest2";
+    if run(Command::new("id").arg(other)).status.code() != Some(0) {
+        run_ok(Command::new("useradd").args(["-m", other]));
+    }
+    let job = format!("job-e.{}", std::process::id());
+    let key = key_of(&img, &job);
+    let uid = run_ok(Command::new("id").args(["-u", USER]))
+        .trim()
+        .to_string();
+    let dir = format!("/tmp/slipway-{uid}/{key}");
+    // Another process of the user holds the lock (as a rank would, between its check and its
+    // setns) and is killed: a rank waiting for the lock goes on.
+    run_ok(
+        Command::new("install")
+            .args(["-d", "-m", "0700", "-o", USER, "-g", USER])
+            .arg(format!("/tmp/slipway-{uid}")),
+    );
+    run_ok(
+        Command::new("install")
+            .args(["-d", "-m", "0700", "-o", USER, "-g", USER])
+            .arg(&dir),
+    );
+    let mut holder = Command::new("setpriv")
+        .args(["--reuid", USER, "--regid", USER, "--init-groups", "flock", "-o"])
+        .arg(format!("{dir}/lock"))
+        .args(["sleep", "60"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let t0 = Instant::now();
+    let waiting = Command::new("setpriv")
+        .args(["--reuid", USER, "--regid", USER, "--init-groups"])
+        .arg(slipway_bin())
+        .arg("exec")
+        .arg(&img)
+        .args(["sh", "-c", "readlink /proc/self/ns/mnt"])
+        .env("PMIX_NAMESPACE", &job)
+        .current_dir("/")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    holder.kill().unwrap();
+    let _ = holder.wait();
+    let o = waiting.wait_with_output().unwrap();
+    assert!(o.status.success());
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_millis(400) && waited < Duration::from_secs(10),
+        "{waited:?}: it waited for the lock, and no longer than its holder lived"
+    );
+
+    // Two images in one job: two containers.
+    let img2 = img.parent().unwrap().join("image2");
+    run_ok(Command::new("cp").arg("-a").arg(&img).arg(&img2));
+    let ns = ["sh", "-c", "readlink /proc/self/ns/mnt; sleep 1"];
+    let a = rank(&img, "job-f", &[], &ns);
+    let b = rank(&img2, "job-f", &[], &ns);
+    assert_ne!(out(a), out(b));
+
+    // Two users' jobs named alike: two containers; the other cannot enter the first's dir.
+    let mine = rank(&img, "job-g", &[], &ns);
+    let theirs = Command::new("setpriv")
+        .args(["--reuid", other, "--regid", other, "--init-groups"])
+        .arg(slipway_bin())
+        .arg("exec")
+        .arg(&img)
+        .args(ns)
+        .env("PMIX_NAMESPACE", format!("job-g.{}", std::process::id()))
+        .current_dir("/")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let theirs = theirs.wait_with_output().unwrap();
+    assert!(theirs.status.success());
+    assert_ne!(out(mine), String::from_utf8_lossy(&theirs.stdout));
+    let peek = run(Command::new("setpriv")
+        .args(["--reuid", other, "--regid", other, "--init-groups", "ls"])
+        .arg(format!("/tmp/slipway-{uid}")));
+    assert!(
+        !peek.status.success(),
+        "another user can list the runtime directory"
+    );
 }
