@@ -189,7 +189,15 @@ fn lock_holders_images_and_users() {
             .arg(&dir),
     );
     let mut holder = Command::new("setpriv")
-        .args(["--reuid", USER, "--regid", USER, "--init-groups", "flock", "-o"])
+        .args([
+            "--reuid",
+            USER,
+            "--regid",
+            USER,
+            "--init-groups",
+            "flock",
+            "-o",
+        ])
         .arg(format!("{dir}/lock"))
         .args(["sleep", "60"])
         .spawn()

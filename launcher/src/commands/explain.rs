@@ -37,15 +37,11 @@ fn final_env(plan: &slipway_runtime::plan::Plan, host_env: &[(String, String)]) 
         );
         return s;
     }
-    let (env, _) = plan.environment(host_env, scripts);
-    let _ = writeln!(
-        s,
-        "final environment (before GPU and Slurm additions at launch):"
-    );
-    for (k, v) in env {
+    let _ = writeln!(s, "final environment (each value's origin in brackets):");
+    for (k, v, origin) in plan.explained_environment(host_env, scripts) {
         let _ = writeln!(
             s,
-            "  {k}={}",
+            "  {k}={} [{origin}]",
             slipway_runtime::image::envfile::printable(&v, 200)
         );
     }

@@ -30,6 +30,17 @@ use std::path::Path;
 use super::{EnvAction, Plan, DEFAULT_PATH};
 use crate::image::envfile::{self, EnvScript, Leftover};
 
+/// A step of the Rust evaluation (for [`Plan::explained_environment`]).
+enum Step<'a> {
+    Start,
+    Default,
+    Script(&'a EnvScript),
+    FixPath,
+    Inject,
+    RuntimeVars,
+    Finish,
+}
+
 /// Host variables that always keep the host's value inside: the scheduler's and PMIx's wiring.
 pub const HOST_OWNED: [&str; 4] = ["SLURM_", "PMIX_", "PMI_", "PBS_"];
 
@@ -166,40 +177,141 @@ impl Plan {
         host_env: &[(String, String)],
         image_scripts: &[EnvScript],
     ) -> (BTreeMap<String, String>, Vec<Leftover>) {
+        self.walk(host_env, image_scripts, &mut |_, _, _| {})
+    }
+
+    /// [`Plan::environment`] with where each variable's value comes from (`FILE:LINE` of the
+    /// image's scripts, `host`, `identity`, `--env`, `APPTAINERENV_X`, `default`, `policy`,
+    /// `gpu`, `slipway`), for `explain`.
+    pub fn explained_environment(
+        &self,
+        host_env: &[(String, String)],
+        image_scripts: &[EnvScript],
+    ) -> Vec<(String, String, String)> {
+        let mut origin: BTreeMap<String, String> = BTreeMap::new();
+        let (env, _) = self.walk(host_env, image_scripts, &mut |step, before, after| {
+            for (k, v) in after {
+                if before.get(k) == Some(v) {
+                    continue;
+                }
+                let o = match step {
+                    Step::Script(s) => s
+                        .assignments
+                        .iter()
+                        .rev()
+                        .find(|a| &a.name == k)
+                        .map(|a| format!("{}:{}", s.file, a.line))
+                        .unwrap_or_else(|| s.file.clone()),
+                    Step::Start => "identity".into(),
+                    Step::Default => "default".into(),
+                    Step::FixPath => "default entries appended (Docker image)".into(),
+                    Step::Inject | Step::RuntimeVars => self
+                        .injections()
+                        .iter()
+                        .rev()
+                        .find(|(n, _, _)| *n == k || n.ends_with(&format!("_{k}")))
+                        .map(|(_, _, o)| o.to_string())
+                        .unwrap_or_else(|| "injected".into()),
+                    Step::Finish => self.finish_origin(k, host_env),
+                };
+                origin.insert(k.clone(), o);
+            }
+        });
+        env.into_iter()
+            .map(|(k, v)| {
+                let o = origin.get(&k).cloned().unwrap_or_else(|| "host".into());
+                (k, v, o)
+            })
+            .collect()
+    }
+
+    /// Where a variable set by [`Plan::finish_env`] comes from.
+    fn finish_origin(&self, name: &str, host_env: &[(String, String)]) -> String {
+        let decided = self
+            .env
+            .decisions
+            .iter()
+            .rev()
+            .find(|d| d.name == name && d.value.is_some() && d.origin != "default");
+        if let Some(d) = decided {
+            return d.origin.clone();
+        }
+        if name.starts_with("APPTAINER_") || name.starts_with("SINGULARITY_") {
+            return "slipway".into();
+        }
+        if self
+            .env
+            .env_file
+            .as_ref()
+            .is_some_and(|f| f.assignments.iter().any(|a| a.name == name))
+        {
+            return "--env-file".into();
+        }
+        if host_env.iter().any(|(k, _)| k == name) {
+            return "host".into();
+        }
+        "slipway".into()
+    }
+
+    /// The evaluation in Rust, step by step: `seen` is told each step with the environment
+    /// before and after it.
+    fn walk(
+        &self,
+        host_env: &[(String, String)],
+        image_scripts: &[EnvScript],
+        seen: &mut dyn FnMut(Step, &BTreeMap<String, String>, &BTreeMap<String, String>),
+    ) -> (BTreeMap<String, String>, Vec<Leftover>) {
+        let empty = BTreeMap::new();
         let mut env = self.script_start_env();
+        seen(Step::Start, &empty, &env);
         let mut leftovers = Vec::new();
         let inject = envfile::parse("(--env, APPTAINERENV_*)", &self.injection_text());
         let mut injected = false;
-        let do_inject = |env: &mut BTreeMap<String, String>, left: &mut Vec<Leftover>| {
+        let mut step = |env: &mut BTreeMap<String, String>,
+                        which: Step,
+                        f: &mut dyn FnMut(&mut BTreeMap<String, String>)| {
+            let before = env.clone();
+            f(env);
+            seen(which, &before, env);
+        };
+        let default_path = |env: &mut BTreeMap<String, String>| {
             if !env.contains_key("PATH") {
                 env.insert("PATH".into(), DEFAULT_PATH.into());
             }
-            left.extend(inject.leftovers.iter().cloned());
-            left.extend(inject.apply(env));
         };
         for s in image_scripts {
             let name = base(&s.file);
-            if name == "90-environment.sh" && !env.contains_key("PATH") {
-                env.insert("PATH".into(), DEFAULT_PATH.into());
+            if name == "90-environment.sh" {
+                step(&mut env, Step::Default, &mut |e| default_path(e));
             }
             leftovers.extend(s.leftovers.iter().cloned());
-            leftovers.extend(s.apply(&mut env));
+            step(&mut env, Step::Script(s), &mut |e| {
+                leftovers.extend(s.apply(e))
+            });
             if name == "10-docker2singularity.sh" || name == "10-docker.sh" {
-                fixpath(&mut env);
+                step(&mut env, Step::FixPath, &mut |e| fixpath(e));
             }
             if name == "99-base.sh" && !injected {
-                do_inject(&mut env, &mut leftovers);
+                step(&mut env, Step::Default, &mut |e| default_path(e));
+                leftovers.extend(inject.leftovers.iter().cloned());
+                step(&mut env, Step::Inject, &mut |e| {
+                    leftovers.extend(inject.apply(e))
+                });
                 injected = true;
             }
         }
         if !injected {
-            do_inject(&mut env, &mut leftovers);
+            step(&mut env, Step::Default, &mut |e| default_path(e));
+            leftovers.extend(inject.leftovers.iter().cloned());
+            step(&mut env, Step::Inject, &mut |e| {
+                leftovers.extend(inject.apply(e))
+            });
         }
-        runtime_vars(&mut env);
-        if !env.contains_key("PATH") {
-            env.insert("PATH".into(), DEFAULT_PATH.into());
-        }
+        step(&mut env, Step::RuntimeVars, &mut |e| runtime_vars(e));
+        step(&mut env, Step::Default, &mut |e| default_path(e));
+        let before = env.clone();
         let (env, late) = self.finish_env(env, host_env);
+        seen(Step::Finish, &before, &env);
         leftovers.extend(late);
         (env, leftovers)
     }
