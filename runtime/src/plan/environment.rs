@@ -30,6 +30,9 @@ use std::path::Path;
 use super::{EnvAction, Plan, DEFAULT_PATH};
 use crate::image::envfile::{self, EnvScript, Leftover};
 
+/// An environment being built.
+type Vars = BTreeMap<String, String>;
+
 /// A step of the Rust evaluation (for [`Plan::explained_environment`]).
 enum Step<'a> {
     Start,
@@ -259,7 +262,7 @@ impl Plan {
         &self,
         host_env: &[(String, String)],
         image_scripts: &[EnvScript],
-        seen: &mut dyn FnMut(Step, &BTreeMap<String, String>, &BTreeMap<String, String>),
+        seen: &mut dyn FnMut(Step, &Vars, &Vars),
     ) -> (BTreeMap<String, String>, Vec<Leftover>) {
         let empty = BTreeMap::new();
         let mut env = self.script_start_env();
