@@ -70,7 +70,25 @@ pub fn rust_suffices(plan: &Plan, scripts: &[EnvScript]) -> bool {
                     && !vars.iter().any(|v| injected.contains(v))
             })
     });
+    // A variable assigned without `export` and never exported is the shell's own, not the
+    // environment's: the Rust evaluator would export it; the shell decides.
+    let exported: Vec<&str> = scripts
+        .iter()
+        .flat_map(|s| {
+            s.exports.iter().map(String::as_str).chain(
+                s.assignments
+                    .iter()
+                    .map(|a| a.name.as_str())
+                    .filter(|n| !s.bare.iter().any(|b| b == n)),
+            )
+        })
+        .chain(["PATH", "HOME", "LD_LIBRARY_PATH", "PS1"])
+        .collect();
+    let bare_ok = scripts
+        .iter()
+        .all(|s| !s.leftovers.is_empty() || s.bare.iter().all(|b| exported.contains(&b.as_str())));
     scripts_ok
+        && bare_ok
         && envfile::parse("inject", &plan.injection_text())
             .leftovers
             .is_empty()

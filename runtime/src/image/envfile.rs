@@ -77,6 +77,13 @@ pub struct EnvScript {
     /// SHA-256 of the text, hex, when read from an image (recognizes stock Apptainer files).
     #[serde(skip)]
     pub digest: String,
+    /// Names assigned without `export` on their line (`K=V`): a shell exports them only if they
+    /// are exported already or later (`export K`).
+    #[serde(skip)]
+    pub bare: Vec<String>,
+    /// Names of `export K [K...]` lines.
+    #[serde(skip)]
+    pub exports: Vec<String>,
 }
 
 /// [`parse`] of an image's script, with its SHA-256 (stock Apptainer files are recognised by it).
@@ -166,6 +173,19 @@ pub fn parse(file: &str, text: &str) -> EnvScript {
             text: String::new(),
             why: format!("{untold} more lines not applied (not listed)"),
         });
+    }
+    for raw in text.lines() {
+        let l = raw.trim();
+        if let Some(rest) = l.strip_prefix("export ") {
+            if rest.split_whitespace().all(valid_name) {
+                out.exports
+                    .extend(rest.split_whitespace().map(String::from));
+            }
+        } else if let Some((n, _)) = l.split_once('=') {
+            if valid_name(n) {
+                out.bare.push(n.to_string());
+            }
+        }
     }
     out
 }
@@ -580,6 +600,8 @@ impl EnvScript {
                 why: why.to_string(),
             }],
             digest: String::new(),
+            bare: Vec::new(),
+            exports: Vec::new(),
         }
     }
 }

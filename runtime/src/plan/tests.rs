@@ -336,3 +336,8 @@ fn binds_over_generated_files_are_refused() {
         .iter()
         .any(|m| m.dest == Path::new("/etc/passwd.d")));
 }
+
+/// A plan of the test request, for other modules' tests.
+pub(crate) fn sample_plan() -> Plan {
+    build(&request(), &policy(), &host(1000), &image(), &fake_fs()).unwrap()
+}

@@ -46,3 +46,22 @@ fn export_p_of_real_shells_parses_back() {
     }
     assert!(ran > 0, "no shell to compare with");
 }
+
+/// A variable assigned without `export` (and not exported later) is the shell's own: the Rust
+/// evaluator, which would export it, leaves such a script to the shell.
+#[test]
+fn bare_assignments_need_the_shell_unless_exported() {
+    let parse = |t: &str| {
+        crate::image::envfile::parse_image_script("/.singularity.d/env/90-environment.sh", t)
+    };
+    let plan = crate::plan::tests::sample_plan();
+    assert!(rust_suffices(
+        &plan,
+        &[parse("export A=1\nPATH=\"/x:$PATH\"\n")]
+    ));
+    assert!(rust_suffices(&plan, &[parse("B=2\nexport B\n")]));
+    assert!(!rust_suffices(
+        &plan,
+        &[parse("LOCAL=secret\nexport A=1\n")]
+    ));
+}
