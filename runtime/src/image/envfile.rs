@@ -156,13 +156,18 @@ pub fn parse(file: &str, text: &str) -> EnvScript {
             );
             continue;
         }
-        match parse_assignment(line) {
-            Ok(Some((name, value))) => out.assignments.push(Assignment {
-                name,
-                value,
-                line: lineno,
-            }),
-            Ok(None) => {}
+        match parse_assignments(line) {
+            Ok(list) => {
+                if !line.starts_with("export") {
+                    out.bare.extend(list.iter().map(|(n, _)| n.clone()));
+                }
+                out.assignments
+                    .extend(list.into_iter().map(|(name, value)| Assignment {
+                        name,
+                        value,
+                        line: lineno,
+                    }))
+            }
             Err(why) => leave(&mut out, &mut untold, left(why)),
         }
     }
@@ -300,30 +305,62 @@ fn parse_if_empty(lines: &[&str], start: usize) -> Option<IfEmptyBlock> {
 
 /// Parses `[export ]K=WORD` (or a bare `export K`, which changes nothing for us: `Ok(None)`).
 fn parse_assignment(line: &str) -> Result<Option<(String, Vec<Part>)>, &'static str> {
-    let rest = match line.strip_prefix("export") {
+    match parse_assignments(line)?.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some(one.clone())),
+        _ => Err("more than one word or command on the line"),
+    }
+}
+
+/// Whether `parts` refer to the variable `name`.
+fn refers(parts: &[Part], name: &str) -> bool {
+    parts.iter().any(|p| match p {
+        Part::Lit(_) => false,
+        Part::Var(v) => v == name,
+        Part::Default(v, d) => v == name || refers(d, name),
+        Part::IfEmpty(v, a, b) => v == name || refers(a, name) || refers(b, name),
+    })
+}
+
+/// Parses `[export ]K=WORD [K=WORD...]` (or a bare `export K [K...]`, which changes nothing
+/// for us: no assignment), every assignment in order.
+fn parse_assignments(line: &str) -> Result<Vec<(String, Vec<Part>)>, &'static str> {
+    let mut rest = match line.strip_prefix("export") {
         Some(r) if r.starts_with([' ', '\t']) => r.trim_start(),
         _ => line,
     };
-    let name_end = rest
-        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-        .unwrap_or(rest.len());
-    let name = &rest[..name_end];
-    if !valid_name(name) {
-        return Err("not an assignment (only `export K=V` forms are understood)");
-    }
-    let after = &rest[name_end..];
     if rest.len() != line.len() && rest.split_whitespace().all(valid_name) {
-        return Ok(None); // `export K [K...]`: everything we set is exported anyway
+        return Ok(Vec::new()); // `export K [K...]`: everything we set is exported anyway
     }
-    let Some(word) = after.strip_prefix('=') else {
-        return Err("not an assignment (only `export K=V` forms are understood)");
-    };
-    let (value, rest) = parse_word(word, 0)?;
-    let rest = rest.trim_start();
-    if !(rest.is_empty() || rest.starts_with('#')) {
-        return Err("more than one word or command on the line");
+    let export = rest.len() != line.len();
+    let mut out: Vec<(String, Vec<Part>)> = Vec::new();
+    loop {
+        let name_end = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(rest.len());
+        let name = &rest[..name_end];
+        if !valid_name(name) {
+            return Err(if out.is_empty() {
+                "not an assignment (only `export K=V` forms are understood)"
+            } else {
+                "more than one word or command on the line"
+            });
+        }
+        let Some(word) = rest[name_end..].strip_prefix('=') else {
+            return Err("not an assignment (only `export K=V` forms are understood)");
+        };
+        let (value, after) = parse_word(word, 0)?;
+        // `export A=1 B=$A` expands $A before A is set (bare `A=1 B=$A` after): leave such a
+        // line to the shell rather than guess.
+        if export && out.iter().any(|(n, _)| refers(&value, n)) {
+            return Err("export of a name the same line sets");
+        }
+        out.push((name.to_string(), value));
+        rest = after.trim_start();
+        if rest.is_empty() || rest.starts_with('#') {
+            return Ok(out);
+        }
     }
-    Ok(Some((name.to_string(), value)))
 }
 
 /// Whether `name` is a valid environment variable name.
@@ -652,6 +689,23 @@ mod tests {
 
     /// `slipway build` writes a Docker `ENV` value holding `"` as `\"` inside Docker's
     /// `${K:-"..."}` default: the quote ends at the unescaped `"`.
+    /// Several assignments on one line, as shells apply them.
+    #[test]
+    fn several_assignments_on_a_line() {
+        let (env, left) = run("export A=1 B=\"two words\"\nC=3 D=${C}x\n", &[]);
+        assert!(left.is_empty(), "{left:?}");
+        assert_eq!((env["A"].as_str(), env["B"].as_str()), ("1", "two words"));
+        assert_eq!(env["D"], "3x", "bare assignments expand left to right");
+        let (_, left) = run("export A=1 B=$A\n", &[]);
+        assert_eq!(
+            left.len(),
+            1,
+            "export expands before it sets: the shell's to do"
+        );
+        let (_, left) = run("A=1 cmd arg\n", &[]);
+        assert_eq!(left.len(), 1);
+    }
+
     #[test]
     fn escaped_quotes_in_a_default() {
         let (env, left) = run("export MSG=\"${MSG:-\"say \\\"hi\\\" now\"}\"\n", &[]);
