@@ -34,8 +34,21 @@ fn sys_err(what: &'static str, path: &Path) -> JobError {
 
 /// The pid the job's keeper recorded, if that process lives, is a keeper, and belongs to
 /// `uid` (when given).
+///
+/// The pid file is in the user's directory and root reads it (`slipway pbs end`): it is opened
+/// without following a symlink or blocking on a FIFO, must be a regular file, and at most 32
+/// bytes are read.
 pub fn recorded_keeper(user_dir: &Path, uid: Option<u32>) -> Option<libc::pid_t> {
-    let text = std::fs::read_to_string(user_dir.join("keeper.pid")).ok()?;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(user_dir.join("keeper.pid"))
+        .ok()?;
+    if !f.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut text = String::new();
+    f.take(32).read_to_string(&mut text).ok()?;
     let pid: libc::pid_t = text.trim().parse().ok()?;
     if pid <= 1 {
         return None;
@@ -226,7 +239,12 @@ fn start(
             .parse()
             .map_err(|_| JobError::Container(format!("keeper answered {answer:?}"))),
         None if answer.is_empty() => Err(JobError::Container(
-            "the job's container keeper died while building the container".into(),
+            format!(
+                "the job's container keeper died while building the container (stopped after \
+                 {} s, or killed): check squashfuse_ll and the image, or run slipway exec on \
+                 it to see the error",
+                START_TIMEOUT.as_secs()
+            ),
         )),
         None => Err(JobError::Container(answer.trim_end().to_string())),
     }
