@@ -238,14 +238,12 @@ fn start(
             .trim()
             .parse()
             .map_err(|_| JobError::Container(format!("keeper answered {answer:?}"))),
-        None if answer.is_empty() => Err(JobError::Container(
-            format!(
-                "the job's container keeper died while building the container (stopped after \
+        None if answer.is_empty() => Err(JobError::Container(format!(
+            "the job's container keeper died while building the container (stopped after \
                  {} s, or killed): check squashfuse_ll and the image, or run slipway exec on \
                  it to see the error",
-                START_TIMEOUT.as_secs()
-            ),
-        )),
+            START_TIMEOUT.as_secs()
+        ))),
         None => Err(JobError::Container(answer.trim_end().to_string())),
     }
 }
