@@ -63,19 +63,12 @@ pub struct GresConf {
 }
 
 impl GresConf {
-    /// Reads and parses `path` (at most 1 MiB).
+    /// Reads ([`super::read_config`]) and parses `path`.
     pub fn load(path: &Path) -> Result<GresConf, GresError> {
-        use std::io::Read;
-        let io = |source| GresError::Io {
+        let text = super::read_config(path).map_err(|source| GresError::Io {
             path: path.to_path_buf(),
             source,
-        };
-        let mut text = String::new();
-        std::fs::File::open(path)
-            .map_err(io)?
-            .take(1 << 20)
-            .read_to_string(&mut text)
-            .map_err(io)?;
+        })?;
         GresConf::parse(&text, path)
     }
 

@@ -54,19 +54,12 @@ pub struct LibList {
 }
 
 impl LibList {
-    /// Reads and parses `path` (at most 1 MiB).
+    /// Reads ([`super::read_config`]) and parses `path`.
     pub fn load(path: &Path) -> Result<LibList, LibListError> {
-        use std::io::Read;
-        let io = |source| LibListError::Io {
+        let text = super::read_config(path).map_err(|source| LibListError::Io {
             path: path.to_path_buf(),
             source,
-        };
-        let mut text = String::new();
-        std::fs::File::open(path)
-            .map_err(io)?
-            .take(1 << 20)
-            .read_to_string(&mut text)
-            .map_err(io)?;
+        })?;
         LibList::parse(&text, path)
     }
 
