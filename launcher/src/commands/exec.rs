@@ -221,19 +221,13 @@ fn libc_geteuid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
-/// The key of the node's container this launch shares with the other ranks of its parallel
-/// job, when it does: unprivileged, not `--no-share`, a rank of a job.
-pub fn shared_key(plan: &Plan) -> Option<String> {
-    plan.shared.as_ref().map(|s| s.key.clone())
-}
-
 /// Prepares and enters the container, then execs; returns only on failure.
-fn launch(plan: Plan, host: HostFacts, shared: Option<String>) -> anyhow::Result<u8> {
+fn launch(plan: Plan, host: HostFacts) -> anyhow::Result<u8> {
     plan.check()?;
-    let env = match shared {
-        Some(key) => {
+    let env = match &plan.shared {
+        Some(shared) => {
             // A rank of a parallel job: join (or create) the node's container of the job.
-            slipway_runtime::jobs::shared::enter(&key, &plan, &host.env)?;
+            slipway_runtime::jobs::shared::enter(&shared.key, &plan, &host.env)?;
             let root = std::fs::File::open("/").context("open /")?;
             let scripts = exec::read_env_scripts(std::os::fd::AsFd::as_fd(&root));
             let (env, told) = exec::shellenv::environment(&plan, &host.env, &scripts)
@@ -269,8 +263,7 @@ fn launch(plan: Plan, host: HostFacts, shared: Option<String>) -> anyhow::Result
 /// Runs `slipway exec`.
 pub fn run_exec(a: ExecArgs) -> anyhow::Result<u8> {
     let (plan, host) = build_plan(&a.opts, &a.image, a.command, false, false)?;
-    let shared = shared_key(&plan);
-    launch(plan, host, shared)
+    launch(plan, host)
 }
 
 /// Runs `slipway run`.
@@ -278,14 +271,13 @@ pub fn run_run(a: RunArgs) -> anyhow::Result<u8> {
     let mut cmd = vec![RUNSCRIPT.to_string()];
     cmd.extend(a.args);
     let (plan, host) = build_plan(&a.opts, &a.image, cmd, false, false)?;
-    let shared = shared_key(&plan);
-    launch(plan, host, shared)
+    launch(plan, host)
 }
 
 /// Runs `slipway shell`.
 pub fn run_shell(a: ShellArgs) -> anyhow::Result<u8> {
     let (plan, host) = build_plan(&a.opts, &a.image, vec!["/bin/bash".into()], true, false)?;
-    launch(plan, host, None)
+    launch(plan, host)
 }
 
 #[cfg(test)]

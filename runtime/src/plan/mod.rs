@@ -714,8 +714,9 @@ pub fn build(
         skipped,
         refused,
     };
-    // Ranks of one parallel job on one node share one container (unprivileged).
-    if mode == Mode::Unprivileged {
+    // Ranks of one parallel job on one node share one container (unprivileged); an
+    // interactive `shell` is not a rank and keeps its own.
+    if mode == Mode::Unprivileged && !req.shell {
         if let Some(key) = crate::jobs::shared::key(&host.env, &plan) {
             let share_rule = policy.rule("mpi.share");
             if req.no_share || !p.mpi.share {
