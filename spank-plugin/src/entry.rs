@@ -14,10 +14,10 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use slipway_runtime::exec;
-use slipway_runtime::host::{devices, lookup_user, GroupInfo, HostFacts};
+use slipway_runtime::host::{devices, lookup_user, slurmclient, GroupInfo, HostFacts};
 use slipway_runtime::image::Image;
 use slipway_runtime::plan::{self, BindSpec, MountKind, MountStep, Plan, RealFs, Request};
-use slipway_runtime::policy::{LoadedPolicy, TmpMode};
+use slipway_runtime::policy::{BatchMode, LoadedPolicy, TmpMode};
 
 use crate::config::Config;
 use crate::keeper::Keeper;
@@ -45,6 +45,10 @@ pub struct StepInfo {
     /// slurmd's spool directory, from the plugin's `spool_dir=` or slurmstepd's configuration
     /// (`SlurmdSpoolDir`): Slurm's PMIx server keeps its per-step directory there.
     pub spool_dir: Option<PathBuf>,
+    /// The first word of the step's command (`S_JOB_ARGV`): the batch step's script.
+    pub argv0: Option<String>,
+    /// What slurmstepd's configuration says of Slurm's files (for the host client inside).
+    pub slurm_conf: slipway_runtime::host::slurmclient::SlurmConf,
 }
 
 /// Slurm's step id of the batch script (`SLURM_BATCH_SCRIPT`).
@@ -84,11 +88,43 @@ impl StepInfo {
             .collect()
     }
 
-    /// Whether this step's tasks run in the container. The batch script and the extern step
-    /// run on the host (the script calls `srun`, which needs the host's Slurm); every step it
-    /// starts inherits `SLURM_CONTAINER` and runs in the container.
-    pub fn runs_in_container(&self) -> bool {
-        !matches!(self.step_id, BATCH_STEP | EXTERN_STEP)
+    /// Whether this step's tasks run in the container: every step but the extern step, and the
+    /// batch step only when `batch` (the user's `--container-batch`, else the policy's
+    /// `slurm.batch`) is `image`. With `host` the script runs on the node and the steps it
+    /// starts inherit the request (`SLURM_CONTAINER`, the forwarded options).
+    pub fn runs_in_container(&self, batch: BatchMode) -> bool {
+        match self.step_id {
+            EXTERN_STEP => false,
+            BATCH_STEP => batch == BatchMode::Image,
+            _ => true,
+        }
+    }
+
+    /// Whether the host's Slurm client goes inside: the batch and interactive steps, where a
+    /// user's shell or script calls `srun`.
+    pub fn wants_slurm_client(&self) -> bool {
+        matches!(self.step_id, BATCH_STEP | INTERACTIVE_STEP)
+    }
+
+    /// The batch script slurmstepd runs, to be bound at the same path inside: the step's
+    /// first word, if it is a regular file (no symlink on the way) below slurmd's spool
+    /// directory, owned by root or the job's user. Only for the batch step.
+    pub fn batch_script(&self) -> Option<PathBuf> {
+        if self.step_id != BATCH_STEP {
+            return None;
+        }
+        let script = PathBuf::from(self.argv0.as_ref()?);
+        if !script.starts_with(self.spool_dir.as_ref()?)
+            || script
+                .components()
+                .any(|c| c == std::path::Component::ParentDir)
+        {
+            return None;
+        }
+        let fd = slipway_runtime::exec::sys::open_path_no_symlinks(&script).ok()?;
+        let meta = std::fs::File::from(fd).metadata().ok()?;
+        use std::os::unix::fs::MetadataExt;
+        (meta.is_file() && (meta.uid() == 0 || meta.uid() == self.uid)).then_some(script)
     }
 }
 
@@ -165,9 +201,19 @@ pub enum EnvChange {
     Unset(String),
 }
 
-/// Variables whose host value always wins: Slurm's and PMIx's wiring of the step.
+/// Variables whose host value always wins: Slurm's and PMIx's wiring of the step, and the
+/// job's container request (`SLIPWAY_CONTAINER_*`, and the options sbatch forwards as
+/// `_SLURM_SPANK_OPTION_*`), which a `srun` in a containerized batch script passes on.
 pub fn host_owned(name: &str) -> bool {
-    name.starts_with("SLURM_") || name.starts_with("PMIX_") || name.starts_with("SPANK_")
+    [
+        "SLURM_",
+        "PMIX_",
+        "SPANK_",
+        "_SLURM_SPANK_OPTION_",
+        "SLIPWAY_CONTAINER_",
+    ]
+    .iter()
+    .any(|p| name.starts_with(p))
 }
 
 /// Resolves the requested image against the step's working directory.
@@ -267,6 +313,8 @@ pub fn build_plan(
             &devices::short_hostname(),
             true,
         ),
+        slurm_client: (step.wants_slurm_client() && policy.policy.slurm.client)
+            .then(|| slurmclient::gather(&policy.policy.slurm, &step.slurm_conf)),
     };
     let req = Request {
         command: vec!["(slurm task)".into()],
@@ -283,6 +331,7 @@ pub fn build_plan(
         writable_tmpfs: request.writable,
         nv: request.nv,
         rocm: request.rocm,
+        slurm_client: step.wants_slurm_client(),
         ..Default::default()
     };
     let mut plan = plan::build(&req, policy, &host, &image, &RealFs)
@@ -293,6 +342,20 @@ pub fn build_plan(
         policy.policy.tmp.mode,
         step.pmix_server_dir().as_deref(),
     );
+    if let Some(script) = step.batch_script() {
+        plan.mounts.push(MountStep {
+            dest: script.clone(),
+            kind: MountKind::Bind {
+                source: script,
+                recursive: false,
+            },
+            readonly: true,
+            nosuid: true,
+            nodev: true,
+            rule: "slipway spank (the batch script, at the path slurmstepd runs it from)".into(),
+            as_user: false,
+        });
+    }
     Ok(plan)
 }
 
@@ -646,12 +709,52 @@ mod tests {
     }
 
     #[test]
-    fn batch_and_extern_steps_stay_on_the_host() {
+    fn which_steps_enter_and_which_get_the_client() {
         let mut step = StepInfo::default();
-        assert!(step.runs_in_container());
+        assert!(step.runs_in_container(BatchMode::Host));
+        assert!(!step.wants_slurm_client());
         step.step_id = BATCH_STEP;
-        assert!(!step.runs_in_container());
+        assert!(step.runs_in_container(BatchMode::Image));
+        assert!(!step.runs_in_container(BatchMode::Host));
+        assert!(step.wants_slurm_client());
+        step.step_id = INTERACTIVE_STEP;
+        assert!(step.runs_in_container(BatchMode::Host));
+        assert!(step.wants_slurm_client());
         step.step_id = EXTERN_STEP;
-        assert!(!step.runs_in_container());
+        assert!(!step.runs_in_container(BatchMode::Image));
+    }
+
+    #[test]
+    fn the_batch_script_only_from_the_spool() {
+        let t = tempfile::tempdir().unwrap();
+        let spool = t.path().join("spool");
+        std::fs::create_dir_all(spool.join("job00042")).unwrap();
+        let script = spool.join("job00042/slurm_script");
+        std::fs::write(&script, "#!/bin/sh\n").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", spool.join("job00042/link")).unwrap();
+        // SAFETY: getuid has no preconditions.
+        let uid = unsafe { libc::getuid() };
+        let step = |argv0: &Path, step_id| StepInfo {
+            step_id,
+            uid,
+            spool_dir: Some(spool.clone()),
+            argv0: Some(argv0.display().to_string()),
+            ..Default::default()
+        };
+        assert_eq!(
+            step(&script, BATCH_STEP).batch_script(),
+            Some(script.clone())
+        );
+        assert_eq!(step(&script, 3).batch_script(), None, "only the batch step");
+        assert_eq!(
+            step(&spool.join("job00042/link"), BATCH_STEP).batch_script(),
+            None
+        );
+        assert_eq!(
+            step(Path::new("/etc/passwd"), BATCH_STEP).batch_script(),
+            None
+        );
+        let climb = spool.join("job00042/../../spool/job00042/slurm_script");
+        assert_eq!(step(&climb, BATCH_STEP).batch_script(), None);
     }
 }

@@ -125,7 +125,30 @@ impl Spank {
             // At user_init Slurm has changed into the step's working directory, as the user.
             cwd: std::env::current_dir().unwrap_or_else(|_| "/".into()),
             spool_dir: None,
+            argv0: self.argv0(),
+            slurm_conf: Default::default(),
         }
+    }
+
+    /// The first word of the step's command (`S_JOB_ARGV`): for the batch step, the script
+    /// slurmstepd runs (in slurmd's spool directory).
+    fn argv0(&self) -> Option<String> {
+        let mut argc: c_int = 0;
+        let mut argv: *mut *mut c_char = std::ptr::null_mut();
+        // SAFETY: S_JOB_ARGV takes (int *, char ***); Slurm keeps the array.
+        let rc = unsafe {
+            sys::spank_get_item(
+                self.0,
+                sys::S_JOB_ARGV,
+                &mut argc as *mut c_int,
+                &mut argv as *mut *mut *mut c_char,
+            )
+        };
+        if rc != sys::ESPANK_SUCCESS || argv.is_null() || argc <= 0 {
+            return None;
+        }
+        // SAFETY: argc > 0 C strings.
+        unsafe { cstr(*argv) }
     }
 
     /// `S_JOB_SUPPLEMENTARY_GIDS`.
@@ -235,6 +258,35 @@ pub fn slurmd_spool_dir() -> Option<String> {
             return None;
         }
         cstr((*p).slurmd_spooldir)
+    }
+}
+
+/// What slurmstepd's configuration says of the Slurm client's files: the `slurm.conf` it read,
+/// `PluginDir`, `PlugStackConfig`, `AuthInfo` (the values of the node's own daemons; nothing
+/// from the job).
+pub fn slurm_conf_facts() -> slipway_runtime::host::slurmclient::SlurmConf {
+    use std::path::PathBuf;
+    // SAFETY: as in slurmd_spool_dir: Slurm's global configuration, laid out as the installed
+    // <slurm/slurm.h> says; its strings are NUL-terminated or NULL.
+    unsafe {
+        let p = libc::dlsym(libc::RTLD_DEFAULT, c"slurm_conf".as_ptr()) as *const sys::slurm_conf_t;
+        if p.is_null() {
+            return Default::default();
+        }
+        let conf = &*p;
+        slipway_runtime::host::slurmclient::SlurmConf {
+            conf_file: cstr(conf.slurm_conf).map(PathBuf::from),
+            plugin_dirs: cstr(conf.plugindir)
+                .map(|d| {
+                    d.split(':')
+                        .filter(|s| !s.is_empty())
+                        .map(PathBuf::from)
+                        .collect()
+                })
+                .unwrap_or_default(),
+            plugstack: cstr(conf.plugstack).map(PathBuf::from),
+            auth_info: cstr(conf.authinfo),
+        }
     }
 }
 

@@ -26,12 +26,24 @@ pub struct ContainerRequest {
     pub nv: bool,
     /// `--container-rocm`: the step's AMD GPUs with `/dev/kfd` and the host's ROCm files.
     pub rocm: bool,
+    /// `--container-batch`: where the batch script runs (the policy's `slurm.batch` if not
+    /// given).
+    pub batch: Option<slipway_runtime::policy::BatchMode>,
 }
+
+/// The image name that asks for no container (`srun --container=none` inside a containerized
+/// batch script: that step runs on the host).
+pub const NO_IMAGE: &str = "none";
 
 impl ContainerRequest {
     /// Whether the job asked for a container at all (the other options mean nothing alone,
     /// so a site may export `SLIPWAY_CONTAINER_MOUNTS` for everyone without breaking plain jobs).
+    /// An image named `none`, given either way, asks for none.
     pub fn wants_container(&self) -> bool {
+        let none = |v: &Option<String>| v.as_deref() == Some(NO_IMAGE);
+        if none(&self.image) || none(&self.slurm_container) {
+            return false;
+        }
         self.image.is_some() || self.slurm_container.is_some()
     }
 }
@@ -163,6 +175,20 @@ pub const OPTIONS: &[OptionSpec] = &[
         env: "SLIPWAY_CONTAINER_ROCM",
         apply: |r, v| {
             r.rocm = parse_bool(v)?;
+            Ok(())
+        },
+    },
+    OptionSpec {
+        name: "container-batch",
+        arginfo: Some("image|host"),
+        usage: "[slipway] where the batch script runs: in the image (default) or on the node",
+        env: "SLIPWAY_CONTAINER_BATCH",
+        apply: |r, v| {
+            r.batch = Some(match v {
+                "image" => slipway_runtime::policy::BatchMode::Image,
+                "host" => slipway_runtime::policy::BatchMode::Host,
+                _ => return bad("must be `image` (the script runs in the image) or `host`"),
+            });
             Ok(())
         },
     },
@@ -397,6 +423,26 @@ mod tests {
     }
 
     #[test]
+    fn none_asks_for_no_container() {
+        for (pairs, slurm) in [
+            (vec![("container-image", "none")], None),
+            (vec![("container-image", "a.sif")], Some("none")),
+            (vec![], Some("none")),
+        ] {
+            let r = build_request(&cli(&pairs), no_env, slurm.map(String::from)).unwrap();
+            assert!(!r.wants_container(), "{pairs:?} {slurm:?}");
+        }
+        let r = build_request(
+            &cli(&[("container-batch", "host")]),
+            no_env,
+            Some("a.sif".into()),
+        )
+        .unwrap();
+        assert!(r.wants_container());
+        assert_eq!(r.batch, Some(slipway_runtime::policy::BatchMode::Host));
+    }
+
+    #[test]
     fn slurm_container_alone_asks_for_a_container() {
         let r = build_request(&cli(&[]), no_env, Some("/bundle".into())).unwrap();
         assert!(r.wants_container());
@@ -434,6 +480,11 @@ mod tests {
                 "container-mounts",
                 "/a:/b:ro:x",
                 "--container-mounts=/a:/b:ro:x: '/a:/b:ro:x': expected SRC[:DST[:ro]]",
+            ),
+            (
+                "container-batch",
+                "node",
+                "--container-batch=node: must be `image` (the script runs in the image) or `host`",
             ),
             (
                 "container-mounts",

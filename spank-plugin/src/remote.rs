@@ -10,6 +10,8 @@
 use crate::barrier::fault_point;
 use std::time::Instant;
 
+use slipway_runtime::policy::BatchMode;
+
 use crate::entry::{self, EntryError, EnvChange, StepInfo};
 use crate::ffi::{self, Spank};
 use crate::options::{self, build_request};
@@ -40,7 +42,15 @@ pub fn user_init(sp: Spank) -> Result<(), Error> {
             return Ok(());
         }
     };
-    if request.wants_container() && step.runs_in_container() {
+    // Where the batch script runs: the user's --container-batch, else the policy's.
+    let batch = request.batch.unwrap_or(match &st.policy {
+        Some(Ok(p)) => p.policy.slurm.batch,
+        _ => BatchMode::Image,
+    });
+    if request.wants_container() && step.runs_in_container(batch) {
+        if step.wants_slurm_client() {
+            step.slurm_conf = ffi::slurm_conf_facts();
+        }
         ffi::log_verbose(&format!(
             "slipway: job {} step {} uid {}: requested {request:?}",
             step.job_id, step.step_id, step.uid

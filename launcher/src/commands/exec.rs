@@ -184,6 +184,8 @@ pub fn build_plan(
         nv: asked.nv,
         argv0: None,
         rocm: asked.rocm,
+        // The host's Slurm client is the SPANK plugin's, for its batch and interactive steps.
+        slurm_client: false,
         // `explain` shows the image's environment, read without mounting; the launch reads it
         // from the mounted image instead (no second pass over the file).
         image_env: read_image_env.then(|| image_env(&image)).flatten(),

@@ -22,6 +22,7 @@ fn unprivileged_sequence_on_a_directory_image() {
     }
     let host = HostFacts {
         devices: Default::default(),
+        slurm_client: None,
         euid: 1000,
         user: UserInfo {
             uid: 1000,

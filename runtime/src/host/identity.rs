@@ -66,6 +66,8 @@ pub struct HostFacts {
     pub env: Vec<(String, String)>,
     /// GPUs and fabric devices ([`super::devices::gather`]; empty until gathered).
     pub devices: super::devices::Devices,
+    /// The host's Slurm client ([`super::slurmclient::gather`]; `None` until gathered).
+    pub slurm_client: Option<super::slurmclient::Client>,
 }
 
 impl HostFacts {
@@ -104,6 +106,7 @@ impl HostFacts {
             cwd,
             env,
             devices: Default::default(),
+            slurm_client: None,
         })
     }
 }

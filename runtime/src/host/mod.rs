@@ -11,6 +11,8 @@
 //! - [`fabric`]: InfiniBand and Omni-Path devices.
 //! - [`driverfiles`]: a driver list resolved to the files bound where.
 //! - [`devices`]: all of the above gathered for one launch.
+//! - [`slurmclient`]: the host's Slurm commands, loader, libraries and configuration, for a
+//!   container's batch step.
 
 pub mod amd;
 pub mod devices;
@@ -22,6 +24,7 @@ mod identity;
 pub mod ldcache;
 pub mod liblist;
 pub mod nvidia;
+pub mod slurmclient;
 
 pub use identity::{group_name, lookup_user, GroupInfo, HostError, HostFacts, UserInfo};
 

@@ -9,6 +9,7 @@ pub mod bind;
 mod devices;
 pub mod environment;
 mod render;
+mod slurmclient;
 mod types;
 
 use std::path::{Component, Path, PathBuf};
@@ -465,6 +466,11 @@ pub fn build(
         }
     }
 
+    // The host's Slurm client (the SPANK plugin's batch and interactive steps).
+    let client = slurmclient::steps(req, policy, host);
+    mounts.extend(client.mounts);
+    skipped.extend(client.skipped);
+
     // Identity and the generated passwd/group.
     let u = &host.user;
     let identity = match mode {
@@ -635,6 +641,7 @@ pub fn build(
         }
     }
     decisions.extend(dev.env);
+    decisions.extend(client.env);
     decisions.extend(injected);
     for (k, v) in &req.env {
         if !crate::image::envfile::valid_name(k) {

@@ -36,6 +36,7 @@ fn fake_fs() -> FakeFs {
 fn host(euid: u32) -> HostFacts {
     HostFacts {
         devices: Default::default(),
+        slurm_client: None,
         euid,
         user: UserInfo {
             uid: 1000,

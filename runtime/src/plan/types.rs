@@ -57,6 +57,9 @@ pub struct Request {
     pub nv: bool,
     /// `--rocm` (`--container-rocm`): the same for AMD GPUs.
     pub rocm: bool,
+    /// The host's Slurm client inside (`[slurm]`; the SPANK plugin's batch and interactive
+    /// steps).
+    pub slurm_client: bool,
     /// The image's environment scripts when known ahead (`explain` reads them without
     /// mounting); shown by `explain`. The launch itself reads them from the mounted image.
     pub image_env: Option<Vec<EnvScript>>,

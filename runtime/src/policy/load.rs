@@ -198,6 +198,17 @@ const SCHEMA: &[Section] = &[
         name: "mpi",
         keys: &[("share", Kind::Bool)],
     },
+    Section {
+        name: "slurm",
+        keys: &[
+            ("batch", Kind::Enum(&["image", "host"])),
+            ("client", Kind::Bool),
+            ("commands", Kind::List(validate_command)),
+            ("prefix", Kind::Str(validate_prefix)),
+            ("hostexec", Kind::Str(validate_abs_path)),
+            ("binds", Kind::List(validate_dir)),
+        ],
+    },
 ];
 
 /// Every `(section, key)` of the schema, in file order.
@@ -713,6 +724,28 @@ fn validate_abs_path(s: &str) -> Result<(), String> {
 /// `mounts.system`: `SRC[:DST[:ro|rw]]`, neither a secret nor below one (a system bind puts
 /// its source in every container), and not over the files Slipway generates.
 /// An absolute path, or `""` for none.
+/// `slurm.commands`: a program's name, looked up in the host's system directories.
+fn validate_command(s: &str) -> Result<(), String> {
+    no_control(s)?;
+    if s.is_empty() || s.contains('/') || s == "." || s == ".." {
+        return Err("a command's name, not a path (e.g. \"srun\")".into());
+    }
+    Ok(())
+}
+
+/// `slurm.prefix`: a directory of its own inside the container, not `/` nor a system one.
+fn validate_prefix(s: &str) -> Result<(), String> {
+    validate_dir(s)?;
+    let system = [
+        "/", "/bin", "/sbin", "/lib", "/lib64", "/usr", "/etc", "/dev", "/proc", "/sys",
+    ];
+    let trimmed = s.trim_end_matches('/');
+    if trimmed.is_empty() || system.contains(&trimmed) {
+        return Err("a directory of its own (e.g. \"/.slipway/slurm\"), not a system one".into());
+    }
+    Ok(())
+}
+
 fn validate_opt_abs_path(s: &str) -> Result<(), String> {
     if s.is_empty() {
         return Ok(());

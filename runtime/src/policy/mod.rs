@@ -52,6 +52,59 @@ pub struct Policy {
     pub fabric: Fabric,
     /// `[mpi]`: the hybrid model (`mpirun slipway exec`).
     pub mpi: Mpi,
+    /// `[slurm]`: the batch step and the host's Slurm client inside containers.
+    pub slurm: Slurm,
+}
+
+/// Where a containerized job's batch script runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BatchMode {
+    /// In the image, as its steps (and the interactive step of `salloc`).
+    #[default]
+    Image,
+    /// On the node; only the steps it starts enter the image.
+    Host,
+}
+
+/// Slurm's commands the host client puts inside by default.
+pub const DEFAULT_SLURM_COMMANDS: &[&str] = &[
+    "srun", "sbatch", "salloc", "scontrol", "squeue", "scancel", "sinfo", "sacct",
+];
+
+/// `[slurm]`: the batch step and the host's Slurm client in containers. See docs/slurm.md.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Slurm {
+    /// Where a containerized job's batch script runs (a user's `--container-batch` wins).
+    pub batch: BatchMode,
+    /// The host's Slurm client (`commands`) works inside the batch and interactive steps.
+    pub client: bool,
+    /// The commands of the client, looked up in the host's `/usr/local/bin`, `/usr/bin`,
+    /// `/bin`.
+    pub commands: Vec<String>,
+    /// Where the client lives inside the container (its `bin` goes on `PATH`).
+    pub prefix: PathBuf,
+    /// The static program that starts a host command with the host's loader and libraries.
+    pub hostexec: PathBuf,
+    /// More host paths the client needs at their own paths (a configless node's cache).
+    pub binds: Vec<PathBuf>,
+}
+
+impl Default for Slurm {
+    fn default() -> Self {
+        Slurm {
+            batch: BatchMode::Image,
+            client: true,
+            commands: DEFAULT_SLURM_COMMANDS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            prefix: "/.slipway/slurm".into(),
+            hostexec: "/usr/libexec/slipway/slipway-hostexec".into(),
+            binds: Vec::new(),
+        }
+    }
 }
 
 /// `[mpi]`: how `slipway exec` ranks of one parallel job behave. See docs/mpi.md.

@@ -137,7 +137,7 @@ fn unknown_section_and_key() {
     assert_eq!(
         err("[image]\nallowed = []\n"),
         "policy.toml:1: image: unknown section; did you mean `images`? (sections: images, \
-         mounts, tmp, env, gpu, fabric, mpi)"
+         mounts, tmp, env, gpu, fabric, mpi, slurm)"
     );
     assert_eq!(
         err("# comment\n[images]\nformats = [\"sif\"]\nallow = [\"/apps/*\"]\n"),
@@ -950,4 +950,26 @@ fn missing_default_file() {
     assert!(load::load_at(&deeper, false, true).is_err());
     chmod(&dir, 0o755);
     assert!(load::load_at(&deeper, false, true).is_ok());
+}
+
+// ---- [slurm] ------------------------------------------------------------------------------
+
+#[test]
+fn slurm_keys() {
+    let p = ok("[slurm]\n");
+    assert_eq!(p.policy.slurm.batch, crate::policy::BatchMode::Image);
+    assert!(p.policy.slurm.client);
+    assert!(p.policy.slurm.commands.iter().any(|c| c == "srun"));
+    let p = ok(
+        "[slurm]\nbatch = \"host\"\nclient = false\ncommands = [\"srun\"]\n\
+                prefix = \"/opt/hostslurm\"\nbinds = [\"/var/spool/slurmd/conf-cache\"]\n",
+    );
+    assert_eq!(p.policy.slurm.batch, crate::policy::BatchMode::Host);
+    assert_eq!(p.policy.slurm.commands, ["srun"]);
+    assert_eq!(p.rule("slurm.batch"), "policy.toml:2 (slurm.batch)");
+    assert!(err("[slurm]\ncommands = [\"/usr/bin/srun\"]\n")
+        .starts_with("policy.toml:2: slurm.commands"));
+    assert!(err("[slurm]\nprefix = \"/usr\"\n").contains("not a system one"));
+    assert!(err("[slurm]\nprefix = \"/\"\n").contains("not a system one"));
+    assert!(err("[slurm]\nbatch = \"node\"\n").starts_with("policy.toml:2: slurm.batch"));
 }
