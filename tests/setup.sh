@@ -13,6 +13,9 @@ PACKAGES=(
   iproute2 procps psmisc
   # building: bindgen needs libclang; the test probe is linked statically
   libclang-dev gcc libc6-dev pkg-config jq
+  # an image with an older glibc than the host's (Debian 11), for the host's srun inside
+  # (tests/cluster/old-glibc-image.sh)
+  debootstrap debian-archive-keyring gpgv
   # environments: a static busybox is the test images' /bin/sh (tests/tests/environment.rs)
   busybox-static
   # GPUs: NVIDIA's real 535 user space (contrib/non-free) and AMD's ROCm 5.2 runtime, for

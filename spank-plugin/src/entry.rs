@@ -336,6 +336,12 @@ pub fn build_plan(
     };
     let mut plan = plan::build(&req, policy, &host, &image, &RealFs)
         .map_err(|e| EntryError::Plan(e.to_string()))?;
+    // The batch script still runs without the client; the user learns why its srun is missing.
+    if let Some(slurmclient::Client::Unavailable(why)) = &host.slurm_client {
+        plan.warnings.push(format!(
+            "the host's Slurm client is not in the container: {why}"
+        ));
+    }
     plan.check().map_err(|e| EntryError::Plan(e.to_string()))?;
     add_slurm_mounts(
         &mut plan,
@@ -434,7 +440,11 @@ pub fn prepare(
     let t = std::time::Instant::now();
     let plan = build_plan(request, policy, step)?;
     let plan_us = t.elapsed().as_micros();
-    let (keeper, mnt_ns, env, warnings) = Keeper::start(&plan, &step.env, config.timeout)?;
+    let (keeper, mnt_ns, env, image_warnings) = Keeper::start(&plan, &step.env, config.timeout)?;
+    // The plan's warnings (a missing Slurm client, GPU files the node lacks), then the
+    // image's environment lines not applied: logged, and shown by the step's first task.
+    let mut warnings = plan.warnings.clone();
+    warnings.extend(image_warnings);
     // Worked out once here, not in every task: a task is a fresh fork of slurmstepd, where
     // every allocation costs copy-on-write page faults.
     let task_env = env_changes(&env, &request.env, &step.env);

@@ -47,6 +47,22 @@ pub fn user_init(sp: Spank) -> Result<(), Error> {
         Some(Ok(p)) => p.policy.slurm.batch,
         _ => BatchMode::Image,
     });
+    if request.wants_container() && step.step_id == entry::BATCH_STEP {
+        // Which way the batch step went, and why, for the admin (srun -v shows the request).
+        let why = if request.batch.is_some() {
+            "--container-batch"
+        } else {
+            "policy slurm.batch"
+        };
+        let place = match batch {
+            BatchMode::Image => "in the image",
+            BatchMode::Host => "on the node (its steps in the image)",
+        };
+        ffi::log_verbose(&format!(
+            "slipway: job {} batch script {place} ({why})",
+            step.job_id
+        ));
+    }
     if request.wants_container() && step.runs_in_container(batch) {
         if step.wants_slurm_client() {
             step.slurm_conf = ffi::slurm_conf_facts();

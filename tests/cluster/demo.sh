@@ -2,11 +2,12 @@
 # demo.sh: Slipway's main job on one Debian 12 machine, as root, in one command.
 #
 #   1. tests/setup.sh installs the packages (Slurm, munge, Open MPI + PMIx, squashfs tools);
-#   2. builds the workspace: the SPANK plugin and `slipway`;
+#   2. builds the workspace: the SPANK plugin, `slipway` and the static `slipway-hostexec`;
 #   3. starts a 4-node Slurm cluster with the plugin loaded (cluster.sh up 4);
 #   4. builds demo.sif from this host's Open MPI with `slipway build` (mpi-image.sh);
-#   5. runs `sbatch --wait -N4 --container=demo.sif job.sh`: the script's
-#      `srun --mpi=pmix` ranks run inside the image and report rank, host, the image's
+#   5. runs `sbatch --wait -N4 --container=demo.sif job.sh`: the script runs inside the
+#      image (it reads the image's /marker) and calls the host's srun from there; the
+#      `srun --mpi=pmix` ranks run inside the image too and report rank, host, the image's
 #      /marker and the Allreduce result;
 #   6. shows the job's output, and always stops the cluster (trap).
 #
@@ -31,6 +32,9 @@ say "packages (tests/setup.sh)"
 
 say "build: plugin and slipway"
 (cd "$ROOT" && cargo build --quiet -p spank-slipway -p slipway)
+# Static (it must run in any image): its own target directory, so the workspace's build stays.
+(cd "$ROOT" && cargo rustc --quiet -p slipway-hostexec --bin slipway-hostexec \
+    --target-dir target/static -- -C target-feature=+crt-static)
 SO=$ROOT/target/debug/libspank_slipway.so
 SLIPWAY=$ROOT/target/debug/slipway
 
@@ -42,9 +46,13 @@ cat >"$DEMO/policy.toml" <<EOF
 [images]
 allowed = ["$DEMO/**"]
 trusted_dirs = ["$DEMO"]
+
+[slurm]
+hostexec = "$DEMO/slipway-hostexec"
 EOF
 chmod 644 "$DEMO/policy.toml"
-SLIPWAY=$SLIPWAY "$HERE/mpi-image.sh" "$DEMO/demo.sif"
+install -m 755 "$ROOT/target/static/debug/slipway-hostexec" "$DEMO/slipway-hostexec"
+SLIPWAY=$SLIPWAY "$HERE/mpi-image.sh" "$DEMO/demo.sif" /usr/bin/sort
 
 cleanup() {
     say "cluster down"
@@ -66,9 +74,10 @@ cat >"$WORK/job.sh" <<EOF
 #SBATCH --container=$DEMO/demo.sif
 #SBATCH -N4 --ntasks-per-node=2
 #SBATCH -o demo-%j.out
-# The script runs on the host (it calls srun); every step runs inside demo.sif.
+# The script runs inside demo.sif (srun is the host's, put inside by Slipway); so does
+# every step it starts.
 export OMPI_MCA_pml=ob1 OMPI_MCA_btl=self,vader,tcp OMPI_MCA_btl_tcp_if_include=eth0
-echo "batch script on \$(hostname), container \$SLURM_CONTAINER"
+echo "batch script on \$(hostname), in the image: \$(cat /marker), srun: \$(command -v srun)"
 srun --mpi=pmix mpi_hello | sort -t= -k2 -n
 EOF
 chown "$USER_" "$WORK/job.sh"
@@ -84,8 +93,9 @@ say "job $job output"
 cat "demo-$job.out"
 ranks=$(grep -c 'marker=slipway-mpi-image' "demo-$job.out" || true)
 good=$(grep -c 'size=8 .*sum=28 marker=slipway-mpi-image' "demo-$job.out" || true)
-if [[ $rc == 0 && $ranks == 8 && $good == 8 ]]; then
-    say "OK: 8 MPI ranks on 4 nodes, inside the image, Allreduce correct"
+script=$(grep -c 'in the image: slipway-mpi-image' "demo-$job.out" || true)
+if [[ $rc == 0 && $ranks == 8 && $good == 8 && $script == 1 ]]; then
+    say "OK: the batch script and 8 MPI ranks on 4 nodes inside the image, Allreduce correct"
 else
     say "FAILED (sbatch exit $rc, $good of 8 ranks correct)"
     exit 1

@@ -1349,10 +1349,11 @@ fn containers_in_cluster() {
         assert!(err.contains(needle), "{needle:?} not in {err}");
     }
 
-    // sbatch with #SBATCH --container and two steps; salloc + srun.
+    // sbatch with #SBATCH --container and two steps, the script on the node (the behaviour
+    // before the batch step entered the image, behind its switch); salloc + srun.
     std::fs::write(
         work.join("job.sh"),
-        "#!/bin/sh\n#SBATCH --container=rel.sif\n#SBATCH -N2 -n4\n#SBATCH -o job.out\n\
+        "#!/bin/sh\n#SBATCH --container=rel.sif\n#SBATCH --container-batch=host\n#SBATCH -N2 -n4\n#SBATCH -o job.out\n\
              srun -o step0.%t.json /bin/probe --read /marker || exit 1\n\
              srun -n2 -o step1.%t.json /bin/probe --read /marker || exit 1\n\
              echo batch-on-host\n",
@@ -1589,3 +1590,6 @@ mod gpu;
 
 #[path = "../hybrid/slurm.rs"]
 mod hybrid;
+
+#[path = "../batch/slurm.rs"]
+mod batch;
