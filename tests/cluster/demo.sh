@@ -69,7 +69,7 @@ cat "$CLUSTER/etc/plugstack.conf"
 WORK=$CLUSTER/work
 install -d -o "$USER_" "$WORK"
 cat >"$WORK/job.sh" <<EOF
-#!/bin/bash
+#!/bin/sh
 #SBATCH --job-name=slipway-demo
 #SBATCH --container=$DEMO/demo.sif
 #SBATCH -N4 --ntasks-per-node=2
