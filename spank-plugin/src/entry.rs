@@ -67,10 +67,17 @@ impl StepInfo {
             .spool_dir
             .as_ref()?
             .join(format!("pmix.{}.{}", self.job_id, self.step_id));
-        let fd = slipway_runtime::exec::sys::open_path_no_symlinks(&dir).ok()?;
-        let meta = std::fs::File::from(fd).metadata().ok()?;
+        self.spool_entry(dir, true)
+    }
+
+    /// `path` if it is a directory (`dir`) or a regular file reached without a symlink, owned
+    /// by root or the job's user: what slurmd made in its spool for this step.
+    fn spool_entry(&self, path: PathBuf, dir: bool) -> Option<PathBuf> {
         use std::os::unix::fs::MetadataExt;
-        (meta.is_dir() && (meta.uid() == 0 || meta.uid() == self.uid)).then_some(dir)
+        let fd = slipway_runtime::exec::sys::open_path_no_symlinks(&path).ok()?;
+        let meta = std::fs::File::from(fd).metadata().ok()?;
+        let kind = if dir { meta.is_dir() } else { meta.is_file() };
+        (kind && (meta.uid() == 0 || meta.uid() == self.uid)).then_some(path)
     }
 
     /// What selects this step's GPUs: `SLURM_STEP_GPUS` (the batch and interactive steps:
@@ -121,10 +128,7 @@ impl StepInfo {
         {
             return None;
         }
-        let fd = slipway_runtime::exec::sys::open_path_no_symlinks(&script).ok()?;
-        let meta = std::fs::File::from(fd).metadata().ok()?;
-        use std::os::unix::fs::MetadataExt;
-        (meta.is_file() && (meta.uid() == 0 || meta.uid() == self.uid)).then_some(script)
+        self.spool_entry(script, false)
     }
 }
 
@@ -359,7 +363,9 @@ pub fn build_plan(
             nosuid: true,
             nodev: true,
             rule: "slipway spank (the batch script, at the path slurmstepd runs it from)".into(),
-            as_user: false,
+            // Opened as the user, no symlink followed: the keeper binds what was checked here
+            // (the user runs the script anyway), never what a swapped path would lead to.
+            as_user: true,
         });
     }
     Ok(plan)
