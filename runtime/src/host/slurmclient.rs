@@ -21,8 +21,9 @@ pub const SYSTEM_PATH: &[&str] = &["/usr/local/bin", "/usr/bin", "/bin"];
 /// munge's socket when `AuthInfo` names none.
 pub const DEFAULT_MUNGE_SOCKET: &str = "/run/munge/munge.socket.2";
 
-/// The most of a program this module reads to find its loader.
-const MAX_PROGRAM: u64 = 256 << 20;
+/// The most of a program this module reads to find its loader: its ELF header, program
+/// headers and `PT_INTERP` string lie at its start.
+const MAX_PROGRAM: u64 = 1 << 20;
 
 /// What slurmstepd's configuration says (`slurm_conf`: the values the node's daemons use).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -37,6 +38,17 @@ pub struct SlurmConf {
     pub auth_info: Option<String>,
 }
 
+/// Where a host path of the client comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum HostPathKind {
+    /// Slurm's configuration and plugins: read-only.
+    Slurm,
+    /// munge's socket directory: the client connects to the socket in it.
+    MungeSocket,
+    /// The policy's `slurm.binds`: read-only.
+    Policy,
+}
+
 /// One host path bound at its own path, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct HostPath {
@@ -44,6 +56,8 @@ pub struct HostPath {
     pub path: PathBuf,
     /// What it is (`slurm.conf's directory`, `PluginDir`...).
     pub what: String,
+    /// Where it comes from.
+    pub kind: HostPathKind,
 }
 
 /// Everything the client needs, found on this node.
@@ -188,12 +202,13 @@ pub fn program_interpreter(path: &Path) -> std::io::Result<Option<PathBuf>> {
 /// the SPANK plugins it names, munge's socket directory, the policy's `slurm.binds`. Each once;
 /// one below another is left out; missing ones are skipped.
 pub fn host_paths(policy: &Slurm, conf: &SlurmConf) -> Vec<HostPath> {
-    let mut want: Vec<(PathBuf, String)> = Vec::new();
+    use HostPathKind::{MungeSocket, Policy, Slurm};
+    let mut want: Vec<(PathBuf, String, HostPathKind)> = Vec::new();
     if let Some(dir) = conf.conf_file.as_deref().and_then(Path::parent) {
-        want.push((dir.to_path_buf(), "slurm.conf's directory".into()));
+        want.push((dir.to_path_buf(), "slurm.conf's directory".into(), Slurm));
     }
     for d in &conf.plugin_dirs {
-        want.push((d.clone(), "PluginDir".into()));
+        want.push((d.clone(), "PluginDir".into(), Slurm));
     }
     let plugstack = conf.plugstack.clone().or_else(|| {
         conf.conf_file
@@ -203,9 +218,9 @@ pub fn host_paths(policy: &Slurm, conf: &SlurmConf) -> Vec<HostPath> {
     });
     if let Some(ps) = plugstack {
         if ps.is_file() {
-            want.push((ps.clone(), "PlugStackConfig".into()));
+            want.push((ps.clone(), "PlugStackConfig".into(), Slurm));
             for (p, what) in plugstack_files(&ps, 0) {
-                want.push((p, what));
+                want.push((p, what, Slurm));
             }
         }
     }
@@ -219,13 +234,17 @@ pub fn host_paths(policy: &Slurm, conf: &SlurmConf) -> Vec<HostPath> {
         })
         .unwrap_or_else(|| PathBuf::from(DEFAULT_MUNGE_SOCKET));
     if let Some(dir) = socket.parent() {
-        want.push((dir.to_path_buf(), "munge's socket directory".into()));
+        want.push((
+            dir.to_path_buf(),
+            "munge's socket directory".into(),
+            MungeSocket,
+        ));
     }
     for b in &policy.binds {
-        want.push((b.clone(), "slurm.binds".into()));
+        want.push((b.clone(), "slurm.binds".into(), Policy));
     }
     let mut out: Vec<HostPath> = Vec::new();
-    for (path, what) in want {
+    for (path, what, kind) in want {
         if !path.is_absolute() || std::fs::symlink_metadata(&path).is_err() {
             continue;
         }
@@ -233,7 +252,7 @@ pub fn host_paths(policy: &Slurm, conf: &SlurmConf) -> Vec<HostPath> {
             continue;
         }
         out.retain(|h| !h.path.starts_with(&path));
-        out.push(HostPath { path, what });
+        out.push(HostPath { path, what, kind });
     }
     out
 }

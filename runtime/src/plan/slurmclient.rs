@@ -13,7 +13,7 @@
 use std::path::{Path, PathBuf};
 
 use super::{EnvAction, EnvDecision, MountKind, MountStep, Request, Skipped};
-use crate::host::slurmclient::Client;
+use crate::host::slurmclient::{Client, HostPathKind};
 use crate::host::HostFacts;
 use crate::policy::LoadedPolicy;
 
@@ -108,16 +108,13 @@ pub(super) fn steps(req: &Request, policy: &LoadedPolicy, host: &HostFacts) -> C
         ));
     }
     for h in &facts.host_paths {
-        let rule = if h.what == "slurm.binds" {
-            policy.rule("slurm.binds")
-        } else {
-            format!("{rule} (Slurm's {}, at its host path)", h.what)
+        let rule = match h.kind {
+            HostPathKind::Policy => policy.rule("slurm.binds"),
+            _ => format!("{rule} (Slurm's {}, at its host path)", h.what),
         };
         let mut m = ro_bind(&h.path, h.path.clone(), &rule);
         // munge's socket is connected to: the directory stays as the host has it.
-        if h.what.starts_with("munge") {
-            m.readonly = false;
-        }
+        m.readonly = h.kind != HostPathKind::MungeSocket;
         out.mounts.push(m);
     }
     out.env.push(EnvDecision {

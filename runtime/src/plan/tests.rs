@@ -342,3 +342,78 @@ fn binds_over_generated_files_are_refused() {
 pub(crate) fn sample_plan() -> Plan {
     build(&request(), &policy(), &host(1000), &image(), &fake_fs()).unwrap()
 }
+
+#[test]
+fn the_host_slurm_client_under_its_prefix() {
+    use crate::host::slurmclient::{Client, ClientFacts, HostPath, HostPathKind};
+    let facts = ClientFacts {
+        commands: vec![("srun".into(), "/usr/bin/srun".into())],
+        missing: vec!["sacct".into()],
+        loader: "/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2".into(),
+        lib_dirs: vec!["/usr/lib/x86_64-linux-gnu".into(), "/usr/local/lib".into()],
+        host_paths: vec![
+            HostPath {
+                path: "/etc/slurm".into(),
+                what: "slurm.conf's directory".into(),
+                kind: HostPathKind::Slurm,
+            },
+            HostPath {
+                path: "/run/munge".into(),
+                what: "munge's socket directory".into(),
+                kind: HostPathKind::MungeSocket,
+            },
+        ],
+        hostexec: "/usr/libexec/slipway/slipway-hostexec".into(),
+    };
+    let mut h = host(0);
+    h.slurm_client = Some(Client::Ready(facts));
+    let req = Request {
+        slurm_client: true,
+        ..request()
+    };
+    let plan = build(&req, &policy(), &h, &image(), &fake_fs()).unwrap();
+    let bound = |dest: &str| {
+        plan.mounts
+            .iter()
+            .find(|m| m.dest == Path::new(dest))
+            .map(|m| match &m.kind {
+                MountKind::Bind { source, .. } => (source.display().to_string(), m.readonly),
+                _ => panic!("{dest}: not a bind"),
+            })
+    };
+    let p = "/.slipway/slurm";
+    let hostexec = "/usr/libexec/slipway/slipway-hostexec".to_string();
+    assert_eq!(bound(&format!("{p}/bin/srun")), Some((hostexec, true)));
+    assert_eq!(
+        bound(&format!("{p}/libexec/srun")),
+        Some(("/usr/bin/srun".into(), true))
+    );
+    assert!(bound(&format!("{p}/ld.so")).is_some());
+    assert_eq!(
+        bound(&format!("{p}/lib/01")),
+        Some(("/usr/local/lib".into(), true))
+    );
+    assert_eq!(bound("/etc/slurm"), Some(("/etc/slurm".into(), true)));
+    assert_eq!(bound("/run/munge"), Some(("/run/munge".into(), false)));
+    assert!(plan
+        .mounts
+        .iter()
+        .all(|m| !m.dest.starts_with(p) || (m.nosuid && m.nodev)));
+    assert!(plan.skipped.iter().any(|s| s.what == "command sacct"));
+    assert!(plan.env.decisions.iter().any(|d| d.name == "PATH"
+        && d.action == EnvAction::Append
+        && d.value.as_deref() == Some("/.slipway/slurm/bin")));
+
+    // Not asked (a `slipway exec`), or the node cannot give it: no step, and a reason.
+    let plain = build(&request(), &policy(), &h, &image(), &fake_fs()).unwrap();
+    assert!(!plain.mounts.iter().any(|m| m.dest.starts_with(p)));
+    h.slurm_client = Some(Client::Unavailable(
+        "slurm.hostexec X: dynamically linked".into(),
+    ));
+    let plan = build(&req, &policy(), &h, &image(), &fake_fs()).unwrap();
+    assert!(!plan.mounts.iter().any(|m| m.dest.starts_with(p)));
+    assert!(plan
+        .skipped
+        .iter()
+        .any(|s| s.why.contains("dynamically linked")));
+}
