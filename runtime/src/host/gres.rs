@@ -8,33 +8,11 @@
 //! are ignored. The file is trusted (root's, beside `slurm.conf`) but still parsed with
 //! limits: it is read on every step.
 
+use super::ConfigError;
 use std::path::{Path, PathBuf};
 
 /// The most names one hostlist or file expression may expand to.
 pub const MAX_EXPANSION: usize = 65536;
-
-/// Errors reading `gres.conf`.
-#[derive(Debug, thiserror::Error)]
-pub enum GresError {
-    /// The file could not be read.
-    #[error("{}: {source}", path.display())]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The error.
-        source: std::io::Error,
-    },
-    /// A line is malformed.
-    #[error("{}:{line}: {why}", path.display())]
-    Syntax {
-        /// The file.
-        path: PathBuf,
-        /// 1-based line.
-        line: usize,
-        /// What is wrong.
-        why: String,
-    },
-}
 
 /// One `Name=gpu` line that applies to a node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,8 +42,8 @@ pub struct GresConf {
 
 impl GresConf {
     /// Reads ([`super::read_config`]) and parses `path`.
-    pub fn load(path: &Path) -> Result<GresConf, GresError> {
-        let text = super::read_config(path).map_err(|source| GresError::Io {
+    pub fn load(path: &Path) -> Result<GresConf, ConfigError> {
+        let text = super::read_config(path).map_err(|source| ConfigError::Io {
             path: path.to_path_buf(),
             source,
         })?;
@@ -73,12 +51,12 @@ impl GresConf {
     }
 
     /// Parses `gres.conf` text; `path` names it in errors.
-    pub fn parse(text: &str, path: &Path) -> Result<GresConf, GresError> {
+    pub fn parse(text: &str, path: &Path) -> Result<GresConf, ConfigError> {
         let mut conf = GresConf {
             path: path.to_path_buf(),
             ..Default::default()
         };
-        let err = |line: usize, why: String| GresError::Syntax {
+        let err = |line: usize, why: String| ConfigError::Syntax {
             path: path.to_path_buf(),
             line,
             why,

@@ -5,33 +5,11 @@
 //! path is a file bound at the same path; anything else is a program looked up on the host's
 //! system `PATH` and bound at `/usr/bin/NAME` (as Apptainer does).
 
+use super::ConfigError;
 use std::path::{Path, PathBuf};
 
 /// The most entries a list may hold (Apptainer's own has about 50).
 pub const MAX_ENTRIES: usize = 4096;
-
-/// Errors reading a list.
-#[derive(Debug, thiserror::Error)]
-pub enum LibListError {
-    /// The file could not be read.
-    #[error("{}: {source}", path.display())]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The error.
-        source: std::io::Error,
-    },
-    /// A line is not a library prefix, a program name or an absolute path.
-    #[error("{}:{line}: {why}", path.display())]
-    Syntax {
-        /// The file.
-        path: PathBuf,
-        /// 1-based line.
-        line: usize,
-        /// What is wrong, and what to write.
-        why: String,
-    },
-}
 
 /// What one entry names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,8 +33,8 @@ pub struct LibList {
 
 impl LibList {
     /// Reads ([`super::read_config`]) and parses `path`.
-    pub fn load(path: &Path) -> Result<LibList, LibListError> {
-        let text = super::read_config(path).map_err(|source| LibListError::Io {
+    pub fn load(path: &Path) -> Result<LibList, ConfigError> {
+        let text = super::read_config(path).map_err(|source| ConfigError::Io {
             path: path.to_path_buf(),
             source,
         })?;
@@ -64,14 +42,14 @@ impl LibList {
     }
 
     /// Parses list text; `path` names it in errors.
-    pub fn parse(text: &str, path: &Path) -> Result<LibList, LibListError> {
+    pub fn parse(text: &str, path: &Path) -> Result<LibList, ConfigError> {
         let mut entries = Vec::new();
         for (i, raw) in text.lines().enumerate() {
             let line = raw.split('#').next().unwrap_or("").trim();
             if line.is_empty() {
                 continue;
             }
-            let err = |why: String| LibListError::Syntax {
+            let err = |why: String| ConfigError::Syntax {
                 path: path.to_path_buf(),
                 line: i + 1,
                 why,

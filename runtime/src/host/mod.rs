@@ -28,6 +28,29 @@ pub mod slurmclient;
 
 pub use identity::{group_name, lookup_user, GroupInfo, HostError, HostFacts, UserInfo};
 
+/// Errors reading a host configuration file (`gres.conf`, a driver list).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A line is malformed.
+    #[error("{}:{line}: {why}", path.display())]
+    Syntax {
+        /// The file.
+        path: std::path::PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// What is wrong, and what to write.
+        why: String,
+    },
+}
+
 /// The most a host configuration file (`gres.conf`, a driver list) may hold.
 pub const MAX_CONFIG: u64 = 1 << 20;
 
