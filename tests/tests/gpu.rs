@@ -225,6 +225,21 @@ fn slipway(_fx: &Fx, user: bool, args: &[&str], env: &[(&str, &str)]) -> Output 
 }
 
 /// The cuda probe's `key=value` report.
+/// `slipway exec FLAGS --policy POLICY IMAGE PROGRAM`, as the test user when `user`.
+fn exec_in(
+    fx: &Fx,
+    user: bool,
+    flags: &[&str],
+    policy: &str,
+    program: &str,
+    env: &[(&str, &str)],
+) -> Output {
+    let mut args = vec!["exec"];
+    args.extend_from_slice(flags);
+    args.extend(["--policy", policy, image(fx), program]);
+    slipway(fx, user, &args, env)
+}
+
 fn cuda_report(out: &Output) -> BTreeMap<String, String> {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -299,17 +314,12 @@ fn nv_gives_the_host_driver_and_every_gpu() {
         );
     }
     // The driver's files are read-only, nosuid, nodev; nvidia-smi is where Apptainer puts it.
-    let out = slipway(
+    let out = exec_in(
         fx,
         false,
-        &[
-            "exec",
-            "--nv",
-            "--policy",
-            pol.to_str().unwrap(),
-            image(fx),
-            "/bin/probe",
-        ],
+        &["--nv"],
+        pol.to_str().unwrap(),
+        "/bin/probe",
         &[],
     );
     let r = json(&out);
@@ -339,10 +349,12 @@ fn visible_devices_select_by_pci_order() {
     let Some(fx) = need() else { return };
     let pol = policy(fx, "select.toml", "", "");
     let p = pol.to_str().unwrap();
-    let r = cuda_report(&slipway(
+    let r = cuda_report(&exec_in(
         fx,
         true,
-        &["exec", "--nv", "--policy", p, image(fx), "/bin/cuda_probe"],
+        &["--nv"],
+        p,
+        "/bin/cuda_probe",
         &[("CUDA_VISIBLE_DEVICES", "1,2")],
     ));
     assert_eq!(
@@ -351,10 +363,12 @@ fn visible_devices_select_by_pci_order() {
     );
     assert_eq!(r["visible"], "0,1");
     let uuid = "GPU-30000000-1111-2222-3333-444444444444";
-    let r = cuda_report(&slipway(
+    let r = cuda_report(&exec_in(
         fx,
         true,
-        &["exec", "--nv", "--policy", p, image(fx), "/bin/cuda_probe"],
+        &["--nv"],
+        p,
+        "/bin/cuda_probe",
         &[
             ("NVIDIA_VISIBLE_DEVICES", uuid),
             ("CUDA_VISIBLE_DEVICES", "0"),
@@ -388,10 +402,12 @@ fn visible_devices_select_by_pci_order() {
     assert!(reads.contains("Device Minor"), "{reads}");
     assert!(reads.contains("No such file or directory"), "{reads}");
     // An index the node does not have: one line, nothing runs.
-    let out = slipway(
+    let out = exec_in(
         fx,
         true,
-        &["exec", "--nv", "--policy", p, image(fx), "/bin/cuda_probe"],
+        &["--nv"],
+        p,
+        "/bin/cuda_probe",
         &[("CUDA_VISIBLE_DEVICES", "4")],
     );
     assert!(!out.status.success());
@@ -409,32 +425,23 @@ fn visible_devices_select_by_pci_order() {
 fn policy_modes() {
     let Some(fx) = need() else { return };
     let pol = policy(fx, "default.toml", "", "");
-    let r = cuda_report(&slipway(
+    let r = cuda_report(&exec_in(
         fx,
         true,
-        &[
-            "exec",
-            "--policy",
-            pol.to_str().unwrap(),
-            image(fx),
-            "/bin/cuda_probe",
-        ],
+        &[],
+        pol.to_str().unwrap(),
+        "/bin/cuda_probe",
         &[],
     ));
     assert_eq!(r["libcuda"], "none");
     assert_eq!(r["dev_nvidia"], "");
     let never = policy(fx, "never.toml", "nvidia = \"never\"", "");
-    let out = slipway(
+    let out = exec_in(
         fx,
         true,
-        &[
-            "exec",
-            "--nv",
-            "--policy",
-            never.to_str().unwrap(),
-            image(fx),
-            "/bin/cuda_probe",
-        ],
+        &["--nv"],
+        never.to_str().unwrap(),
+        "/bin/cuda_probe",
         &[],
     );
     assert!(!out.status.success());
@@ -445,30 +452,22 @@ fn policy_modes() {
     );
     assert!(e.contains("never.toml:4 (gpu.nvidia)"), "{e}");
     let always = policy(fx, "always.toml", "nvidia = \"always\"", "");
-    let r = cuda_report(&slipway(
+    let r = cuda_report(&exec_in(
         fx,
         true,
-        &[
-            "exec",
-            "--policy",
-            always.to_str().unwrap(),
-            image(fx),
-            "/bin/cuda_probe",
-        ],
+        &[],
+        always.to_str().unwrap(),
+        "/bin/cuda_probe",
         &[],
     ));
     assert_eq!(r["driver_version"], "12020");
     // SLIPWAY_NV / APPTAINER_NV ask as --nv does.
-    let r = cuda_report(&slipway(
+    let r = cuda_report(&exec_in(
         fx,
         true,
-        &[
-            "exec",
-            "--policy",
-            pol.to_str().unwrap(),
-            image(fx),
-            "/bin/cuda_probe",
-        ],
+        &[],
+        pol.to_str().unwrap(),
+        "/bin/cuda_probe",
         &[("APPTAINER_NV", "1")],
     ));
     assert_eq!(r["driver_version"], "12020");
@@ -489,17 +488,12 @@ fn missing_parts_fail_with_one_line() {
     };
     let nodrv = fx.root.join("nodriver.toml");
     std::fs::write(&nodrv, text(&fx.nodriver_dev, "")).unwrap();
-    let out = slipway(
+    let out = exec_in(
         fx,
         true,
-        &[
-            "exec",
-            "--nv",
-            "--policy",
-            nodrv.to_str().unwrap(),
-            image(fx),
-            "/bin/cuda_probe",
-        ],
+        &["--nv"],
+        nodrv.to_str().unwrap(),
+        "/bin/cuda_probe",
         &[],
     );
     assert!(!out.status.success());
@@ -512,17 +506,12 @@ fn missing_parts_fail_with_one_line() {
     );
     let warn = fx.root.join("warn.toml");
     std::fs::write(&warn, text(&fx.nodriver_dev, "missing = \"warn\"")).unwrap();
-    let out = slipway(
+    let out = exec_in(
         fx,
         true,
-        &[
-            "exec",
-            "--nv",
-            "--policy",
-            warn.to_str().unwrap(),
-            image(fx),
-            "/bin/cuda_probe",
-        ],
+        &["--nv"],
+        warn.to_str().unwrap(),
+        "/bin/cuda_probe",
         &[],
     );
     let r = cuda_report(&out);
@@ -550,17 +539,12 @@ fn missing_parts_fail_with_one_line() {
         text(&fx.dev, &format!("liblist = \"{}\"", list.display())),
     )
     .unwrap();
-    let out = slipway(
+    let out = exec_in(
         fx,
         false,
-        &[
-            "exec",
-            "--nv",
-            "--policy",
-            p.to_str().unwrap(),
-            image(fx),
-            "/bin/cuda_probe",
-        ],
+        &["--nv"],
+        p.to_str().unwrap(),
+        "/bin/cuda_probe",
         &[],
     );
     let e = err_line(&out);
@@ -572,17 +556,12 @@ fn missing_parts_fail_with_one_line() {
     assert!(e.contains("nvliblist.conf:3"), "{e}");
     // The same list writable by others: a root launch does not trust it.
     chmod(&list, 0o666);
-    let out = slipway(
+    let out = exec_in(
         fx,
         false,
-        &[
-            "exec",
-            "--nv",
-            "--policy",
-            p.to_str().unwrap(),
-            image(fx),
-            "/bin/cuda_probe",
-        ],
+        &["--nv"],
+        p.to_str().unwrap(),
+        "/bin/cuda_probe",
         &[],
     );
     chmod(&list, 0o644);
@@ -600,17 +579,12 @@ fn missing_parts_fail_with_one_line() {
 fn fabric_devices_and_variables() {
     let Some(fx) = need() else { return };
     let pol = policy(fx, "fabric.toml", "", "");
-    let out = slipway(
+    let out = exec_in(
         fx,
         true,
-        &[
-            "exec",
-            "--cleanenv",
-            "--policy",
-            pol.to_str().unwrap(),
-            image(fx),
-            "/bin/probe",
-        ],
+        &["--cleanenv"],
+        pol.to_str().unwrap(),
+        "/bin/probe",
         &[
             ("FI_PROVIDER", "psm2"),
             ("NCCL_DEBUG", "INFO"),
@@ -644,17 +618,12 @@ fn fabric_devices_and_variables() {
         "",
         "infiniband = \"never\"\nomnipath = \"never\"",
     );
-    let r = json(&slipway(
+    let r = json(&exec_in(
         fx,
         true,
-        &[
-            "exec",
-            "--cleanenv",
-            "--policy",
-            never.to_str().unwrap(),
-            image(fx),
-            "/bin/probe",
-        ],
+        &["--cleanenv"],
+        never.to_str().unwrap(),
+        "/bin/probe",
         &[("FI_PROVIDER", "psm2")],
     ));
     let mounts = r["mounts"].to_string();
@@ -736,57 +705,36 @@ fn rocm_gives_kfd_render_nodes_and_the_host_runtime() {
         assert_eq!(r["dev_dri"], "renderD128@226:128,renderD129@226:129");
         assert_eq!(r["rocr_visible"], "0,1");
     }
-    let r = cuda_report(&slipway(
+    let r = cuda_report(&exec_in(
         fx,
         true,
-        &[
-            "exec",
-            "--rocm",
-            "--policy",
-            p,
-            image(fx),
-            "/bin/rocm_probe",
-        ],
+        &["--rocm"],
+        p,
+        "/bin/rocm_probe",
         &[("ROCR_VISIBLE_DEVICES", "0")],
     ));
     assert_eq!(r["dev_dri"], "renderD129@226:129", "{r:?}");
     assert_eq!(r["rocr_visible"], "0");
     // Nothing of it without --rocm; --rocm and --nv together give both.
-    let r = cuda_report(&slipway(
-        fx,
-        true,
-        &["exec", "--policy", p, image(fx), "/bin/rocm_probe"],
-        &[],
-    ));
+    let r = cuda_report(&exec_in(fx, true, &[], p, "/bin/rocm_probe", &[]));
     assert_eq!((r["libhsa"].as_str(), r["kfd"].as_str()), ("none", "none"));
-    let r = cuda_report(&slipway(
+    let r = cuda_report(&exec_in(
         fx,
         true,
-        &[
-            "exec",
-            "--rocm",
-            "--nv",
-            "--policy",
-            p,
-            image(fx),
-            "/bin/cuda_probe",
-        ],
+        &["--rocm", "--nv"],
+        p,
+        "/bin/cuda_probe",
         &[],
     ));
     assert_eq!(r["driver_version"], "12020");
     // gpu.amd = "never" refuses --rocm with one line.
     let never = policy(fx, "rocm-never.toml", "amd = \"never\"", "");
-    let out = slipway(
+    let out = exec_in(
         fx,
         true,
-        &[
-            "exec",
-            "--rocm",
-            "--policy",
-            never.to_str().unwrap(),
-            image(fx),
-            "/bin/rocm_probe",
-        ],
+        &["--rocm"],
+        never.to_str().unwrap(),
+        "/bin/rocm_probe",
         &[],
     );
     assert!(!out.status.success());
