@@ -1545,8 +1545,9 @@ fn containers_in_cluster() {
     // Many container steps (one batch job, so they are cheap): nothing left on any node.
     // `-i none`: no stdin to forward. CI once saw one step in 200 aborted by srun ("error
     // reading header: Connection reset by peer" from a node's slurmstepd, "aborted before step
-    // completely launched"): srun's stdin EOF message can reach a slurmstepd that already
-    // closed its end after a task this short (Slurm's I/O race under load, not a leak). The
+    // completely launched"), not reproduced in 800 steps here; most likely srun's stdin EOF
+    // message reaching a slurmstepd that already closed its end after a task this short
+    // (Slurm's I/O race under load, not a leak). The
     // loop is about what steps leave behind; a failure prints the nodes' logs.
     let steps: usize = std::env::var("SLIPWAY_LEAK_STEPS")
         .ok()
