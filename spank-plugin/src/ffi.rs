@@ -246,19 +246,23 @@ impl Spank {
     }
 }
 
-/// `SlurmdSpoolDir` as slurmstepd's configuration holds it (`slurm_conf.slurmd_spooldir`,
-/// `%n`/`%h` not expanded), looked up by name in the process that loaded the plugin.
-pub fn slurmd_spool_dir() -> Option<String> {
+/// Slurm's global configuration (`slurm_conf`), looked up by name in the process that loaded
+/// the plugin (slurmstepd holds the node's daemons' values), if it is there.
+fn slurm_conf() -> Option<&'static sys::slurm_conf_t> {
     // SAFETY: dlsym with a NUL-terminated name; the symbol, where present, is Slurm's global
     // configuration, whose layout is the installed <slurm/slurm.h>'s (Slurm loads the plugin
-    // only if it was built for the same major.minor release).
+    // only if it was built for the same major.minor release), alive as long as the process.
     unsafe {
         let p = libc::dlsym(libc::RTLD_DEFAULT, c"slurm_conf".as_ptr()) as *const sys::slurm_conf_t;
-        if p.is_null() {
-            return None;
-        }
-        cstr((*p).slurmd_spooldir)
+        p.as_ref()
     }
+}
+
+/// `SlurmdSpoolDir` as slurmstepd's configuration holds it (`slurm_conf.slurmd_spooldir`,
+/// `%n`/`%h` not expanded).
+pub fn slurmd_spool_dir() -> Option<String> {
+    // SAFETY: a NUL-terminated string of Slurm's configuration, or NULL.
+    unsafe { cstr(slurm_conf()?.slurmd_spooldir) }
 }
 
 /// What slurmstepd's configuration says of the Slurm client's files: the `slurm.conf` it read,
@@ -266,14 +270,11 @@ pub fn slurmd_spool_dir() -> Option<String> {
 /// from the job).
 pub fn slurm_conf_facts() -> slipway_runtime::host::slurmclient::SlurmConf {
     use std::path::PathBuf;
-    // SAFETY: as in slurmd_spool_dir: Slurm's global configuration, laid out as the installed
-    // <slurm/slurm.h> says; its strings are NUL-terminated or NULL.
+    let Some(conf) = slurm_conf() else {
+        return Default::default();
+    };
+    // SAFETY: NUL-terminated strings of Slurm's configuration, or NULL.
     unsafe {
-        let p = libc::dlsym(libc::RTLD_DEFAULT, c"slurm_conf".as_ptr()) as *const sys::slurm_conf_t;
-        if p.is_null() {
-            return Default::default();
-        }
-        let conf = &*p;
         slipway_runtime::host::slurmclient::SlurmConf {
             conf_file: cstr(conf.slurm_conf).map(PathBuf::from),
             plugin_dirs: cstr(conf.plugindir)
