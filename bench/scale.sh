@@ -20,23 +20,7 @@ SIZES=("$@")
 export SLIPWAY_CLUSTER_DIR=/tmp/slipway-bench-scale SLIPWAY_CLUSTER_NAME=slips \
     SLIPWAY_CLUSTER_BRIDGE=slipsbr0 SLIPWAY_CLUSTER_NET=10.77.5 \
     SLIPWAY_CLUSTER_SLURMD_DEBUG=verbose SLIPWAY_CLUSTER_TIMEOUT=180
-USER_=${SLIPWAY_CLUSTER_USER:-slipuser}
-cargo build --quiet --release -p spank-slipway -p slipway >&2
-SO=$PWD/target/release/libspank_slipway.so
-SLIPWAY=$PWD/target/release/slipway
-W=/var/lib/slipway-bench-scale
-rm -rf "$W"
-install -d -m 755 "$W" "$W/tree" "$W/tree/bin" "$W/tree/tmp"
-chmod 1777 "$W/tree/tmp"
-printf 'int main(void) { return 0; }\n' >"$W/true.c"
-gcc -static -O2 -o "$W/tree/bin/true" "$W/true.c"
-cp "$W/tree/bin/true" "$W/true"
-"$SLIPWAY" build -q --force "$W/img.sif" "$W/tree"
-chmod 644 "$W/img.sif"
-printf '[images]\nallowed = ["%s/**"]\ntrusted_dirs = ["%s"]\n' "$W" "$W" >"$W/policy.toml"
-chmod 644 "$W/policy.toml"
-cleanup() { "$ROOT/tests/cluster/cluster.sh" down >/dev/null 2>&1 || true; rm -rf "$W"; }
-trap cleanup EXIT
+. bench/slurm-fixture.sh /var/lib/slipway-bench-scale
 : >"$W/table.txt"
 for n in "${SIZES[@]}"; do
     tests/cluster/cluster.sh down >/dev/null 2>&1 || true

@@ -20,27 +20,7 @@ done
 export SLIPWAY_CLUSTER_DIR=/tmp/slipway-bench-cluster SLIPWAY_CLUSTER_NAME=slipb \
     SLIPWAY_CLUSTER_BRIDGE=slipbbr0 SLIPWAY_CLUSTER_NET=10.77.3 \
     SLIPWAY_CLUSTER_SLURMD_DEBUG=verbose
-USER_=${SLIPWAY_CLUSTER_USER:-slipuser}
-
-cargo build --quiet --release -p spank-slipway -p slipway >&2
-SO=$PWD/target/release/libspank_slipway.so
-SLIPWAY=$PWD/target/release/slipway
-
-# Fixtures outside /tmp (every node has its own /tmp), root-owned: a trusted directory.
-W=/var/lib/slipway-bench-slurm
-rm -rf "$W"
-install -d -m 755 "$W" "$W/tree" "$W/tree/bin" "$W/tree/tmp"
-chmod 1777 "$W/tree/tmp"
-printf 'int main(void) { return 0; }\n' >"$W/true.c"
-gcc -static -O2 -o "$W/tree/bin/true" "$W/true.c"
-cp "$W/tree/bin/true" "$W/true"
-"$SLIPWAY" build -q --force "$W/img.sif" "$W/tree"
-chmod 644 "$W/img.sif"
-printf '[images]\nallowed = ["%s/**"]\ntrusted_dirs = ["%s"]\n' "$W" "$W" >"$W/policy.toml"
-chmod 644 "$W/policy.toml"
-
-cleanup() { "$ROOT/tests/cluster/cluster.sh" down >/dev/null 2>&1 || true; rm -rf "$W"; }
-trap cleanup EXIT
+. bench/slurm-fixture.sh /var/lib/slipway-bench-slurm
 tests/cluster/cluster.sh down >/dev/null 2>&1 || true
 SLIPWAY_SPANK_PLUGIN=$SO SLIPWAY_SPANK_ARGS="policy=$W/policy.toml" tests/cluster/cluster.sh up 4 >&2
 eval "$(tests/cluster/cluster.sh env)"
