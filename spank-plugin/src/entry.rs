@@ -682,6 +682,8 @@ mod tests {
                 groups_note: String::new(),
                 passwd_line: String::new(),
                 group_lines: vec![],
+                fallback_passwd: vec![],
+                fallback_group: vec![],
             },
             env: EnvPlan {
                 decisions: vec![],

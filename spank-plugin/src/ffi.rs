@@ -287,6 +287,7 @@ pub fn slurm_conf_facts() -> slipway_runtime::host::slurmclient::SlurmConf {
                 .unwrap_or_default(),
             plugstack: cstr(conf.plugstack).map(PathBuf::from),
             auth_info: cstr(conf.authinfo),
+            users: vec![conf.slurm_user_id, conf.slurmd_user_id],
         }
     }
 }

@@ -235,7 +235,8 @@ fn batch_script_in_the_image() {
         stderr(&out)
     );
 
-    // An image with an older glibc: the host's srun and scontrol still run inside.
+    // An image with an older glibc and no /etc/passwd: the host's srun and scontrol still run
+    // inside (the container's passwd gets Slurm's SlurmUser, root here, from the host).
     script(
         &cluster,
         "old.sh",

@@ -7,10 +7,11 @@
 # Only the first stage runs (--foreign), with a suite script naming exactly the 12 packages
 # the tree needs: libc6 and what it loads, dash (/bin/sh), coreutils (cat, env, ls, id, head)
 # and its libraries, base-files (/etc/os-release, /tmp 1777). Nothing is configured, there is
-# no dpkg or apt, and /etc/passwd and /etc/group hold only root: a full `--variant=minbase`
-# fetches and installs 96 packages (27 s, 215 MB); this takes about 3 s and makes 22 MB. /bin, /lib, /lib64 and /sbin are
-# symlinks into /usr (merged /usr). /dev is empty (the runtime provides /dev); /proc, /sys, /run and
-# /home are empty directories. /marker says "slipway-old-image". No .debs, package lists or
+# no dpkg or apt, and no /etc/passwd or /etc/group (the runtime adds the user, and Slurm's own
+# users where the host client needs them): a full `--variant=minbase` fetches and installs 96
+# packages (27 s, 215 MB); this takes about 3 s and makes 22 MB. /bin, /lib, /lib64 and /sbin
+# are symlinks into /usr (merged /usr). /dev is empty (the runtime provides /dev); /proc, /sys,
+# /run and /home are empty directories. /marker says "slipway-old-image". No .debs, package lists or
 # /debootstrap are left, nor the host's /etc/resolv.conf and /etc/hostname. The tree's own
 # tools are run in a chroot before the script says it is done. On failure OUT_DIR is removed
 # and the last line names the step that failed.
@@ -92,10 +93,6 @@ chmod 755 "$OUT"/{proc,sys,dev,run,home}
 chmod 1777 "$OUT/tmp"
 echo slipway-old-image >"$OUT/marker"
 chmod 644 "$OUT/marker"
-# What base-passwd's first configuration writes: root (Slurm's client resolves SlurmUser).
-printf 'root:x:0:0:root:/root:/bin/sh\n' >"$OUT/etc/passwd"
-printf 'root:x:0:\n' >"$OUT/etc/group"
-chmod 644 "$OUT/etc/passwd" "$OUT/etc/group"
 
 step="checking the tree (chroot $OUT)"
 # shellcheck disable=SC2016 # $VERSION_CODENAME is the tree's, expanded by its own sh

@@ -96,11 +96,29 @@ pub(super) fn identity_files(
         }
         out
     };
+    // Lines the image may lack (the host Slurm client's SlurmUser): added only where no entry
+    // of the same name is there already.
+    let fallback = |mut text: String, lines: &[String]| {
+        for l in lines {
+            let name = l.split(':').next().unwrap_or_default();
+            if !text.lines().any(|t| t.split(':').next() == Some(name)) {
+                text.push_str(l);
+                text.push('\n');
+            }
+        }
+        text
+    };
     Ok((
-        merge(read_image_file(img_fd, "/etc/passwd", warnings)?, &[ours]),
-        merge(
-            read_image_file(img_fd, "/etc/group", warnings)?,
-            &id.group_lines,
+        fallback(
+            merge(read_image_file(img_fd, "/etc/passwd", warnings)?, &[ours]),
+            &id.fallback_passwd,
+        ),
+        fallback(
+            merge(
+                read_image_file(img_fd, "/etc/group", warnings)?,
+                &id.group_lines,
+            ),
+            &id.fallback_group,
         ),
     ))
 }

@@ -44,7 +44,12 @@ fn unprivileged_sequence_on_a_directory_image() {
         ..Default::default()
     };
     let image = Image::open(&image_dir).unwrap();
-    let plan = build(&req, &LoadedPolicy::builtin(), &host, &image, &RealFs).unwrap();
+    let mut plan = build(&req, &LoadedPolicy::builtin(), &host, &image, &RealFs).unwrap();
+    // The host Slurm client's users: added where the image lacks the name, never twice.
+    plan.identity.fallback_passwd = vec![
+        "slurm:x:64030:64030::/nonexistent:/bin/sh".into(),
+        "alice:x:9:9::/:/bin/sh".into(),
+    ];
     let rec = Recording::default();
     let p = prepare(&plan, &host.env, &rec, &staging).unwrap();
     assert!(p.user_ns.is_some());
@@ -86,9 +91,11 @@ fn unprivileged_sequence_on_a_directory_image() {
     let passwd = std::fs::read_to_string(staging.join("files/passwd")).unwrap();
     assert!(passwd.starts_with("alice:x:1000:1000:"), "{passwd}");
     assert!(
-        passwd.trim_end().ends_with(":/bin/sh"),
+        passwd.lines().next().unwrap().ends_with(":/bin/sh"),
         "the image has no bash: {passwd}"
     );
+    assert!(passwd.contains("\nslurm:x:64030:64030:"), "{passwd}");
+    assert_eq!(passwd.matches("alice:").count(), 1, "{passwd}");
 }
 
 /// `sys::read_in` (image files read as root): missing is `None`; a FIFO, a directory, a file

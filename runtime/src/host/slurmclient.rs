@@ -22,8 +22,9 @@ pub const SYSTEM_PATH: &[&str] = &["/usr/local/bin", "/usr/bin", "/bin"];
 pub const DEFAULT_MUNGE_SOCKET: &str = "/run/munge/munge.socket.2";
 
 /// The most of a program this module reads to find its loader: its ELF header, program
-/// headers and `PT_INTERP` string lie at its start.
-const MAX_PROGRAM: u64 = 1 << 20;
+/// headers and `PT_INTERP` string lie in its first page (a program whose do not is reported
+/// as having bad program headers).
+const MAX_PROGRAM: u64 = 64 << 10;
 
 /// What slurmstepd's configuration says (`slurm_conf`: the values the node's daemons use).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -36,6 +37,9 @@ pub struct SlurmConf {
     pub plugstack: Option<PathBuf>,
     /// `AuthInfo` (`socket=PATH` names munge's socket).
     pub auth_info: Option<String>,
+    /// `SlurmUser` and `SlurmdUser` (uids): the client resolves their names at start-up and
+    /// refuses to run where it cannot ("Invalid user for SlurmUser").
+    pub users: Vec<u32>,
 }
 
 /// Where a host path of the client comes from.
@@ -75,6 +79,10 @@ pub struct ClientFacts {
     pub host_paths: Vec<HostPath>,
     /// The static `slipway-hostexec`.
     pub hostexec: PathBuf,
+    /// The host's `/etc/passwd` lines of `SlurmUser` and `SlurmdUser`, for an image without them.
+    pub passwd: Vec<String>,
+    /// The host's `/etc/group` lines of their primary groups.
+    pub group: Vec<String>,
 }
 
 /// The client, or why this node cannot give it.
@@ -127,28 +135,27 @@ fn try_gather(policy: &Slurm, conf: &SlurmConf) -> Result<ClientFacts, String> {
         .ok_or_else(|| format!("{first} ({}): a static program", program.display()))?;
     let loader = std::fs::canonicalize(&interp)
         .map_err(|e| format!("{first}'s loader {}: {e}", interp.display()))?;
+    // The directories, in order, each resolved once (a cache names thousands of libraries in
+    // a handful of directories).
+    let mut wanted: Vec<&Path> = loader.parent().into_iter().collect();
+    let cache = LdCache::load(Path::new(LD_SO_CACHE)).ok();
+    for e in cache.iter().flat_map(|c| c.for_host()) {
+        if let Some(d) = e.path.parent() {
+            if !wanted.contains(&d) {
+                wanted.push(d);
+            }
+        }
+    }
+    wanted.extend(conf.plugin_dirs.iter().map(PathBuf::as_path));
     let mut lib_dirs = Vec::new();
-    let mut seen = BTreeSet::new();
-    let mut add_dir = |d: &Path, out: &mut Vec<PathBuf>| {
+    for d in wanted {
         if let Ok(real) = std::fs::canonicalize(d) {
-            if real.is_dir() && seen.insert(real.clone()) {
-                out.push(real);
-            }
-        }
-    };
-    if let Some(d) = loader.parent() {
-        add_dir(d, &mut lib_dirs);
-    }
-    if let Ok(cache) = LdCache::load(Path::new(LD_SO_CACHE)) {
-        for e in cache.for_host() {
-            if let Some(d) = e.path.parent() {
-                add_dir(d, &mut lib_dirs);
+            if real.is_dir() && !lib_dirs.contains(&real) {
+                lib_dirs.push(real);
             }
         }
     }
-    for d in &conf.plugin_dirs {
-        add_dir(d, &mut lib_dirs);
-    }
+    let (passwd, group) = slurm_users(&conf.users);
     Ok(ClientFacts {
         commands,
         missing,
@@ -156,7 +163,39 @@ fn try_gather(policy: &Slurm, conf: &SlurmConf) -> Result<ClientFacts, String> {
         lib_dirs,
         host_paths: host_paths(policy, conf),
         hostexec,
+        passwd,
+        group,
     })
+}
+
+/// The host's passwd and group lines of `uids` (each once; unknown uids left out): what the
+/// client needs to find Slurm's own users by name in an image that lacks them.
+fn slurm_users(uids: &[u32]) -> (Vec<String>, Vec<String>) {
+    let (mut passwd, mut group) = (Vec::new(), Vec::new());
+    let mut seen = BTreeSet::new();
+    for &uid in uids {
+        if !seen.insert(uid) {
+            continue;
+        }
+        let Ok(u) = super::lookup_user(uid) else {
+            continue;
+        };
+        passwd.push(format!(
+            "{}:x:{}:{}:{}:{}:/bin/sh",
+            u.name,
+            u.uid,
+            u.gid,
+            u.gecos,
+            u.home.display()
+        ));
+        if let Some(g) = super::group_name(u.gid) {
+            let line = format!("{g}:x:{}:", u.gid);
+            if !group.contains(&line) {
+                group.push(line);
+            }
+        }
+    }
+    (passwd, group)
 }
 
 /// The first `name` in [`SYSTEM_PATH`] that is a regular file.
@@ -343,6 +382,7 @@ mod tests {
                 "cred_expire=30,socket={}/munge.socket.2",
                 munge.display()
             )),
+            users: vec![],
         };
         let paths: Vec<PathBuf> = host_paths(&Slurm::default(), &conf)
             .into_iter()
@@ -359,6 +399,14 @@ mod tests {
                 munge
             ]
         );
+    }
+
+    #[test]
+    fn slurm_users_from_the_host() {
+        let (passwd, group) = slurm_users(&[0, 0, 4_000_000_000]);
+        assert_eq!(passwd.len(), 1, "{passwd:?}");
+        assert!(passwd[0].starts_with("root:x:0:0:"), "{passwd:?}");
+        assert_eq!(group, ["root:x:0:"]);
     }
 
     #[test]

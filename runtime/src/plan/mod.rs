@@ -485,6 +485,8 @@ pub fn build(
             groups_note: "setgroups, setresgid, setresuid; no capabilities; no_new_privs".into(),
             passwd_line: String::new(),
             group_lines: Vec::new(),
+            fallback_passwd: client.passwd.clone(),
+            fallback_group: client.group.clone(),
         },
         Mode::Unprivileged => Identity {
             uid: u.uid,
@@ -497,6 +499,8 @@ pub fn build(
                 .into(),
             passwd_line: String::new(),
             group_lines: Vec::new(),
+            fallback_passwd: client.passwd.clone(),
+            fallback_group: client.group.clone(),
         },
     };
     let mut identity = identity;

@@ -23,6 +23,10 @@ pub(super) struct ClientSteps {
     pub mounts: Vec<MountStep>,
     pub env: Vec<EnvDecision>,
     pub skipped: Vec<Skipped>,
+    /// `/etc/passwd` and `/etc/group` lines the client resolves (`SlurmUser`), for an image
+    /// that lacks them.
+    pub passwd: Vec<String>,
+    pub group: Vec<String>,
 }
 
 fn ro_bind(source: &Path, dest: PathBuf, rule: &str) -> MountStep {
@@ -117,6 +121,8 @@ pub(super) fn steps(req: &Request, policy: &LoadedPolicy, host: &HostFacts) -> C
         m.readonly = h.kind != HostPathKind::MungeSocket;
         out.mounts.push(m);
     }
+    out.passwd = facts.passwd.clone();
+    out.group = facts.group.clone();
     out.env.push(EnvDecision {
         name: "PATH".into(),
         action: EnvAction::Append,

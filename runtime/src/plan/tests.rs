@@ -364,6 +364,8 @@ fn the_host_slurm_client_under_its_prefix() {
             },
         ],
         hostexec: "/usr/libexec/slipway/slipway-hostexec".into(),
+        passwd: vec!["slurm:x:64030:64030::/nonexistent:/bin/sh".into()],
+        group: vec!["slurm:x:64030:".into()],
     };
     let mut h = host(0);
     h.slurm_client = Some(Client::Ready(facts));
@@ -400,6 +402,10 @@ fn the_host_slurm_client_under_its_prefix() {
         .iter()
         .all(|m| !m.dest.starts_with(p) || (m.nosuid && m.nodev)));
     assert!(plan.skipped.iter().any(|s| s.what == "command sacct"));
+    assert_eq!(
+        plan.identity.fallback_passwd,
+        ["slurm:x:64030:64030::/nonexistent:/bin/sh"]
+    );
     assert!(plan.env.decisions.iter().any(|d| d.name == "PATH"
         && d.action == EnvAction::Append
         && d.value.as_deref() == Some("/.slipway/slurm/bin")));

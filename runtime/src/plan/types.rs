@@ -245,6 +245,11 @@ pub struct Identity {
     pub passwd_line: String,
     /// Lines for `/etc/group`.
     pub group_lines: Vec<String>,
+    /// `/etc/passwd` lines added only where the image has no entry of that name (the host
+    /// Slurm client's `SlurmUser`).
+    pub fallback_passwd: Vec<String>,
+    /// `/etc/group` lines added only where the image has no group of that name.
+    pub fallback_group: Vec<String>,
 }
 
 /// The working directory.
