@@ -104,6 +104,8 @@ pub fn gather(policy: &Slurm, conf: &SlurmConf) -> Client {
 
 fn try_gather(policy: &Slurm, conf: &SlurmConf) -> Result<ClientFacts, String> {
     let hostexec = policy.hostexec.clone();
+    // Every job's script runs it: only one that no user can have replaced.
+    crate::policy::check_trusted_file(&hostexec).map_err(|e| format!("slurm.hostexec {e}"))?;
     match program_interpreter(&hostexec) {
         Ok(None) => {}
         Ok(Some(_)) => {
@@ -433,6 +435,22 @@ mod tests {
                 why.starts_with("slurm.hostexec /nonexistent/hostexec: No such file"),
                 "{why}"
             ),
+            other => panic!("{other:?}"),
+        }
+        // One its owner (or anyone) could replace is not trusted.
+        let t = tempfile::tempdir().unwrap();
+        let exe = t.path().join("hostexec");
+        std::fs::copy("/bin/sh", &exe).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let policy = Slurm {
+            hostexec: exe.clone(),
+            ..Slurm::default()
+        };
+        match gather(&policy, &SlurmConf::default()) {
+            Client::Unavailable(why) => {
+                assert!(why.contains("writable by"), "{why}")
+            }
             other => panic!("{other:?}"),
         }
     }
