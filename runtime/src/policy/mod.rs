@@ -11,6 +11,7 @@
 //!   [`LoadedPolicy::check_user_bind`], [`LoadedPolicy::env_passes`]).
 //! - `matching`: [`path_matches`] (globs matched one path component at a time) and
 //!   [`env_matches`].
+//! - `validate`: the checks of single values (paths, owners, binds, sizes, commands).
 //! - `secure`: the owner and mode checks a root process applies before trusting a file.
 //! - `summary`: the effective policy as TOML, and warnings, for `slipway policy check`.
 //!
@@ -21,6 +22,7 @@ mod load;
 mod matching;
 mod secure;
 mod summary;
+mod validate;
 
 use std::path::{Component, Path, PathBuf};
 

@@ -6,8 +6,9 @@ use std::fmt::Write;
 use std::os::unix::fs::MetadataExt;
 
 use super::check::show;
-use super::load::{schema_keys, secrets_below, LoadedPolicy};
+use super::load::{schema_keys, LoadedPolicy};
 use super::matching::env_matches;
+use super::validate::secrets_below;
 use super::KernelMount;
 
 impl LoadedPolicy {
