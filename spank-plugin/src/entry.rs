@@ -17,7 +17,7 @@ use slipway_runtime::exec;
 use slipway_runtime::host::{devices, lookup_user, slurmclient, GroupInfo, HostFacts};
 use slipway_runtime::image::Image;
 use slipway_runtime::plan::{self, BindSpec, MountKind, MountStep, Plan, RealFs, Request};
-use slipway_runtime::policy::{BatchMode, LoadedPolicy, TmpMode};
+use slipway_runtime::policy::{BatchMode, ClientSteps, LoadedPolicy, TmpMode};
 
 use crate::config::Config;
 use crate::keeper::Keeper;
@@ -107,10 +107,10 @@ impl StepInfo {
         }
     }
 
-    /// Whether the host's Slurm client goes inside: the batch and interactive steps, where a
-    /// user's shell or script calls `srun`.
-    pub fn wants_slurm_client(&self) -> bool {
-        matches!(self.step_id, BATCH_STEP | INTERACTIVE_STEP)
+    /// Whether the host's Slurm client goes inside (`slurm.client_steps`): the batch and
+    /// interactive steps, where a user's shell or script calls `srun`; with `all`, every step.
+    pub fn wants_slurm_client(&self, steps: ClientSteps) -> bool {
+        steps == ClientSteps::All || matches!(self.step_id, BATCH_STEP | INTERACTIVE_STEP)
     }
 
     /// The batch script slurmstepd runs, to be bound at the same path inside: the step's
@@ -317,7 +317,8 @@ pub fn build_plan(
             &devices::short_hostname(),
             true,
         ),
-        slurm_client: (step.wants_slurm_client() && policy.policy.slurm.client)
+        slurm_client: (step.wants_slurm_client(policy.policy.slurm.client_steps)
+            && policy.policy.slurm.client)
             .then(|| slurmclient::gather(&policy.policy.slurm, &step.slurm_conf)),
     };
     let req = Request {
@@ -335,7 +336,7 @@ pub fn build_plan(
         writable_tmpfs: request.writable,
         nv: request.nv,
         rocm: request.rocm,
-        slurm_client: step.wants_slurm_client(),
+        slurm_client: step.wants_slurm_client(policy.policy.slurm.client_steps),
         ..Default::default()
     };
     let mut plan = plan::build(&req, policy, &host, &image, &RealFs)
@@ -730,14 +731,15 @@ mod tests {
     fn which_steps_enter_and_which_get_the_client() {
         let mut step = StepInfo::default();
         assert!(step.runs_in_container(BatchMode::Host));
-        assert!(!step.wants_slurm_client());
+        assert!(!step.wants_slurm_client(ClientSteps::Batch));
+        assert!(step.wants_slurm_client(ClientSteps::All));
         step.step_id = BATCH_STEP;
         assert!(step.runs_in_container(BatchMode::Image));
         assert!(!step.runs_in_container(BatchMode::Host));
-        assert!(step.wants_slurm_client());
+        assert!(step.wants_slurm_client(ClientSteps::Batch));
         step.step_id = INTERACTIVE_STEP;
         assert!(step.runs_in_container(BatchMode::Host));
-        assert!(step.wants_slurm_client());
+        assert!(step.wants_slurm_client(ClientSteps::Batch));
         step.step_id = EXTERN_STEP;
         assert!(!step.runs_in_container(BatchMode::Image));
     }

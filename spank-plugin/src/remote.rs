@@ -64,9 +64,9 @@ pub fn user_init(sp: Spank) -> Result<(), Error> {
         ));
     }
     if request.wants_container() && step.runs_in_container(batch) {
-        if step.wants_slurm_client() {
-            step.slurm_conf = ffi::slurm_conf_facts();
-        }
+        // A few strings of slurmstepd's configuration: the plan decides whether the host's
+        // Slurm client goes in.
+        step.slurm_conf = ffi::slurm_conf_facts();
         ffi::log_verbose(&format!(
             "slipway: job {} step {} uid {}: requested {request:?}",
             step.job_id, step.step_id, step.uid

@@ -163,6 +163,14 @@ fn batch_script_in_the_image() {
     assert_eq!(steps.len(), 2);
     for r in &steps {
         assert_eq!(r["reads"]["/marker"], "slipway-mpi-image\n", "{r}");
+        // slurm.client_steps = "batch" (default): an ordinary step gets no client.
+        let mounts = r["mounts"].as_array().unwrap();
+        assert!(
+            !mounts.iter().any(|m| m["target"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("/.slipway/slurm"))),
+            "{r}"
+        );
     }
     let child = std::fs::read_to_string(work.join("child.out")).unwrap_or_default();
     assert!(child.contains("child-marker=slipway-mpi-image"), "{child}");
@@ -255,6 +263,32 @@ fn batch_script_in_the_image() {
     assert!(text.contains("marker=slipway-old-image"), "{text}");
     assert_eq!(text.matches("slipway-old-image").count(), 2, "{text}");
     assert!(text.contains("JobId="), "{text}");
+
+    // slurm.client_steps = "all" (the policy is read at every step): an ordinary step has the
+    // client too.
+    write_policy(
+        &images,
+        &format!(
+            "[slurm]\nhostexec = \"{}\"\nclient_steps = \"all\"\n",
+            hostexec.display()
+        ),
+    );
+    let out = run(&mut cluster.user(&[
+        "srun",
+        "-n1",
+        &format!("--container={mpi_s}"),
+        "/bin/sh",
+        "-c",
+        "echo step-srun=$(command -v srun); scontrol show job $SLURM_JOB_ID | head -1",
+    ]));
+    let text = stdout(&out);
+    assert!(
+        out.status.success()
+            && text.contains("step-srun=/.slipway/slurm/bin/srun")
+            && text.contains("JobId="),
+        "{text}\n{}",
+        stderr(&out)
+    );
 
     assert_nodes_idle(&cluster, 2);
     drop(cluster);

@@ -204,6 +204,7 @@ const SCHEMA: &[Section] = &[
         keys: &[
             ("batch", Kind::Enum(&["image", "host"])),
             ("client", Kind::Bool),
+            ("client_steps", Kind::Enum(&["batch", "all"])),
             ("commands", Kind::List(validate_command)),
             ("prefix", Kind::Str(validate_prefix)),
             ("hostexec", Kind::Str(validate_abs_path)),

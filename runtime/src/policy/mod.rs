@@ -69,6 +69,18 @@ pub enum BatchMode {
     Host,
 }
 
+/// Which containerized steps get the host's Slurm client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientSteps {
+    /// The batch step and `salloc`'s interactive step, where a script or a shell calls `srun`.
+    #[default]
+    Batch,
+    /// Every containerized step (an `mpirun` started by `srun -n1 --container`), at the cost
+    /// of the client's binds in every step's preparation.
+    All,
+}
+
 /// Slurm's commands the host client puts inside by default.
 pub const DEFAULT_SLURM_COMMANDS: &[&str] = &[
     "srun", "sbatch", "salloc", "scontrol", "squeue", "scancel", "sinfo", "sacct",
@@ -80,8 +92,10 @@ pub const DEFAULT_SLURM_COMMANDS: &[&str] = &[
 pub struct Slurm {
     /// Where a containerized job's batch script runs (a user's `--container-batch` wins).
     pub batch: BatchMode,
-    /// The host's Slurm client (`commands`) works inside the batch and interactive steps.
+    /// The host's Slurm client (`commands`) works inside containerized steps (`client_steps`).
     pub client: bool,
+    /// Which steps get it.
+    pub client_steps: ClientSteps,
     /// The commands of the client, looked up in the host's `/usr/local/bin`, `/usr/bin`,
     /// `/bin`.
     pub commands: Vec<String>,
@@ -98,6 +112,7 @@ impl Default for Slurm {
         Slurm {
             batch: BatchMode::Image,
             client: true,
+            client_steps: ClientSteps::Batch,
             commands: DEFAULT_SLURM_COMMANDS
                 .iter()
                 .map(|s| s.to_string())

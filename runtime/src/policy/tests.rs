@@ -966,6 +966,15 @@ fn slurm_keys() {
     );
     assert_eq!(p.policy.slurm.batch, crate::policy::BatchMode::Host);
     assert_eq!(p.policy.slurm.commands, ["srun"]);
+    assert_eq!(
+        p.policy.slurm.client_steps,
+        crate::policy::ClientSteps::Batch
+    );
+    let all = ok("[slurm]\nclient_steps = \"all\"\n");
+    assert_eq!(
+        all.policy.slurm.client_steps,
+        crate::policy::ClientSteps::All
+    );
     assert_eq!(p.rule("slurm.batch"), "policy.toml:2 (slurm.batch)");
     assert!(err("[slurm]\ncommands = [\"/usr/bin/srun\"]\n")
         .starts_with("policy.toml:2: slurm.commands"));
