@@ -3,26 +3,38 @@
 #
 #   bench/env.sh [RUNS]            (as root; builds slipway --release first)
 #
-# Directory images of a static busybox and the static probe, interleaved (bench/interleave.py):
-#   none       no /.singularity.d/env at all
+# Images of a static busybox and the static probe, interleaved (bench/interleave.py):
+#   none       no /.singularity.d/env at all (the launch before any evaluation: the reference)
 #   plain      Apptainer-style exports only (the Rust evaluator: no shell)
+#   stock      the environment files of an image Apptainer's predecessor built (taken from
+#              ../shared/fixtures/apptainer/busybox_amd64.sif at run time: recognised stock
+#              files, no shell); goal: within 5% of `none`
 #   conda      a realistic %environment (conda-style activation with a function, `if`
 #              blocks, `. file`, `$(...)`): the image's own /bin/sh evaluates it
-# and, when ch-run is installed, Charliecloud's ch-run on the conda image (which runs no
-# environment script at all: the reference for "a launch").
+# each as a directory and, for none and conda, as the SIF users run (`slipway build`; as root
+# the kernel's squashfs, unprivileged squashfuse), against Charliecloud's ch-run on the same
+# conda tree (a directory, and a squashfs of it). ch-run evaluates no environment script at
+# all; goal: slipway's conda launch faster than ch-run's on the same image.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BENCH=$PWD/bench
 RUNS=${1:-200}
 [ "$(id -u)" -eq 0 ] || { echo "bench/env.sh: run as root" >&2; exit 1; }
 [ -x /bin/busybox ] || { echo "bench/env.sh: needs a static /bin/busybox (busybox-static)" >&2; exit 1; }
+for p in ch-run mksquashfs unsquashfs setpriv gcc python3; do
+  command -v "$p" >/dev/null || { echo "bench/env.sh: $p not found (apt-get install charliecloud squashfs-tools)" >&2; exit 1; }
+done
+FIXTURE=$PWD/../shared/fixtures/apptainer/busybox_amd64.sif
+[ -f "$FIXTURE" ] || { echo "bench/env.sh: $FIXTURE is missing (the stock row needs it)" >&2; exit 1; }
+id sliptest >/dev/null 2>&1 || useradd -m sliptest
+U=$(id -u sliptest); G=$(id -g sliptest)
 cargo build --release -p slipway >&2
 SLIPWAY=$PWD/target/release/slipway
 W=$(mktemp -d /var/lib/slipway-bench-env.XXXXXX)
 chmod 0755 "$W"
 trap 'rm -rf "$W"' EXIT
 gcc -static -O2 -o "$W/probe" tests/probe/probe.c
-for img in none plain conda; do
+for img in none plain stock conda; do
   d=$W/$img
   mkdir -p "$d"/{bin,dev,proc,sys,tmp,etc,home,mnt,var/tmp,opt/conda/etc/profile.d}
   cp /bin/busybox "$d/bin/busybox"
@@ -33,6 +45,10 @@ for img in none plain conda; do
   touch "$d/etc/hosts" "$d/etc/resolv.conf"
 done
 mkdir -p "$W/plain/.singularity.d/env" "$W/conda/.singularity.d/env"
+# The stock files, as Apptainer's predecessor wrote them into the fixture.
+OFF=$("$SLIPWAY" inspect --json "$FIXTURE" | python3 -c 'import json,sys; print(json.load(sys.stdin)["image"]["squashfs"]["offset"])')
+unsquashfs -q -n -o "$OFF" -d "$W/fixture" "$FIXTURE" .singularity.d/env >/dev/null
+cp -r "$W/fixture/.singularity.d" "$W/stock/"
 cat > "$W/plain/.singularity.d/env/90-environment.sh" <<'SH'
 export PATH="/opt/app/bin:$PATH"
 export LD_LIBRARY_PATH="/opt/app/lib:${LD_LIBRARY_PATH:-}"
@@ -57,24 +73,39 @@ if [ -d /opt/app ]; then export APP_HOME=/opt/app; else export APP_HOME=/usr; fi
 export BUILD_DATE="$(echo 2026-12-06)"
 [ -n "${OMP_NUM_THREADS:-}" ] || export OMP_NUM_THREADS=1
 SH
+for img in none conda; do
+  "$SLIPWAY" build -q "$W/$img.sif" "$W/$img"
+done
+mksquashfs "$W/conda" "$W/conda.sqfs" -quiet -noappend -all-root -no-progress >/dev/null
+printf '[images]\nkernel_mount = "trusted"\ntrusted_dirs = ["%s"]\n' "$W" > "$W/trusted.toml"
 chmod -R a+rX "$W"
-export USER=${USER:-root}
+AS_USER="setpriv --reuid=$U --regid=$G --clear-groups"
+# ch-run insists on $USER.
+export USER=sliptest HOME=/home/sliptest
 cd /
+K="--policy $W/trusted.toml"
 cmds=("none=$SLIPWAY exec $W/none /bin/probe"
       "plain=$SLIPWAY exec $W/plain /bin/probe"
-      "conda=$SLIPWAY exec $W/conda /bin/probe")
-if command -v ch-run >/dev/null; then
-  cmds+=("ch-run conda=ch-run $W/conda -- /bin/probe")
-fi
+      "stock=$SLIPWAY exec $W/stock /bin/probe"
+      "conda=$SLIPWAY exec $W/conda /bin/probe"
+      "ch-run conda=ch-run $W/conda -- /bin/probe"
+      "none sif=$SLIPWAY exec $K $W/none.sif /bin/probe"
+      "conda sif=$SLIPWAY exec $K $W/conda.sif /bin/probe"
+      "ch-run conda squashfs=ch-run $W/conda.sqfs -- /bin/probe"
+      "none sif (user)=$AS_USER $SLIPWAY exec $W/none.sif /bin/probe"
+      "conda sif (user)=$AS_USER $SLIPWAY exec $W/conda.sif /bin/probe"
+      "ch-run conda squashfs (user)=$AS_USER ch-run $W/conda.sqfs -- /bin/probe")
 python3 "$BENCH/interleave.py" --warmup 20 --runs "$RUNS" --json "$W/results.json" --log "$W/main.log" \
   "${cmds[@]}" || { echo "bench/env.sh: a command failed:" >&2; tail -5 "$W/main.log" >&2; exit 1; }
 python3 - "$W/results.json" <<'PY'
 import json, sys
 med = {x["command"]: x["median"] * 1000 for x in json.load(open(sys.argv[1]))["results"]}
 for k, v in med.items():
-    print(f"{k:16} {v:8.3f} ms")
+    print(f"{k:30} {v:8.3f} ms")
 print(f"plain exports (Rust evaluator) add {med['plain'] - med['none']:.3f} ms; "
       f"a conda-style %environment (the image's sh) adds {med['conda'] - med['none']:.3f} ms")
-if "ch-run conda" in med:
-    print(f"slipway conda / ch-run conda: {med['conda'] / med['ch-run conda']:.2f}")
+print(f"stock Apptainer files / none: {med['stock'] / med['none']:.3f} (goal <= 1.05)")
+for a, b in [("conda", "ch-run conda"), ("conda sif", "ch-run conda squashfs"),
+             ("conda sif (user)", "ch-run conda squashfs (user)")]:
+    print(f"slipway {a} / {b}: {med[a] / med[b]:.2f} (goal < 1)")
 PY

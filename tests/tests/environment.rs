@@ -53,6 +53,7 @@ export EMPTYME=""
 struct Fx {
     image: PathBuf,
     hostile: PathBuf,
+    stamped: PathBuf,
 }
 
 fn chmod(p: &Path, mode: u32) {
@@ -106,10 +107,18 @@ fn fx() -> Option<&'static Fx> {
         write(&image.join(".singularity.d/env/90-environment.sh"), ENVIRONMENT);
         let hostile = root.join("hostile");
         busybox_image(&hostile);
+        // A shell run leaves a mark of its own: a fresh random id.
+        let stamped = root.join("stamped");
+        busybox_image(&stamped);
+        write(
+            &stamped.join(".singularity.d/env/90-environment.sh"),
+            "export STAMP=\"$(cat /proc/sys/kernel/random/uuid)\"\n",
+        );
         run_ok(Command::new("chmod").args(["-R", "a+rX"]).arg(&root));
         Some(Fx {
             image,
             hostile,
+            stamped,
         })
     })
     .as_ref()
@@ -418,4 +427,32 @@ fn hostile_scripts_are_bounded() {
         }
         assert!(alive.is_empty(), "{what}: {alive:?}");
     }
+}
+
+/// Ranks of one job on one node share a container, and the image's shell runs once for them:
+/// the second rank gets the first one's result (the same random id its script drew), another
+/// job its own run; a memo nobody else could have written (the job's private directory).
+#[test]
+fn ranks_of_a_job_reuse_one_shell_run() {
+    let _s = serial();
+    let Some(fx) = need() else { return };
+    let job = |name: &str, rank: &str| {
+        let ns = format!("memo-{name}.{}", std::process::id());
+        let (env, err) = slipway_env(
+            &fx.stamped,
+            &[],
+            &[("PMIX_NAMESPACE", &ns), ("PMIX_RANK", rank)],
+        );
+        assert!(!err.contains("warning"), "{err}");
+        env["STAMP"].clone()
+    };
+    let first = job("a", "0");
+    assert_eq!(first.len(), 36, "a uuid: {first}");
+    assert_eq!(job("a", "1"), first, "the second rank ran the shell again");
+    assert_eq!(job("a", "2"), first);
+    assert_ne!(job("b", "0"), first, "another job shares nothing");
+    // Without a job (or with --no-share) every launch runs the scripts.
+    let (one, _) = slipway_env(&fx.stamped, &[], &[]);
+    let (two, _) = slipway_env(&fx.stamped, &[], &[]);
+    assert_ne!(one["STAMP"], two["STAMP"]);
 }

@@ -229,11 +229,15 @@ fn launch(plan: Plan, host: HostFacts) -> anyhow::Result<u8> {
     let env = match &plan.shared {
         Some(shared) => {
             // A rank of a parallel job: join (or create) the node's container of the job.
+            // The job's directory, opened first: the ranks share what the image's shell gave.
+            let dir = slipway_runtime::jobs::shared::job_dir(&shared.key, &plan, &host.env)?;
+            let memo = exec::shellenv::Memo::open(&dir).ok();
             slipway_runtime::jobs::shared::enter(&shared.key, &plan, &host.env)?;
             let root = std::fs::File::open("/").context("open /")?;
-            let scripts = exec::read_env_scripts(std::os::fd::AsFd::as_fd(&root));
-            let (env, told) = exec::shellenv::environment(&plan, &host.env, &scripts)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let scripts = exec::read_env_scripts_in_container(std::os::fd::AsFd::as_fd(&root));
+            let (env, told) =
+                exec::shellenv::environment(&plan, &host.env, &scripts, memo.as_ref())
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
             let first = ["PMIX_RANK", "OMPI_COMM_WORLD_RANK", "SLURM_PROCID"]
                 .iter()
                 .find_map(|k| host.env.iter().find(|(n, _)| n == k))

@@ -162,11 +162,14 @@ fn launch(l: LaunchArgs) -> anyhow::Result<u8> {
         plan.image.rule = "slipway pbs (premounted by execjob_begin)".into();
     }
     plan.check()?;
+    // The user's part of the job's directory, opened first: the tasks share what the image's
+    // shell gave.
+    let memo = exec::shellenv::Memo::open(&dir.user_dir()).ok();
     keeper::join_or_start(&dir, &plan, &host.env)?;
     // In the container: its environment from the image's scripts, read from its root.
     let root = std::fs::File::open("/").context("open /")?;
-    let scripts = exec::read_env_scripts(root.as_fd());
-    let (env, told) = exec::shellenv::environment(&plan, &host.env, &scripts)
+    let scripts = exec::read_env_scripts_in_container(root.as_fd());
+    let (env, told) = exec::shellenv::environment(&plan, &host.env, &scripts, memo.as_ref())
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let first_task = host
         .env

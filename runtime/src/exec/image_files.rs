@@ -145,9 +145,22 @@ pub const MAX_WARNINGS: usize = 20;
 /// and [`MAX_ENV_SCRIPTS_TOTAL`] bytes are read in all. Anything else is reported as not
 /// applied, with the reason. Call it with the user's file-system identity.
 pub fn read_env_scripts(image: std::os::fd::BorrowedFd) -> Vec<EnvScript> {
+    read_env_scripts_how(
+        image,
+        RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS | sys::RESOLVE_NO_XDEV,
+    )
+}
+
+/// [`read_env_scripts`] for a process already in the container (a rank or task that joined
+/// it) as the user: from the container's root `root`, where the image is a mount below the
+/// root (so mounts are crossed), still never leaving the container.
+pub fn read_env_scripts_in_container(root: std::os::fd::BorrowedFd) -> Vec<EnvScript> {
+    read_env_scripts_how(root, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
+}
+
+fn read_env_scripts_how(image: std::os::fd::BorrowedFd, how: u64) -> Vec<EnvScript> {
     use std::os::unix::ffi::OsStrExt;
     let rel_dir = Path::new(IMAGE_ENV_DIR.trim_start_matches('/'));
-    let how = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS | sys::RESOLVE_NO_XDEV;
     let Ok(dir) = sys::Linux.open_in(image, rel_dir, how) else {
         return Vec::new();
     };
@@ -189,7 +202,7 @@ pub fn read_env_scripts(image: std::os::fd::BorrowedFd) -> Vec<EnvScript> {
             break;
         }
         let max = MAX_ENV_SCRIPT.min(budget);
-        let script = match sys::read_in(image, &rel_dir.join(n), max) {
+        let script = match sys::read_in_how(image, &rel_dir.join(n), max, how) {
             Ok(Some(b)) => {
                 budget -= b.len() as u64;
                 match String::from_utf8(b) {

@@ -33,8 +33,8 @@ pub use enter::{
 };
 use image_files::identity_files;
 pub use image_files::{
-    read_env_scripts, MAX_ENV_DIR_ENTRIES, MAX_ENV_SCRIPT, MAX_ENV_SCRIPTS, MAX_ENV_SCRIPTS_TOTAL,
-    MAX_IDENTITY_FILE, MAX_WARNINGS,
+    read_env_scripts, read_env_scripts_in_container, MAX_ENV_DIR_ENTRIES, MAX_ENV_SCRIPT,
+    MAX_ENV_SCRIPTS, MAX_ENV_SCRIPTS_TOTAL, MAX_IDENTITY_FILE, MAX_WARNINGS,
 };
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -647,7 +647,7 @@ fn prepare_inner(
     // The environment, with the image's scripts (read above, from the image alone), by the
     // Rust evaluator or the image's own shell as the user (shellenv).
     let (env, told) =
-        shellenv::environment(plan, host_env, &scripts).map_err(ExecError::Environment)?;
+        shellenv::environment(plan, host_env, &scripts, None).map_err(ExecError::Environment)?;
     warnings.extend(told.iter().take(MAX_WARNINGS).cloned());
     if told.len() > MAX_WARNINGS {
         warnings.push(format!(

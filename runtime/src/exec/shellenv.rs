@@ -12,6 +12,9 @@ use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+mod memo;
+pub use memo::Memo;
+
 use crate::image::envfile::{self, EnvScript, Leftover};
 use crate::plan::environment::action_script;
 use crate::plan::{Plan, DEFAULT_PATH};
@@ -97,11 +100,13 @@ pub fn rust_suffices(plan: &Plan, scripts: &[EnvScript]) -> bool {
 /// The container's environment (the caller is in the container; privileged or not): from
 /// the Rust evaluator when it suffices, else from the image's `/bin/sh` (when it has one).
 /// Returns the variables and what to tell the user; `Err`: the scripts could not be run to
-/// the end (the launch fails with that line).
+/// the end (the launch fails with that line). With `memo` (the processes of one shared
+/// container), a shell run another process of the container already made is reused.
 pub fn environment(
     plan: &Plan,
     host_env: &[(String, String)],
     scripts: &[EnvScript],
+    memo: Option<&Memo>,
 ) -> Result<(BTreeMap<String, String>, Vec<String>), String> {
     let rust = |left: Vec<Leftover>, extra: Option<String>| {
         let mut warnings: Vec<String> = extra.into_iter().collect();
@@ -127,11 +132,22 @@ pub fn environment(
         return Ok((env, rust(left, None)));
     }
     let has_runtimevars = scripts.iter().any(|s| base(&s.file) == "99-runtimevars.sh");
+    let script = action_script(plan, has_runtimevars);
+    let name = memo.map(|_| Memo::name(plan, &script));
+    if let (Some(m), Some(n)) = (memo, &name) {
+        if let Some(evaluated) = m.get(n) {
+            let (env, left) = plan.finish_env(evaluated, host_env);
+            return Ok((env, rust(left, None)));
+        }
+    }
     // The launch fails rather than run with half an environment.
-    match run(plan, &action_script(plan, has_runtimevars))? {
+    match run(plan, &script)? {
         Shell::Done(evaluated, said) => {
             use std::io::Write;
             let _ = std::io::stderr().write_all(&said);
+            if let (Some(m), Some(n)) = (memo, &name) {
+                m.put(n, &evaluated);
+            }
             let (env, left) = plan.finish_env(evaluated, host_env);
             Ok((env, rust(left, None)))
         }
@@ -183,15 +199,38 @@ fn run(plan: &Plan, script: &str) -> Result<Shell, String> {
     );
     let script = std::ffi::CString::new(format!("{script}echo {DONE} >&3\n"))
         .map_err(|_| "the action script has a NUL byte")?;
-    // SAFETY: the caller is single-threaded; the children only make syscalls before exec or
-    // _exit.
-    let child = unsafe { libc::fork() };
+    // The shell is pid 1 of a pid namespace of its own (one clone: whatever the scripts start
+    // dies with it); where the kernel refuses one, a process group of its own.
+    // SAFETY: the caller is single-threaded; the child only makes syscalls before exec or
+    // _exit (a raw clone without CLONE_VM is a fork that runs no atfork handler).
+    let (child, ns) = unsafe {
+        let pid = libc::syscall(
+            libc::SYS_clone,
+            libc::CLONE_NEWPID | libc::SIGCHLD,
+            0,
+            0,
+            0,
+            0,
+        );
+        if pid < 0 {
+            (libc::fork(), false)
+        } else {
+            (pid as libc::pid_t, true)
+        }
+    };
     if child < 0 {
         return Err(format!("fork: {}", std::io::Error::last_os_error()));
     }
     if child == 0 {
         drop((dump_rd, out_rd));
-        let code = shell_child(plan, &script, &env, dump_wr.as_raw_fd(), out_wr.as_raw_fd());
+        let code = shell_child(
+            plan,
+            &script,
+            &env,
+            ns,
+            dump_wr.as_raw_fd(),
+            out_wr.as_raw_fd(),
+        );
         // SAFETY: leave the child without running destructors.
         unsafe { libc::_exit(code) };
     }
@@ -204,8 +243,9 @@ fn run(plan: &Plan, script: &str) -> Result<Shell, String> {
     ];
     let mut buf = [0u8; 65536];
     let kill = |why: String| {
-        // SAFETY: kill our own child; its shell (pid 1 of its namespace) dies with it.
-        unsafe { libc::kill(child, libc::SIGKILL) };
+        // SAFETY: kill our own child: pid 1 of its namespace takes the namespace along;
+        // without one, its process group.
+        unsafe { libc::kill(if ns { child } else { -child }, libc::SIGKILL) };
         reap(child);
         Err(why)
     };
@@ -288,26 +328,18 @@ fn reap(pid: libc::pid_t) -> i32 {
     st
 }
 
-/// The child: a pid namespace of its own (when it can), the shell as its pid 1 (whatever the
-/// scripts start dies with it), as the user. Returns the exit code.
+/// The child, pid 1 of its own pid namespace when `ns` (else the leader of a process group):
+/// the shell, as the user. Returns the exit code when it could not exec.
 fn shell_child(
     plan: &Plan,
     script: &std::ffi::CStr,
     env: &[std::ffi::CString],
+    ns: bool,
     dump: std::os::fd::RawFd,
     out: std::os::fd::RawFd,
 ) -> i32 {
     // SAFETY: plain syscalls in a single-threaded child.
     unsafe {
-        let ns = libc::unshare(libc::CLONE_NEWPID) == 0;
-        let pid = if ns { libc::fork() } else { 0 };
-        if pid < 0 {
-            return 71;
-        }
-        if pid > 0 {
-            // Dies with the shell; killed, it takes the shell along (PDEATHSIG below).
-            return (reap(pid) >> 8) & 0xff;
-        }
         let parent = libc::getppid();
         if !ns {
             libc::setpgid(0, 0);

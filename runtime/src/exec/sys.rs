@@ -74,9 +74,24 @@ impl std::fmt::Display for Unreadable {
 /// longer than `max` bytes, or cannot be opened or read. Images are untrusted: a squashfs
 /// holds terabytes of zeros in a few kilobytes, and these reads run as root.
 pub fn read_in(dirfd: BorrowedFd, path: &Path, max: u64) -> Result<Option<Vec<u8>>, Unreadable> {
+    read_in_how(
+        dirfd,
+        path,
+        max,
+        RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV,
+    )
+}
+
+/// [`read_in`] with the `openat2` resolve flags `how`.
+pub fn read_in_how(
+    dirfd: BorrowedFd,
+    path: &Path,
+    max: u64,
+    how: u64,
+) -> Result<Option<Vec<u8>>, Unreadable> {
     use std::io::Read;
     use std::os::unix::fs::FileTypeExt;
-    let f = match open_file_in(dirfd, path) {
+    let f = match open_file_in_how(dirfd, path, how) {
         Ok(f) => f,
         Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => {
             return Ok(None)
@@ -115,13 +130,26 @@ pub fn read_in(dirfd: BorrowedFd, path: &Path, max: u64) -> Result<Option<Vec<u8
 /// FIFO, no controlling terminal), and never off the mount `dirfd` is on (`RESOLVE_NO_XDEV`):
 /// what is read from an image comes from the image, not from anything mounted into it.
 pub fn open_file_in(dirfd: BorrowedFd, path: &Path) -> std::io::Result<std::fs::File> {
+    open_file_in_how(
+        dirfd,
+        path,
+        RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV,
+    )
+}
+
+/// [`open_file_in`] with the `openat2` resolve flags `how`.
+pub fn open_file_in_how(
+    dirfd: BorrowedFd,
+    path: &Path,
+    how: u64,
+) -> std::io::Result<std::fs::File> {
     let p = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
     let rc = openat2(
         dirfd,
         &p,
         libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK,
-        RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV,
+        how,
     );
     if rc < 0 {
         return Err(std::io::Error::last_os_error());

@@ -115,8 +115,16 @@ fn mine(dir: &Path, uid: u32) -> Result<(), JobError> {
 /// Joins (or creates) the node's container of this rank's job. On return the caller is in the
 /// container. `key`: from [`key`].
 pub fn enter(key: &str, plan: &Plan, host_env: &[(String, String)]) -> Result<(), JobError> {
+    let dir = job_dir(key, plan, host_env)?;
+    keeper::join_or_start_in(&dir, &dir, Lifetime::WhileUsed, plan, host_env)
+}
+
+/// The private directory of the job's container on this node (made if missing, checked):
+/// its lock, its keeper's pid, and what its processes share (the environment memo,
+/// [`crate::exec::shellenv::Memo`]).
+pub fn job_dir(key: &str, plan: &Plan, host_env: &[(String, String)]) -> Result<PathBuf, JobError> {
     let uid = plan.identity.uid;
     let dir = runtime_dir(uid, host_env)?.join(key);
     mine(&dir, uid)?;
-    keeper::join_or_start_in(&dir, &dir, Lifetime::WhileUsed, plan, host_env)
+    Ok(dir)
 }
