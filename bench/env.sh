@@ -3,7 +3,10 @@
 #
 #   bench/env.sh [RUNS]            (as root; builds slipway --release first)
 #
-# Images of a static busybox and the static probe, interleaved (bench/interleave.py):
+# Images like a Debian-based one: /bin/sh is the host's dash with its loader and libc, busybox
+# for the other commands, and the probe as the application, dynamic as applications in images
+# are (it loads the image's libc, as the image's shell does: read from a fresh squashfs mount,
+# libc is most of what either costs); interleaved (bench/interleave.py):
 #   none       no /.singularity.d/env at all (the launch before any evaluation: the reference)
 #   plain      Apptainer-style exports only (the Rust evaluator: no shell)
 #   stock      the environment files of an image Apptainer's predecessor built (taken from
@@ -33,12 +36,17 @@ SLIPWAY=$PWD/target/release/slipway
 W=$(mktemp -d /var/lib/slipway-bench-env.XXXXXX)
 chmod 0755 "$W"
 trap 'rm -rf "$W"' EXIT
-gcc -static -O2 -o "$W/probe" tests/probe/probe.c
+gcc -O2 -o "$W/probe" tests/probe/probe.c
 for img in none plain stock conda; do
   d=$W/$img
   mkdir -p "$d"/{bin,dev,proc,sys,tmp,etc,home,mnt,var/tmp,opt/conda/etc/profile.d}
   cp /bin/busybox "$d/bin/busybox"
-  for a in sh echo env; do ln -s busybox "$d/bin/$a"; done
+  for a in echo env; do ln -s busybox "$d/bin/$a"; done
+  cp /bin/dash "$d/bin/sh"
+  for lib in $(ldd /bin/dash | grep -o '/[^ ]*'); do
+    mkdir -p "$d$(dirname "$lib")"
+    cp -L "$lib" "$d$lib"
+  done
   cp "$W/probe" "$d/bin/probe"
   echo 'root:x:0:0:root:/root:/bin/sh' > "$d/etc/passwd"
   echo 'root:x:0:' > "$d/etc/group"

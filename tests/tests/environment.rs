@@ -50,10 +50,46 @@ export FOO="${FOO:-imgfoo}"
 export EMPTYME=""
 "#;
 
+/// The environment files an Apptainer 1.x build writes, in their roles and with the shell
+/// they hold (written here in our words, not copied): `01-base.sh` (nothing), the Docker
+/// `ENV` of an OCI source (`10-docker2singularity.sh`: defaults that a host value does not
+/// beat, a PATH without the sbin entries), `%environment` (`90-environment.sh`), the SCIF app
+/// variables (`94-appsbase.sh`), the SCIF app activation guarded by `if test -n ...`
+/// (`95-apps.sh`), the library path and prompt (`99-base.sh`) and the user's PATH requests
+/// (`99-runtimevars.sh`: `if [ -n ... ]` blocks and an `unset` continued over lines).
+const APPTAINER_LAYOUT: &[(&str, &str)] = &[
+    ("01-base.sh", "#!/bin/sh\n# the base environment: nothing to set\n"),
+    (
+        "10-docker2singularity.sh",
+        "#!/bin/sh\nexport PATH=\"/opt/app/bin:/usr/local/bin:/usr/bin:/bin\"\nexport LANG=\"${LANG:-\"C.UTF-8\"}\"\nexport APP_VERSION=\"${APP_VERSION:-\"2.1 \\\"lts\\\"\"}\"\n",
+    ),
+    (
+        "90-environment.sh",
+        "#!/bin/sh\n# Custom environment shell code should follow\nexport OMP_NUM_THREADS=\"${OMP_NUM_THREADS:-4}\"\n",
+    ),
+    (
+        "94-appsbase.sh",
+        "#!/bin/sh\nSCIF_APPDATA_solver=/scif/data/solver\nSCIF_APPROOT_solver=/scif/apps/solver\nexport SCIF_APPDATA_solver SCIF_APPROOT_solver\n",
+    ),
+    (
+        "95-apps.sh",
+        "#!/bin/sh\nif test -n \"${SINGULARITY_APPNAME:-}\"; then\n    export SINGULARITY_APPNAME\n    if test -d \"/scif/apps/${SINGULARITY_APPNAME}/bin\"; then\n        PATH=\"/scif/apps/${SINGULARITY_APPNAME}/bin:$PATH\"\n    fi\n    export PATH\nfi\n",
+    ),
+    (
+        "99-base.sh",
+        "#!/bin/sh\nif [ -z \"$LD_LIBRARY_PATH\" ]; then\n    LD_LIBRARY_PATH=\"/.singularity.d/libs\"\nelse\n    LD_LIBRARY_PATH=\"$LD_LIBRARY_PATH:/.singularity.d/libs\"\nfi\nif test -z \"${PS1:-}\"; then\n    export PS1=\"Apptainer> \"\nfi\nexport LD_LIBRARY_PATH PS1\n",
+    ),
+    (
+        "99-runtimevars.sh",
+        "#!/bin/sh\nif [ -n \"${SING_USER_DEFINED_PREPEND_PATH:-}\" ]; then\n\tPATH=\"${SING_USER_DEFINED_PREPEND_PATH}:${PATH}\"\nfi\nif [ -n \"${SING_USER_DEFINED_APPEND_PATH:-}\" ]; then\n\tPATH=\"${PATH}:${SING_USER_DEFINED_APPEND_PATH}\"\nfi\nif [ -n \"${SING_USER_DEFINED_PATH:-}\" ]; then\n\tPATH=\"${SING_USER_DEFINED_PATH}\"\nfi\nunset SING_USER_DEFINED_PREPEND_PATH \\\n\t  SING_USER_DEFINED_APPEND_PATH \\\n\t  SING_USER_DEFINED_PATH\nexport PATH\n",
+    ),
+];
+
 struct Fx {
     image: PathBuf,
     hostile: PathBuf,
     stamped: PathBuf,
+    layout: PathBuf,
 }
 
 fn chmod(p: &Path, mode: u32) {
@@ -115,10 +151,17 @@ fn fx() -> Option<&'static Fx> {
             "export STAMP=\"$(cat /proc/sys/kernel/random/uuid)\"\n",
         );
         run_ok(Command::new("chmod").args(["-R", "a+rX"]).arg(&root));
+        let layout = root.join("layout");
+        busybox_image(&layout);
+        std::fs::create_dir_all(layout.join("opt/app/bin")).unwrap();
+        for (name, text) in APPTAINER_LAYOUT {
+            write(&layout.join(".singularity.d/env").join(name), text);
+        }
         Some(Fx {
             image,
             hostile,
             stamped,
+            layout,
         })
     })
     .as_ref()
@@ -455,4 +498,89 @@ fn ranks_of_a_job_reuse_one_shell_run() {
     let (one, _) = slipway_env(&fx.stamped, &[], &[]);
     let (two, _) = slipway_env(&fx.stamped, &[], &[]);
     assert_ne!(one["STAMP"], two["STAMP"]);
+}
+
+/// An image with the environment files of a current Apptainer build ([`APPTAINER_LAYOUT`]):
+/// no warning, and what Apptainer's action script gives, computed by a real shell in a chroot
+/// of the image (starting, as Apptainer's interpreter does, without the prompt busybox makes
+/// up): every file sourced in name order from the default PATH, the default entries
+/// appended to a Docker PATH after `10-docker2singularity.sh`, the user's PATH requests
+/// (`APPTAINERENV_PREPEND_PATH`, `--env APPEND_PATH=`) handed to `99-runtimevars.sh` after
+/// `99-base.sh`; a host value the image defaults (`LANG`) hidden, one it does not restored.
+#[test]
+fn current_apptainer_layout_gives_what_its_action_script_would() {
+    let _s = serial();
+    let Some(fx) = need() else { return };
+    let reference = run_ok_output(
+        Command::new("/usr/sbin/chroot")
+            .arg(&fx.layout)
+            .args(["/bin/sh", "-c"])
+            .arg(format!(
+                r#"unset PS1; PATH={DEFAULT_PATH}; export PATH
+fixpath() {{
+  rest="{DEFAULT_PATH}:"
+  while [ -n "$rest" ]; do
+    d="${{rest%%:*}}"; rest="${{rest#*:}}"
+    case ":$PATH:" in *":$d:"*) ;; *) PATH="$PATH:$d" ;; esac
+  done
+  unset rest d
+}}
+for f in /.singularity.d/env/*.sh; do
+  . "$f"
+  case "$f" in
+    */10-docker2singularity.sh) fixpath ;;
+    */99-base.sh) SING_USER_DEFINED_PREPEND_PATH=/pre; SING_USER_DEFINED_APPEND_PATH=/post ;;
+  esac
+done
+unset f
+KEEPME=host; export KEEPME
+exec /bin/probe"#
+            ))
+            .env_clear()
+            .env("HOME", "/root"),
+    );
+    let want = probe_env(&reference);
+    let (got, err) = slipway_env(
+        &fx.layout,
+        &["--env", "APPEND_PATH=/post"],
+        &[
+            ("APPTAINERENV_PREPEND_PATH", "/pre"),
+            ("LANG", "de_DE.UTF-8"),
+            ("KEEPME", "host"),
+        ],
+    );
+    assert_eq!(err, "", "no warning at all");
+    let ours = |k: &str| {
+        [
+            "HOME",
+            "USER",
+            "LOGNAME",
+            "SLIPWAY_CONTAINER",
+            "SHLVL",
+            "PWD",
+        ]
+        .contains(&k)
+            || k.starts_with("APPTAINER_")
+            || k.starts_with("SINGULARITY_")
+    };
+    let theirs: BTreeMap<&String, &String> = want.iter().filter(|(k, _)| !ours(k)).collect();
+    let mine: BTreeMap<&String, &String> = got.iter().filter(|(k, _)| !ours(k)).collect();
+    assert_eq!(mine, theirs, "slipway (left) against the shell (right)");
+    // The values themselves, as the shell computed them above.
+    assert_eq!(
+        got["PATH"],
+        "/pre:/opt/app/bin:/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin:/post"
+    );
+    assert_eq!(
+        got["LANG"], "C.UTF-8",
+        "the image's default beats the host's"
+    );
+    assert_eq!(got["APP_VERSION"], "2.1 \"lts\"");
+    assert_eq!(got["LD_LIBRARY_PATH"], "/.singularity.d/libs");
+    assert_eq!(got["PS1"], "Apptainer> ");
+    assert_eq!(got["SCIF_APPROOT_solver"], "/scif/apps/solver");
+    assert!(
+        !got.keys().any(|k| k.starts_with("SING_USER_DEFINED")),
+        "{got:?}"
+    );
 }

@@ -430,9 +430,11 @@ fn runtime_vars(env: &mut BTreeMap<String, String>) {
 /// fd 3. It starts with `HOME` and `__SLIPWAY_DEFAULT_PATH` only; names starting with
 /// `__SLIPWAY` or `__slipway` are its own.
 pub fn action_script(plan: &Plan, has_runtimevars: bool) -> String {
-    // PATH unset first: some shells (busybox) make up one when they start without it.
+    // PATH and PS1 unset first: some shells make up a PATH (busybox) or a prompt (dash,
+    // busybox) when they start without one, which `99-base.sh` would then keep and export
+    // (Apptainer's interpreter starts with neither).
     let mut s = String::from(
-        r#"unset PATH
+        r#"unset PATH PS1
 __slipway_fixpath() {
   __slipway_rest="$__SLIPWAY_DEFAULT_PATH:"; __slipway_new="${PATH:-}"
   while [ -n "$__slipway_rest" ]; do
