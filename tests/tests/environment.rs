@@ -584,3 +584,64 @@ exec /bin/probe"#
         "{got:?}"
     );
 }
+
+/// `slipway explain --evaluate-env` on an image whose scripts need its shell: the final
+/// environment is the one a launch gives, each value with where it came from (the script and
+/// line that set it, the identity, the host, the injection).
+#[test]
+fn explain_evaluates_and_tells_origins() {
+    let _s = serial();
+    let Some(fx) = need() else { return };
+    let env = [
+        ("FOO", "host"),
+        ("KEEPME", "host"),
+        ("APPTAINERENV_INJ", "$P-inj"),
+    ];
+    let out = run(Command::new("setpriv")
+        .args(["--reuid", USER, "--regid", USER, "--init-groups"])
+        .arg(slipway_bin())
+        .args(["explain", "--evaluate-env"])
+        .arg(&fx.image)
+        .arg("/bin/probe")
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .envs(env)
+        .current_dir("/"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let explained: BTreeMap<String, (String, String)> = text
+        .split("final environment (each value's origin in brackets):\n")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no final environment: {text}"))
+        .lines()
+        .filter_map(|l| {
+            let l = l.strip_prefix("  ")?;
+            let (kv, origin) = l.rsplit_once(" [")?;
+            let (k, v) = kv.split_once('=')?;
+            Some((
+                k.to_string(),
+                (v.to_string(), origin.trim_end_matches(']').to_string()),
+            ))
+        })
+        .collect();
+    let (launched, _) = slipway_env(&fx.image, &[], &env);
+    let values: BTreeMap<String, String> = explained
+        .iter()
+        .map(|(k, (v, _))| (k.clone(), v.clone()))
+        .collect();
+    assert_eq!(values, launched, "explain (left) against a launch (right)");
+    let origin = |k: &str| explained[k].1.as_str();
+    let script = "/.singularity.d/env/90-environment.sh";
+    assert_eq!(origin("HOME"), "identity");
+    assert_eq!(origin("KEEPME"), "host");
+    assert_eq!(origin("INJ"), "APPTAINERENV_INJ");
+    assert_eq!(origin("SUB"), format!("{script}:9"));
+    assert_eq!(origin("L"), format!("{script}:13"));
+    // Set by a function of a sourced file: the script that ran it.
+    assert_eq!(origin("CONDA_DEFAULT_ENV"), script);
+    assert!(origin("FOO").starts_with(script), "{}", origin("FOO"));
+}

@@ -12,7 +12,9 @@ use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+mod explain;
 mod memo;
+pub use explain::explained;
 pub use memo::Memo;
 
 use crate::image::envfile::{self, EnvScript, Leftover};
@@ -132,7 +134,7 @@ pub fn environment(
         return Ok((env, rust(left, None)));
     }
     let has_runtimevars = scripts.iter().any(|s| base(&s.file) == "99-runtimevars.sh");
-    let script = action_script(plan, has_runtimevars);
+    let script = action_script(plan, has_runtimevars, false);
     let name = memo.map(|_| Memo::name(plan, &script));
     if let (Some(m), Some(n)) = (memo, &name) {
         if let Some(evaluated) = m.get(n) {
@@ -142,7 +144,7 @@ pub fn environment(
     }
     // The launch fails rather than run with half an environment.
     match run(plan, &script)? {
-        Shell::Done(evaluated, said) => {
+        Shell::Done(evaluated, said, _) => {
             use std::io::Write;
             let _ = std::io::stderr().write_all(&said);
             if let (Some(m), Some(n)) = (memo, &name) {
@@ -169,8 +171,8 @@ pub const MAX_SCRIPT_OUTPUT: usize = 64 << 10;
 
 /// What the image's shell gave.
 pub enum Shell {
-    /// Its `export -p`, and what the scripts printed (for the user's stderr).
-    Done(BTreeMap<String, String>, Vec<u8>),
+    /// Its `export -p`, what the scripts printed (for the user's stderr), and the whole dump.
+    Done(BTreeMap<String, String>, Vec<u8>, String),
     /// `/bin/sh` is not a POSIX shell (no dump came back): evaluate without it.
     NotAShell,
 }
@@ -308,6 +310,11 @@ fn run(plan: &Plan, script: &str) -> Result<Shell, String> {
     let Some(body) = text.trim_end().strip_suffix(DONE) else {
         return Ok(Shell::NotAShell);
     };
+    Ok(Shell::Done(dump_env(body), said, body.to_string()))
+}
+
+/// The variables of one `export -p` dump, less the shell's own and the action script's.
+fn dump_env(body: &str) -> BTreeMap<String, String> {
     let mut env = BTreeMap::new();
     for (k, v) in parse_export_p(body) {
         let ours = k.starts_with("__SLIPWAY") || k.starts_with("__slipway");
@@ -318,7 +325,7 @@ fn run(plan: &Plan, script: &str) -> Result<Shell, String> {
             env.insert(k, v);
         }
     }
-    Ok(Shell::Done(env, said))
+    env
 }
 
 fn reap(pid: libc::pid_t) -> i32 {

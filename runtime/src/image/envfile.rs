@@ -1,9 +1,10 @@
 //! Parser for the image environment scripts `/.singularity.d/env/*.sh`.
 //!
-//! Apptainer sources these scripts with a shell. Slipway starts no shell (the launch must be
-//! fast and must not depend on the image having one), so it understands the forms that
-//! Apptainer's and Slipway's builders write and reports everything else as a warning, with the
-//! file and line, instead of dropping it silently:
+//! Apptainer sources these scripts with a shell. Slipway evaluates them here when they hold
+//! only what this parser understands (the common launch starts no shell), and otherwise with
+//! the image's own `/bin/sh` ([`crate::exec::shellenv`]); without one, what this parser does
+//! not understand is reported as a warning, with the file and line, never dropped silently.
+//! It understands the forms that Apptainer's and Slipway's builders write:
 //!
 //! - `export K=V`, `export K="V"`, `export K='V'`, and the same without `export`;
 //! - `export K="${K:-"V"}"` (keep the value from the host, else `V`), `${K:-V}`, `${K}`, `$K`

@@ -229,7 +229,7 @@ impl Plan {
     }
 
     /// Where a variable set by [`Plan::finish_env`] comes from.
-    fn finish_origin(&self, name: &str, host_env: &[(String, String)]) -> String {
+    pub(crate) fn finish_origin(&self, name: &str, host_env: &[(String, String)]) -> String {
         let decided = self
             .env
             .decisions
@@ -429,12 +429,15 @@ fn runtime_vars(env: &mut BTreeMap<String, String>) {
 /// scripts in Apptainer's order with the injections after `99-base.sh`, then `export -p` on
 /// fd 3. It starts with `HOME` and `__SLIPWAY_DEFAULT_PATH` only; names starting with
 /// `__SLIPWAY` or `__slipway` are its own.
-pub fn action_script(plan: &Plan, has_runtimevars: bool) -> String {
+/// With `trace`, each step (each script, the injection) is followed by `export -p` and a
+/// line `__SLIPWAY_STEP <script path or "inject">` on fd 3, for `explain`.
+pub fn action_script(plan: &Plan, has_runtimevars: bool, trace: bool) -> String {
     // PATH and PS1 unset first: some shells make up a PATH (busybox) or a prompt (dash,
     // busybox) when they start without one, which `99-base.sh` would then keep and export
     // (Apptainer's interpreter starts with neither).
     let mut s = String::from(
         r#"unset PATH PS1
+__slipway_step() { :; }
 __slipway_fixpath() {
   __slipway_rest="$__SLIPWAY_DEFAULT_PATH:"; __slipway_new="${PATH:-}"
   while [ -n "$__slipway_rest" ]; do
@@ -454,6 +457,7 @@ __slipway_inject() {
     }
     s.push_str(
         r#"  __slipway_injected=1
+  __slipway_step inject
 }
 if [ -d /.singularity.d/env ]; then
   for __slipway_s in /.singularity.d/env/*.sh; do
@@ -468,13 +472,21 @@ if [ -d /.singularity.d/env ]; then
         . "$__slipway_s"; [ -n "${__slipway_injected:-}" ] || __slipway_inject ;;
       *) . "$__slipway_s" ;;
     esac
+    __slipway_step "$__slipway_s"
   done
 elif [ -f /environment ]; then
-  . /environment; __slipway_fixpath
+  . /environment; __slipway_fixpath; __slipway_step /environment
 fi
 [ -n "${__slipway_injected:-}" ] || __slipway_inject
 "#,
     );
+    if trace {
+        s = s.replacen(
+            "__slipway_step() { :; }",
+            "__slipway_step() { export -p >&3; echo \"__SLIPWAY_STEP $1\" >&3; }",
+            1,
+        );
+    }
     if !has_runtimevars {
         s.push_str(
             r#"[ -z "${SING_USER_DEFINED_PREPEND_PATH:-}" ] || PATH="$SING_USER_DEFINED_PREPEND_PATH:$PATH"
