@@ -1090,6 +1090,35 @@ fn node_state(cluster: &Cluster) -> Vec<String> {
     out
 }
 
+/// Files a step could leave: the names in each node's spool and tmp directories (less
+/// slurmd's own state files, rewritten in place), and the machine's `/tmp` entries of
+/// Slipway's.
+fn node_files(cluster: &Cluster) -> Vec<String> {
+    let names = |dir: &Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.retain(|n| !n.starts_with("cred_state") && n != "hwloc_topo_whole.xml");
+        v.sort();
+        v
+    };
+    let mut out = Vec::new();
+    for node in 1..=4 {
+        for sub in ["spool", "tmp"] {
+            let dir = cluster.dir.join(format!("nodes/node{node}/{sub}"));
+            out.push(format!("node{node} {sub}: {:?}", names(&dir)));
+        }
+    }
+    let mut tmp = names(Path::new("/tmp"));
+    tmp.retain(|n| n.contains("slipway"));
+    out.push(format!("/tmp: {tmp:?}"));
+    out
+}
+
 /// Waits until no step is left on the nodes (slurmstepd gone), then returns [`node_state`].
 fn settled_state(cluster: &Cluster) -> Vec<String> {
     let t0 = Instant::now();
@@ -1577,6 +1606,54 @@ fn containers_in_cluster() {
     assert_nodes_idle(&cluster, 4);
     let after = settled_state(&cluster);
     assert_eq!(before, after, "container steps left something behind");
+
+    // The soak's concurrent half (issue 16): many container steps at once across the nodes
+    // (`--overlap`: more steps than CPUs run together, up to a dozen preparing on a node at
+    // once), then again nothing left: loop devices, mounts, processes, slurmd's fds, squashfuse,
+    // the nodes' spool and tmp files, Slipway's files in /tmp.
+    let files_before = node_files(&cluster);
+    let concurrent: usize = std::env::var("SLIPWAY_SOAK_CONCURRENT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(48);
+    std::fs::write(
+        work.join("soak.sh"),
+        format!(
+            "#!/bin/sh\n#SBATCH -N4 -n4\n#SBATCH -o soak.out\n\
+             i=0; pids=\n\
+             while [ $i -lt {concurrent} ]; do\n\
+               srun --overlap -N1 -n1 -r $((i % 4)) -i none --container={sif} /bin/probe --read /marker >/dev/null &\n\
+               pids=\"$pids $!\"; i=$((i+1))\n\
+             done\n\
+             failed=0; for p in $pids; do wait $p || failed=$((failed+1)); done\n\
+             echo \"concurrent {concurrent} failed $failed\"\n"
+        ),
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    let out = run(&mut cluster.user(&["sbatch", "--wait", "soak.sh"]));
+    let text = std::fs::read_to_string(work.join("soak.out")).unwrap_or_default();
+    assert!(
+        out.status.success() && text.contains(&format!("concurrent {concurrent} failed 0")),
+        "{}\n{text}\n{}",
+        stderr(&out),
+        cluster.log_tails()
+    );
+    eprintln!(
+        "{concurrent} concurrent container steps in {:.2?}",
+        t0.elapsed()
+    );
+    assert_nodes_idle(&cluster, 4);
+    assert_eq!(
+        before,
+        settled_state(&cluster),
+        "concurrent container steps left something behind"
+    );
+    assert_eq!(
+        files_before,
+        node_files(&cluster),
+        "concurrent container steps left files behind"
+    );
 
     down_and_check(cluster);
     let _ = std::fs::remove_dir_all(&images.dir);
