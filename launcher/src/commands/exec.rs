@@ -51,6 +51,12 @@ pub struct Opts {
     /// job on one node share one; also from $SLIPWAY_NO_SHARE).
     #[arg(long)]
     pub no_share: bool,
+    /// Unprivileged: run a SIF or squashfs image from a copy unpacked once on this node
+    /// (policy `images.unpack`; kept under `images.unpack_dir`) instead of squashfuse at
+    /// every launch (also from $SLIPWAY_UNPACK; `--unsquash`, $APPTAINER_UNSQUASH as Apptainer
+    /// spells it).
+    #[arg(long, visible_alias = "unsquash")]
+    pub unpack: bool,
     /// Policy file (default /etc/slipway/policy.toml; built-in defaults if it is missing).
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
@@ -181,6 +187,7 @@ pub fn build_plan(
         no_home: opts.no_home,
         writable_tmpfs: opts.writable_tmpfs,
         no_share: opts.no_share || flag_from_env("NO_SHARE"),
+        unpack: opts.unpack || flag_from_env("UNPACK") || flag_from_env("UNSQUASH"),
         nv: asked.nv,
         argv0: None,
         rocm: asked.rocm,

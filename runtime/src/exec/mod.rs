@@ -26,6 +26,7 @@ use setup::{
 };
 pub mod shellenv;
 pub mod sys;
+pub mod unpack;
 
 pub use enter::{
     apply_env, chdir, drop_bounding_set, drop_identity, enter_namespace, environ, exec,
@@ -72,6 +73,9 @@ pub enum ExecError {
     /// The image's environment could not be evaluated (its scripts timed out, failed, ...).
     #[error("{0}")]
     Environment(String),
+    /// The image could not be unpacked ([`unpack`]).
+    #[error("{0}")]
+    Unpack(String),
     /// A mount point cannot be made.
     #[error("mount point {}: {why}", dest.display())]
     MountPoint {
@@ -246,6 +250,20 @@ fn prepare_inner(
         })?),
     };
 
+    // An unpacked image: made now if missing (as the user, on the host), then bound as a
+    // directory image is.
+    let unpacked = match (&plan.image.mount, &image_file) {
+        (ImageMount::Unpacked { span, cache }, Some(f)) => Some(as_user(plan, || {
+            unpack::ensure(&plan.image.path, f, *span, cache)
+        })?),
+        _ => None,
+    };
+    let image_dir = unpacked.as_deref().unwrap_or(&plan.image.path);
+    let as_dir = matches!(
+        plan.image.mount,
+        ImageMount::Directory | ImageMount::Unpacked { .. }
+    );
+
     // Namespaces.
     if privileged {
         sys.unshare(libc::CLONE_NEWNS)?;
@@ -286,9 +304,9 @@ fn prepare_inner(
             _ => None,
         });
     }
-    let image_dir_fd = match plan.image.mount {
-        ImageMount::Directory => Some(as_user(plan, || rootfs::open_path(&plan.image.path))?),
-        _ => None,
+    let image_dir_fd = match as_dir {
+        true => Some(as_user(plan, || rootfs::open_path(image_dir))?),
+        false => None,
     };
 
     // Unprivileged, the host's binds are cloned now, before the staging tmpfs exists (a
@@ -335,18 +353,18 @@ fn prepare_inner(
     // The image. A directory image without --writable-tmpfs is used where it is, through the
     // fd opened (as the user) above, and each bind from it is made read-only, nosuid and
     // nodev itself; anything else is mounted at `img` first.
-    let direct = matches!(plan.image.mount, ImageMount::Directory) && !plan.image.writable_tmpfs;
+    let direct = as_dir && !plan.image.writable_tmpfs;
     let mut guard = Guard(None);
     match plan.image.mount {
-        ImageMount::Directory if direct => {}
-        ImageMount::Directory => {
+        ImageMount::Directory | ImageMount::Unpacked { .. } if direct => {}
+        ImageMount::Directory | ImageMount::Unpacked { .. } => {
             let fd = image_dir_fd.as_ref().expect("opened above");
-            let t = sys.clone_tree(fd.as_fd(), false, &plan.image.path)?;
+            let t = sys.clone_tree(fd.as_fd(), false, image_dir)?;
             sys.set_attr(
                 t.as_fd(),
                 false,
                 MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
-                &plan.image.path,
+                image_dir,
             )?;
             let to = rootfs::open_path(&img)?;
             sys.move_mount(t.as_fd(), to.as_fd(), &img)?;
@@ -406,7 +424,7 @@ fn prepare_inner(
     }
     let (img_dir, img_fd, entry_attrs) = match image_dir_fd {
         Some(fd) if direct => (
-            plan.image.path.clone(),
+            image_dir.to_path_buf(),
             fd,
             MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
         ),
@@ -417,7 +435,7 @@ fn prepare_inner(
     };
     // Decompressing the command's pages can start now, beside the rest of the set-up.
     let reader = match (&plan.image.mount, plan.command.first()) {
-        (ImageMount::Directory, _) | (_, None) => None,
+        (ImageMount::Directory | ImageMount::Unpacked { .. }, _) | (_, None) => None,
         (_, Some(cmd)) if prefetch => prefetch::start(img_fd.as_fd(), cmd),
         _ => None,
     };

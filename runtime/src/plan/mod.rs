@@ -103,11 +103,47 @@ pub fn build(
                     (ImageMount::Squashfuse { span }, d.rule, d.reason)
                 }
             } else {
-                (
-                    ImageMount::Squashfuse { span },
-                    BASE.to_string(),
-                    "unprivileged: the kernel mounts squashfs only for root".to_string(),
-                )
+                use crate::policy::Unpack;
+                let images = &policy.policy.images;
+                match (images.unpack, req.unpack) {
+                    (Unpack::Always, _) | (Unpack::OnRequest, true) => (
+                        ImageMount::Unpacked {
+                            span,
+                            cache: std::path::PathBuf::from(
+                                images.unpack_dir.replace("%u", &host.user.uid.to_string()),
+                            ),
+                        },
+                        "images.unpack".to_string(),
+                        if images.unpack == Unpack::Always {
+                            "images.unpack is \"always\": unpacked once, then bound as a \
+                             directory (no squashfuse per launch)"
+                        } else {
+                            "--unpack: unpacked once, then bound as a directory (no squashfuse \
+                             per launch)"
+                        }
+                        .to_string(),
+                    ),
+                    (Unpack::Never, true) => {
+                        refuse(
+                            &mut refused,
+                            "--unpack".into(),
+                            "the policy does not allow unpacking images (images.unpack = \
+                             \"never\"): run without --unpack"
+                                .into(),
+                            "images.unpack".into(),
+                        );
+                        (
+                            ImageMount::Squashfuse { span },
+                            "images.unpack".to_string(),
+                            "unprivileged: the kernel mounts squashfs only for root".to_string(),
+                        )
+                    }
+                    _ => (
+                        ImageMount::Squashfuse { span },
+                        BASE.to_string(),
+                        "unprivileged: the kernel mounts squashfs only for root".to_string(),
+                    ),
+                }
             }
         }
         (f, None) => {

@@ -13,7 +13,7 @@ pub fn text(p: &Plan) -> String {
     let _ = writeln!(w, "policy: {}", p.policy);
     let i = &p.image;
     let _ = writeln!(w, "image: {} ({:?})", i.path.display(), i.format);
-    let how = match i.mount {
+    let how = match &i.mount {
         ImageMount::Directory => "directory, bind-mounted read-only, nosuid, nodev".to_string(),
         ImageMount::KernelLoop { span } => format!(
             "kernel squashfs on a loop device (offset {}, size {}; read-only, autoclear), \
@@ -23,6 +23,13 @@ pub fn text(p: &Plan) -> String {
         ImageMount::Squashfuse { span } => format!(
             "squashfuse_ll -o offset={} (size {}), nosuid, nodev",
             span.offset, span.size
+        ),
+        ImageMount::Unpacked { span, cache } => format!(
+            "unpacked (offset {}, size {}) into {}/<the file's identity> once, then bound \
+             read-only, nosuid, nodev",
+            span.offset,
+            span.size,
+            cache.display()
         ),
     };
     let _ = writeln!(w, "  mount: {how}");

@@ -152,6 +152,45 @@ fn modes_and_image_mounts() {
 }
 
 #[test]
+fn unpacked_images_by_policy_and_request() {
+    let parse = |t: &str| LoadedPolicy::parse(t, Path::new("/etc/slipway/policy.toml")).unwrap();
+    let mut req = request();
+    // Default (on-request): only when asked, and only unprivileged.
+    let p = build(&req, &policy(), &host(1000), &image(), &fake_fs()).unwrap();
+    assert!(matches!(p.image.mount, ImageMount::Squashfuse { .. }));
+    req.unpack = true;
+    let p = build(&req, &policy(), &host(1000), &image(), &fake_fs()).unwrap();
+    match &p.image.mount {
+        ImageMount::Unpacked { cache, .. } => {
+            assert_eq!(cache, Path::new("/var/tmp/slipway-1000/images"))
+        }
+        m => panic!("{m:?}"),
+    }
+    let p = build(&req, &policy(), &host(0), &image(), &fake_fs()).unwrap();
+    assert!(matches!(p.image.mount, ImageMount::KernelLoop { .. }));
+    // Always, in the admin's directory; never: --unpack refused.
+    req.unpack = false;
+    let always = parse("[images]\nunpack = \"always\"\nunpack_dir = \"/local/u%u\"\n");
+    let p = build(&req, &always, &host(1000), &image(), &fake_fs()).unwrap();
+    assert!(
+        matches!(&p.image.mount, ImageMount::Unpacked { cache, .. } if cache == Path::new("/local/u1000"))
+    );
+    req.unpack = true;
+    let never = parse("[images]\nunpack = \"never\"\n");
+    let p = build(&req, &never, &host(1000), &image(), &fake_fs()).unwrap();
+    assert!(matches!(p.image.mount, ImageMount::Squashfuse { .. }));
+    assert_eq!(p.refused.len(), 1, "{:?}", p.refused);
+    assert_eq!(p.refused[0].what, "--unpack");
+    assert!(parse_err("[images]\nunpack_dir = \"/x/%h\"\n").contains("%u"));
+}
+
+fn parse_err(t: &str) -> String {
+    LoadedPolicy::parse(t, Path::new("/etc/slipway/policy.toml"))
+        .unwrap_err()
+        .to_string()
+}
+
+#[test]
 fn refusals_are_collected_before_anything_runs() {
     let mut req = request();
     req.binds = bind::parse_list("/etc:/etc2,relative:/x,/tmp:/a/../b,/no/such:/y").unwrap();

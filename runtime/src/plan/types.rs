@@ -53,6 +53,8 @@ pub struct Request {
     pub writable_tmpfs: bool,
     /// `--no-share`: one container per process even for the ranks of a parallel job.
     pub no_share: bool,
+    /// `--unpack`: run a SIF or squashfs image from its unpacked copy (`images.unpack`).
+    pub unpack: bool,
     /// `--nv` (`--container-nv`): the node's NVIDIA GPUs (those the job has) and driver.
     pub nv: bool,
     /// `--rocm` (`--container-rocm`): the same for AMD GPUs.
@@ -76,7 +78,7 @@ pub enum Mode {
 }
 
 /// How the image's root file system is made available.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case", tag = "how")]
 pub enum ImageMount {
     /// A directory, bind-mounted read-only.
@@ -91,6 +93,15 @@ pub enum ImageMount {
     Squashfuse {
         /// Where the squashfs lies in the file.
         span: Span,
+    },
+    /// Unpacked once (`unsquashfs`, as the user) into a directory of the user's under
+    /// `cache` named for the image file's identity, then bound read-only like a directory
+    /// image; later launches of the same file find it there (unprivileged mode).
+    Unpacked {
+        /// Where the squashfs lies in the file.
+        span: Span,
+        /// The user's unpacked-image directory (`images.unpack_dir`, `%u` replaced).
+        cache: PathBuf,
     },
 }
 

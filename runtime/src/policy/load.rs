@@ -15,7 +15,7 @@ use super::matching::{validate_env_name, validate_env_pattern, validate_path_glo
 use super::secure::{self, Untrusted};
 use super::validate::{
     validate_abs_path, validate_bind, validate_command, validate_dir, validate_env_value,
-    validate_opt_abs_path, validate_owner, validate_prefix, validate_size,
+    validate_opt_abs_path, validate_owner, validate_prefix, validate_size, validate_unpack_dir,
 };
 use super::{Policy, DEFAULT_POLICY_PATH};
 use crate::image::envfile::printable;
@@ -145,6 +145,8 @@ const SCHEMA: &[Section] = &[
             ("formats", Kind::EnumList(&["sif", "squashfs", "dir"])),
             ("kernel_mount", Kind::Enum(&["never", "trusted", "always"])),
             ("trusted_dirs", Kind::List(validate_dir)),
+            ("unpack", Kind::Enum(&["never", "on-request", "always"])),
+            ("unpack_dir", Kind::Str(validate_unpack_dir)),
         ],
     },
     Section {

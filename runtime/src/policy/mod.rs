@@ -153,6 +153,20 @@ pub enum KernelMount {
     Always,
 }
 
+/// `images.unpack`: whether an unprivileged launch may run a SIF or squashfs image from a
+/// directory it was unpacked into once (instead of squashfuse at every launch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Unpack {
+    /// Never: squashfuse at every unprivileged launch.
+    Never,
+    /// When the user asks (`--unpack`, `SLIPWAY_UNPACK=1`).
+    #[default]
+    OnRequest,
+    /// Every unprivileged launch of a SIF or squashfs image.
+    Always,
+}
+
 /// An image format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -182,7 +196,14 @@ pub struct Images {
     pub kernel_mount: KernelMount,
     /// Directories whose images count as trusted for `kernel_mount = "trusted"`.
     pub trusted_dirs: Vec<PathBuf>,
+    /// When unprivileged launches run an image from its unpacked copy.
+    pub unpack: Unpack,
+    /// Where a user's unpacked images are kept (`%u`: the uid): node-local storage.
+    pub unpack_dir: String,
 }
+
+/// The default `images.unpack_dir`.
+pub const DEFAULT_UNPACK_DIR: &str = "/var/tmp/slipway-%u/images";
 
 impl Default for Images {
     fn default() -> Self {
@@ -192,6 +213,8 @@ impl Default for Images {
             formats: vec![Format::Sif, Format::Squashfs, Format::Dir],
             kernel_mount: KernelMount::Trusted,
             trusted_dirs: Vec::new(),
+            unpack: Unpack::OnRequest,
+            unpack_dir: DEFAULT_UNPACK_DIR.to_string(),
         }
     }
 }

@@ -142,7 +142,7 @@ fn unknown_section_and_key() {
     assert_eq!(
         err("# comment\n[images]\nformats = [\"sif\"]\nallow = [\"/apps/*\"]\n"),
         "policy.toml:4: images.allow: unknown key; did you mean `allowed`? (keys in [images]: \
-         allowed, owners, formats, kernel_mount, trusted_dirs)"
+         allowed, owners, formats, kernel_mount, trusted_dirs, unpack, unpack_dir)"
     );
     assert_eq!(
         err("[tmp]\nmode = \"host\"\nsise = \"1g\"\n"),

@@ -42,6 +42,14 @@ pub(super) fn validate_dir(s: &str) -> Result<(), String> {
     Ok(())
 }
 
+pub(super) fn validate_unpack_dir(s: &str) -> Result<(), String> {
+    validate_dir(s)?;
+    if s.replace("%u", "").contains('%') {
+        return Err("the only placeholder is %u (the user's uid)".into());
+    }
+    Ok(())
+}
+
 pub(super) fn validate_abs_path(s: &str) -> Result<(), String> {
     no_control(s)?;
     if !s.starts_with('/') {
