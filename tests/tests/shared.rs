@@ -4,7 +4,8 @@
 //! Open MPI's vader uses for single-copy transfers, between two ranks (the probe,
 //! `tests/probe/cma_probe.c`). With `--no-share` each rank has its own user namespace and the
 //! same read fails (EPERM): the test can fail. The job is named as PMIx names it to its ranks
-//! (`PMIX_NAMESPACE`); the launches are the unprivileged user's.
+//! (`PMIX_NAMESPACE`); the launches are the unprivileged user's. When the last rank has gone,
+//! so have the keeper and the job's directory in the user's runtime directory.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -112,8 +113,7 @@ fn ranks_of_a_job_share_one_container_and_cma_works() {
         let _ = std::fs::remove_file(format!("{f}.done"));
     }
 
-    // The first rank ending at once does not take the container from the others, and the
-    // container goes when its last rank has: no keeper left.
+    // The first rank ending at once does not take the container from the others.
     let first = rank(
         &img,
         "job-d",
@@ -133,11 +133,43 @@ fn ranks_of_a_job_share_one_container_and_cma_works() {
         a,
         "a rank right after the first joined its container"
     );
+    // The container goes when its last rank has: no keeper left, and no directory of these
+    // jobs in the user's runtime directory.
+    assert_nothing_left(&["job-a", "job-b", "job-c", "job-d"]);
+}
+
+/// The entries of the test user's runtime directory (`/tmp/slipway-<uid>`: the tests' ranks
+/// have no `XDG_RUNTIME_DIR` of their own) left by this run's jobs named in `jobs`.
+fn job_dirs_left(jobs: &[&str]) -> Vec<String> {
+    let uid = run_ok(Command::new("id").args(["-u", USER]))
+        .trim()
+        .to_string();
+    let Ok(entries) = std::fs::read_dir(format!("/tmp/slipway-{uid}")) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| {
+            jobs.iter()
+                .any(|j| n.starts_with(&format!("{j}.{}-", std::process::id())))
+        })
+        .collect()
+}
+
+/// Waits (at most 15 s) until no keeper is left, then asserts that the jobs' directories
+/// went with their keepers.
+fn assert_nothing_left(jobs: &[&str]) {
     let t0 = Instant::now();
     while keepers() > 0 && t0.elapsed() < Duration::from_secs(15) {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(keepers(), 0, "a keeper outlived its ranks");
+    let left = job_dirs_left(jobs);
+    assert!(
+        left.is_empty(),
+        "per-job directories left in the runtime directory: {left:?}"
+    );
 }
 
 /// The key of `img`'s shared container for job `job` of the test user, from `explain`.
@@ -257,4 +289,6 @@ fn lock_holders_images_and_users() {
         !peek.status.success(),
         "another user can list the runtime directory"
     );
+    // Every keeper left and took its job's directory with it (job-e's was made by the test).
+    assert_nothing_left(&["job-e", "job-f", "job-g"]);
 }

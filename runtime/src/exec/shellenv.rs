@@ -201,23 +201,26 @@ fn run(plan: &Plan, script: &str) -> Result<Shell, String> {
     );
     let script = std::ffi::CString::new(format!("{script}echo {DONE} >&3\n"))
         .map_err(|_| "the action script has a NUL byte")?;
-    // The shell is pid 1 of a pid namespace of its own (one clone: whatever the scripts start
-    // dies with it); where the kernel refuses one, a process group of its own.
-    // SAFETY: the caller is single-threaded; the child only makes syscalls before exec or
-    // _exit (a raw clone without CLONE_VM is a fork that runs no atfork handler).
-    let (child, ns) = unsafe {
-        let pid = libc::syscall(
-            libc::SYS_clone,
-            libc::CLONE_NEWPID | libc::SIGCHLD,
-            0,
-            0,
-            0,
-            0,
-        );
-        if pid < 0 {
-            (libc::fork(), false)
-        } else {
-            (pid as libc::pid_t, true)
+    // The shell is pid 1 of a pid namespace of its own (whatever the scripts start dies with
+    // it); where the kernel refuses one, the leader of a process group of its own. A
+    // single-threaded caller clones it directly (a raw clone without CLONE_VM: a fork that
+    // runs no atfork handler). With threads (the image read-ahead helpers,
+    // [`super::prefetch`]), another thread may hold a lock (malloc's) at that moment, which
+    // only `fork(3)` resets in the child: the child forked that way then clones the shell.
+    let how = if threads() == 1 {
+        Start::Direct
+    } else {
+        Start::Via
+    };
+    // SAFETY: the children only make syscalls (and allocate in a single-threaded process)
+    // before exec or _exit.
+    let (child, how) = unsafe {
+        match how {
+            Start::Direct => match clone_newpid() {
+                pid if pid < 0 => (libc::fork(), Start::Group),
+                pid => (pid, Start::Direct),
+            },
+            _ => (libc::fork(), Start::Via),
         }
     };
     if child < 0 {
@@ -225,14 +228,21 @@ fn run(plan: &Plan, script: &str) -> Result<Shell, String> {
     }
     if child == 0 {
         drop((dump_rd, out_rd));
-        let code = shell_child(
-            plan,
-            &script,
-            &env,
-            ns,
-            dump_wr.as_raw_fd(),
-            out_wr.as_raw_fd(),
-        );
+        let (dump, out) = (dump_wr.as_raw_fd(), out_wr.as_raw_fd());
+        let code = match how {
+            Start::Direct => shell_child(plan, &script, &env, true, dump, out),
+            Start::Group => shell_child(plan, &script, &env, false, dump, out),
+            // SAFETY: this child is single-threaded.
+            Start::Via => match unsafe { clone_newpid() } {
+                0 => shell_child(plan, &script, &env, true, dump, out),
+                pid if pid > 0 => {
+                    drop((dump_wr, out_wr));
+                    // Killed, it takes the shell along (PDEATHSIG in shell_child).
+                    (reap(pid) >> 8) & 0xff
+                }
+                _ => shell_child(plan, &script, &env, false, dump, out),
+            },
+        };
         // SAFETY: leave the child without running destructors.
         unsafe { libc::_exit(code) };
     }
@@ -245,9 +255,15 @@ fn run(plan: &Plan, script: &str) -> Result<Shell, String> {
     ];
     let mut buf = [0u8; 65536];
     let kill = |why: String| {
-        // SAFETY: kill our own child: pid 1 of its namespace takes the namespace along;
-        // without one, its process group.
-        unsafe { libc::kill(if ns { child } else { -child }, libc::SIGKILL) };
+        // SAFETY: kill our own child: pid 1 of its namespace takes the namespace along (the
+        // go-between takes the shell along); a shell without one, its process group.
+        unsafe {
+            match how {
+                Start::Direct => libc::kill(child, libc::SIGKILL),
+                Start::Group => libc::kill(-child, libc::SIGKILL),
+                Start::Via => libc::kill(child, libc::SIGKILL) + libc::kill(-child, libc::SIGKILL),
+            }
+        };
         reap(child);
         Err(why)
     };
@@ -326,6 +342,37 @@ fn dump_env(body: &str) -> BTreeMap<String, String> {
         }
     }
     env
+}
+
+/// How the shell is started.
+#[derive(Clone, Copy)]
+enum Start {
+    /// Cloned into its pid namespace by the caller.
+    Direct,
+    /// Forked (no pid namespace allowed): a process group of its own.
+    Group,
+    /// Forked go-between that clones it (the caller has threads).
+    Via,
+}
+
+/// The calling process's thread count (`/proc/self/task`); 0 if unknown.
+fn threads() -> usize {
+    std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count())
+}
+
+/// `clone(CLONE_NEWPID)` as a fork: the child's pid in the caller, 0 in the child, -1.
+///
+/// # Safety
+/// The caller must be single-threaded (no atfork handler runs).
+unsafe fn clone_newpid() -> libc::pid_t {
+    libc::syscall(
+        libc::SYS_clone,
+        libc::CLONE_NEWPID | libc::SIGCHLD,
+        0,
+        0,
+        0,
+        0,
+    ) as libc::pid_t
 }
 
 fn reap(pid: libc::pid_t) -> i32 {

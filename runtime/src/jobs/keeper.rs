@@ -10,7 +10,7 @@
 
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 use std::time::Duration;
 
@@ -82,6 +82,11 @@ pub enum Lifetime {
 /// ranks that start a little after the first one ends still find its container.
 pub const IDLE_CHECKS: u32 = 3;
 
+/// How many times a task starts again when the directory of a shared container went while it
+/// waited for the lock ([`JobError::LockGone`]): each time, a keeper left just then; one
+/// retry is the rule.
+const RETRIES: u32 = 10;
+
 /// Joins the job's container on this node, starting its keeper first if none lives. On
 /// return the calling process is in the container (root and working directory its `/`).
 pub fn join_or_start(
@@ -108,23 +113,30 @@ pub fn join_or_start_in(
     host_env: &[(String, String)],
 ) -> Result<(), JobError> {
     let udir = udir.to_path_buf();
-    let lock_path = udir.join("lock");
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .read(true)
-        .write(true)
-        .mode(0o600)
-        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-        .open(&lock_path)
-        .map_err(|e| JobError::Io {
-            what: "open",
-            path: lock_path.clone(),
-            err: e,
-        })?;
-    // SAFETY: flock on an fd we own.
-    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } < 0 {
-        return Err(sys_err("flock", &lock_path));
-    }
+    let mut tries = 0;
+    let lock = loop {
+        match take_lock(&udir) {
+            // The keeper of a shared container left while this task waited, taking the
+            // directory with it (`remove_job_dir`): make it again and start a new container.
+            // Made 0700 by this user in the user's private runtime directory, which the
+            // caller checked (`shared::enter`), so it is as trustworthy as the first one.
+            Err(JobError::LockGone(_)) if lifetime == Lifetime::WhileUsed && tries < RETRIES => {
+                tries += 1;
+                match std::fs::DirBuilder::new().mode(0o700).create(&udir) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                    Err(err) => {
+                        return Err(JobError::Io {
+                            what: "mkdir",
+                            path: udir,
+                            err,
+                        })
+                    }
+                }
+            }
+            taken => break taken?,
+        }
+    };
     // SAFETY: getuid has no preconditions.
     let uid = unsafe { libc::getuid() };
     let pid = match recorded_keeper(&udir, Some(uid)) {
@@ -137,6 +149,113 @@ pub fn join_or_start_in(
     unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_UN) };
     drop(lock);
     joined
+}
+
+/// Opens `udir/lock` (made if missing) and takes it (`flock`, exclusive, waiting).
+///
+/// A [`Lifetime::WhileUsed`] keeper that leaves removes the lock file and its directory
+/// ([`remove_job_dir`]) while it holds the lock. A task that was waiting for that lock then
+/// holds an unlinked file that excludes nobody: it checks that the file it locked is still
+/// the one at `udir/lock` (same device and inode; the open fd keeps the inode from being
+/// reused) and answers [`JobError::LockGone`] when not, as when the directory is already gone
+/// at the open (`ENOENT`); the caller starts again from a fresh directory.
+pub fn take_lock(udir: &Path) -> Result<std::fs::File, JobError> {
+    let lock_path = udir.join("lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .read(true)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .open(&lock_path)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => JobError::LockGone(lock_path.clone()),
+            _ => JobError::Io {
+                what: "open",
+                path: lock_path.clone(),
+                err: e,
+            },
+        })?;
+    // SAFETY: flock on an fd we own.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } < 0 {
+        return Err(sys_err("flock", &lock_path));
+    }
+    use std::os::unix::fs::MetadataExt;
+    let held = lock.metadata().map_err(|e| JobError::Io {
+        what: "fstat",
+        path: lock_path.clone(),
+        err: e,
+    })?;
+    match std::fs::symlink_metadata(&lock_path) {
+        Ok(m) if m.dev() == held.dev() && m.ino() == held.ino() => Ok(lock),
+        Ok(_) => Err(JobError::LockGone(lock_path)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(JobError::LockGone(lock_path)),
+        Err(e) => Err(JobError::Io {
+            what: "stat",
+            path: lock_path,
+            err: e,
+        }),
+    }
+}
+
+/// What a leaving [`Lifetime::WhileUsed`] keeper removes, called with the lock held: its pid
+/// file, the container's environment memos (`env-*.json`, [`crate::exec::shellenv::Memo`]:
+/// they serve the processes of this container only, and none is left), the lock file, then
+/// the job's directory (`name` in `parent`) if it is still `udir` and now empty. Best effort:
+/// whatever cannot be removed stays, and the next rank uses it.
+///
+/// Why this never races a rank:
+/// - a rank that found this keeper (its pid file) holds the lock until its `setns` is done,
+///   so it has joined, and counts as a user, before the keeper can look (the idle checks);
+/// - a rank waiting for the lock gets it once the keeper lets go, sees that it holds an
+///   unlinked file ([`take_lock`]) and starts again: `mkdir` of a fresh directory, a new
+///   lock, a new keeper;
+/// - a rank between its `mkdir` and its `open` of the lock either finds the directory gone
+///   (`ENOENT`: it starts again) or creates a new lock file in it first, and then `rmdir`
+///   fails (`ENOTEMPTY`) and the directory stays for that rank;
+/// - `rmdir` removes only an empty directory, so nothing another rank made is ever lost.
+pub fn remove_job_dir(
+    udir: std::os::fd::BorrowedFd<'_>,
+    parent: std::os::fd::BorrowedFd<'_>,
+    name: &std::ffi::CStr,
+) {
+    // SAFETY: unlinkat and fstat/fstatat with open directory fds and NUL-terminated names;
+    // the stat buffers are plain old data.
+    let memos: Vec<std::ffi::CString> = nix::dir::Dir::openat(
+        Some(udir.as_raw_fd()),
+        ".",
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map(|mut d| {
+        d.iter()
+            .flatten()
+            .map(|e| e.file_name().to_owned())
+            .filter(|n| n.to_bytes().starts_with(b"env-") && n.to_bytes().ends_with(b".json"))
+            .collect()
+    })
+    .unwrap_or_default();
+    unsafe {
+        libc::unlinkat(udir.as_raw_fd(), c"keeper.pid".as_ptr(), 0);
+        // Flags 0: never a directory.
+        for m in &memos {
+            libc::unlinkat(udir.as_raw_fd(), m.as_ptr(), 0);
+        }
+        libc::unlinkat(udir.as_raw_fd(), c"lock".as_ptr(), 0);
+        let mut here: libc::stat = std::mem::zeroed();
+        let mut named: libc::stat = std::mem::zeroed();
+        if libc::fstat(udir.as_raw_fd(), &mut here) == 0
+            && libc::fstatat(
+                parent.as_raw_fd(),
+                name.as_ptr(),
+                &mut named,
+                libc::AT_SYMLINK_NOFOLLOW,
+            ) == 0
+            && (here.st_dev, here.st_ino) == (named.st_dev, named.st_ino)
+        {
+            libc::unlinkat(parent.as_raw_fd(), name.as_ptr(), libc::AT_REMOVEDIR);
+        }
+    }
 }
 
 /// `setns` into the keeper's user namespace, then its mount namespace.
@@ -193,6 +312,17 @@ fn start(
     };
     let dir_fd = open(dir)?;
     let udir_fd = open(udir)?;
+    // A keeper that leaves when unused removes its directory: it needs the parent's fd and
+    // the name (it cannot reach the host's paths from the container).
+    let parent = match (lifetime, udir.parent(), udir.file_name()) {
+        (Lifetime::WhileUsed, Some(p), Some(n)) => Some((
+            open(p)?,
+            std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(n)).map_err(|_| {
+                JobError::Container(format!("{}: a NUL in the name", udir.display()))
+            })?,
+        )),
+        _ => None,
+    };
     let own_lock = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -217,7 +347,18 @@ fn start(
             libc::close(lock);
             libc::setsid();
             match libc::fork() {
-                0 => keeper_main(plan, host_env, wr, dir_fd, udir_fd, own_lock, lifetime),
+                0 => keeper_main(
+                    plan,
+                    host_env,
+                    wr,
+                    Dirs {
+                        dir: dir_fd,
+                        udir: udir_fd,
+                        parent,
+                    },
+                    own_lock,
+                    lifetime,
+                ),
                 p if p > 0 => 0,
                 _ => 71,
             }
@@ -226,7 +367,7 @@ fn start(
         unsafe { libc::_exit(code) };
     }
     drop(wr);
-    drop((dir_fd, udir_fd, own_lock));
+    drop((dir_fd, udir_fd, own_lock, parent));
     let mut status = 0;
     // SAFETY: reaps the intermediate child.
     unsafe { libc::waitpid(child, &mut status, 0) };
@@ -248,17 +389,28 @@ fn start(
     }
 }
 
+/// The directories a keeper works in, open (it leaves the host's file system).
+struct Dirs {
+    /// The job's directory (`state.json`).
+    dir: std::fs::File,
+    /// The user's (pid file, lock).
+    udir: std::fs::File,
+    /// `udir`'s parent and its name there, for a [`Lifetime::WhileUsed`] keeper, which
+    /// removes `udir` when it leaves.
+    parent: Option<(std::fs::File, std::ffi::CString)>,
+}
+
 /// The keeper: build the container, say so, hold it until the job ends. Returns the exit
 /// code.
 fn keeper_main(
     plan: &Plan,
     host_env: &[(String, String)],
     answer: OwnedFd,
-    dir: std::fs::File,
-    udir: std::fs::File,
+    dirs: Dirs,
     lock: std::fs::File,
     lifetime: Lifetime,
 ) -> i32 {
+    let Dirs { dir, udir, parent } = dirs;
     let name = std::ffi::CString::new(KEEPER_NAME).expect("no NUL");
     // SAFETY: prctl with a valid string; dup2 onto the standard fds.
     unsafe {
@@ -350,8 +502,19 @@ fn keeper_main(
                 unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
                 idle = if users(pid) == 0 { idle + 1 } else { 0 };
                 if idle >= IDLE_CHECKS {
-                    // SAFETY: unlinkat relative to an open directory fd.
-                    unsafe { libc::unlinkat(udir.as_raw_fd(), c"keeper.pid".as_ptr(), 0) };
+                    match &parent {
+                        Some((p, name)) => remove_job_dir(udir.as_fd(), p.as_fd(), name),
+                        // SAFETY: unlinkat relative to an open directory fd.
+                        None => unsafe {
+                            libc::unlinkat(udir.as_raw_fd(), c"keeper.pid".as_ptr(), 0);
+                        },
+                    }
+                    // Let go before the teardown: the pid file is gone (and the lock file with
+                    // it), so a rank that comes now starts a container of its own. Unlocked
+                    // explicitly, as the tasks do (a child could share the open file).
+                    // SAFETY: flock on an fd we own.
+                    unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_UN) };
+                    drop(lock);
                     break;
                 }
                 // SAFETY: as above.
@@ -394,4 +557,66 @@ fn users(pid: libc::pid_t) -> usize {
             !after.starts_with('Z') && ppid != pid
         })
         .count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    fn fds(dir: &Path) -> (std::fs::File, std::fs::File, std::ffi::CString) {
+        let name = dir.file_name().unwrap().to_str().unwrap();
+        (
+            std::fs::File::open(dir).unwrap(),
+            std::fs::File::open(dir.parent().unwrap()).unwrap(),
+            std::ffi::CString::new(name).unwrap(),
+        )
+    }
+
+    /// A task waiting for the lock of a directory its keeper removes learns that it holds a
+    /// dead lock, and so does one that comes after; the directory is gone.
+    #[test]
+    fn a_removed_lock_is_never_taken_for_the_live_one() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("job-1-abc");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("keeper.pid"), "1\n").unwrap();
+        std::fs::write(dir.join("env-0123abcd.json"), "{}").unwrap();
+        let held = take_lock(&dir).unwrap();
+        let waiter = {
+            let dir = dir.clone();
+            std::thread::spawn(move || take_lock(&dir).map(|_| ()))
+        };
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(!waiter.is_finished(), "the waiter waits for the lock");
+        let (udir, parent, name) = fds(&dir);
+        remove_job_dir(udir.as_fd(), parent.as_fd(), &name);
+        drop(held);
+        assert!(matches!(waiter.join().unwrap(), Err(JobError::LockGone(_))));
+        assert!(!dir.exists(), "the directory went, with the memo");
+        assert!(matches!(take_lock(&dir), Err(JobError::LockGone(_))));
+    }
+
+    /// Only an empty directory goes, and only the one the keeper has.
+    #[test]
+    fn only_the_keepers_own_empty_directory_goes() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("job-2-abc");
+        std::fs::create_dir(&dir).unwrap();
+        drop(take_lock(&dir).unwrap());
+        std::fs::write(dir.join("keeper.pid"), "1\n").unwrap();
+        std::fs::write(dir.join("other"), "").unwrap();
+        let (udir, parent, name) = fds(&dir);
+        remove_job_dir(udir.as_fd(), parent.as_fd(), &name);
+        assert!(dir.join("other").exists());
+        assert!(!dir.join("lock").exists() && !dir.join("keeper.pid").exists());
+
+        // The name now holds another directory (made after this one was renamed away): it stays.
+        std::fs::remove_file(dir.join("other")).unwrap();
+        std::fs::rename(&dir, t.path().join("old")).unwrap();
+        std::fs::create_dir(&dir).unwrap();
+        remove_job_dir(udir.as_fd(), parent.as_fd(), &name);
+        assert!(dir.exists(), "another directory at the name is left alone");
+        assert!(t.path().join("old").exists());
+    }
 }

@@ -54,6 +54,15 @@ pub enum JobError {
     /// The container could not be built or joined.
     #[error("{0}")]
     Container(String),
+    /// The lock (or the directory holding it) was removed while the task waited for it: the
+    /// container's keeper left (a shared container, [`super::shared`]) or the job ended. For
+    /// a shared container, taking the lock again from a fresh directory is the answer.
+    #[error(
+        "{}: removed while this task waited for it (the container's keeper left, or the job \
+         ended)",
+        .0.display()
+    )]
+    LockGone(PathBuf),
 }
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> JobError + 'a {
