@@ -33,7 +33,7 @@ for p in mpicc srun python3 mksquashfs squashfuse_ll; do
     command -v "$p" >/dev/null || { echo "bench/mpi-app.sh: $p not found" >&2; exit 1; }
 done
 export SLIPWAY_CLUSTER_DIR=/tmp/slipway-bench-mpiapp SLIPWAY_CLUSTER_NAME=slipo \
-    SLIPWAY_CLUSTER_BRIDGE=slipobr0 SLIPWAY_CLUSTER_NET=10.77.5
+    SLIPWAY_CLUSTER_BRIDGE=slipobr0 SLIPWAY_CLUSTER_NET=10.77.7
 USER_=${SLIPWAY_CLUSTER_USER:-slipuser}
 chmod 0666 /dev/fuse
 cargo build --quiet --release -p slipway >&2
