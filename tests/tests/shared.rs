@@ -292,3 +292,62 @@ fn lock_holders_images_and_users() {
     // Every keeper left and took its job's directory with it (job-e's was made by the test).
     assert_nothing_left(&["job-e", "job-f", "job-g"]);
 }
+
+/// A launcher that says how many ranks run on the node (srun's `SLURM_STEP_TASKS_PER_NODE`
+/// and `SLURM_NODEID`, mpirun's `OMPI_COMM_WORLD_LOCAL_SIZE`): the keeper leaves as soon as
+/// the last of them has joined (under Slurm a keeper that outlives the tasks costs the step a
+/// second), while the ranks go on running in the container they share. Without the count
+/// (the first test) the keeper stays while they run: this test can fail.
+#[test]
+fn keeper_leaves_once_the_announced_ranks_joined() {
+    let Some(img) = image() else {
+        return skip("needs root, gcc (static glibc), setpriv and /bin/busybox (busybox-static)");
+    };
+    let job = "job-n";
+    let ranks: Vec<Child> = (0..3)
+        .map(|_| {
+            Command::new("setpriv")
+                .args(["--reuid", USER, "--regid", USER, "--init-groups"])
+                .arg(slipway_bin())
+                .arg("exec")
+                .arg(&img)
+                .args(["sh", "-c", "readlink /proc/self/ns/mnt; sleep 3"])
+                .env("PMIX_NAMESPACE", format!("{job}.{}", std::process::id()))
+                .env("SLURM_STEP_TASKS_PER_NODE", "3(x2)")
+                .env("SLURM_NODEID", "1")
+                .current_dir("/")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    // Each rank prints its namespace once it runs its command: the last one told the keeper
+    // to go and waited for it before that. So when all three have printed, the keeper and
+    // the job's directory are gone, and the ranks (sleeping 3 s) still run.
+    let mut ranks = ranks;
+    let mut seen = Vec::new();
+    for r in ranks.iter_mut() {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(r.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        seen.push(line);
+    }
+    assert!(
+        seen.iter().all(|s| s == &seen[0] && !s.is_empty()),
+        "{seen:?}"
+    );
+    assert!(
+        job_dirs_left(&[job]).is_empty(),
+        "the keeper is still there after every announced rank joined"
+    );
+    for r in ranks.iter_mut() {
+        assert!(r.try_wait().unwrap().is_none(), "a rank ended early");
+    }
+    for r in ranks {
+        out(r);
+    }
+    assert_nothing_left(&[job]);
+}

@@ -233,13 +233,13 @@ fn libc_geteuid() -> u32 {
 /// Prepares and enters the container, then execs; returns only on failure.
 fn launch(plan: Plan, host: HostFacts) -> anyhow::Result<u8> {
     plan.check()?;
-    let env = match &plan.shared {
+    let (env, release) = match &plan.shared {
         Some(shared) => {
             // A rank of a parallel job: join (or create) the node's container of the job.
             // The job's directory, opened first: the ranks share what the image's shell gave.
             let dir = slipway_runtime::jobs::shared::job_dir(&shared.key, &plan, &host.env)?;
             let memo = exec::shellenv::Memo::open(&dir).ok();
-            slipway_runtime::jobs::shared::enter(&shared.key, &plan, &host.env)?;
+            let release = slipway_runtime::jobs::shared::enter(&shared.key, &plan, &host.env)?;
             let root = std::fs::File::open("/").context("open /")?;
             let scripts = exec::read_env_scripts_in_container(std::os::fd::AsFd::as_fd(&root));
             let (env, told) =
@@ -254,7 +254,7 @@ fn launch(plan: Plan, host: HostFacts) -> anyhow::Result<u8> {
                     eprintln!("slipway: warning: {w}");
                 }
             }
-            env
+            (env, release)
         }
         None => {
             let prepared =
@@ -262,9 +262,14 @@ fn launch(plan: Plan, host: HostFacts) -> anyhow::Result<u8> {
             for w in &prepared.warnings {
                 eprintln!("slipway: warning: {w}");
             }
-            prepared.env.clone()
+            (prepared.env.clone(), None)
         }
     };
+    // The last rank of the node: the keeper goes now, before the ranks can end (under Slurm a
+    // keeper outliving its step's tasks costs the step a second).
+    if let Some(r) = release {
+        r.go();
+    }
     exec::drop_identity(&plan)?;
     if let Some(w) = exec::chdir(&plan)? {
         eprintln!("slipway: warning: {w}");

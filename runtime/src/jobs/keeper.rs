@@ -14,6 +14,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 use std::time::Duration;
 
+use super::depart;
 use super::state::{JobDir, JobError};
 use crate::exec::{self, sys::Linux};
 use crate::plan::Plan;
@@ -98,20 +99,25 @@ pub fn join_or_start(
         &dir.path,
         &dir.user_dir(),
         Lifetime::UntilEnd,
+        None,
         plan,
         host_env,
     )
+    .map(|_| ())
 }
 
 /// [`join_or_start`] with the lock and pid in `udir` (the user's), for a keeper that watches
-/// `dir` (its `state.json`, for [`Lifetime::UntilEnd`]).
+/// `dir` (its `state.json`, for [`Lifetime::UntilEnd`]). With `expected` (the ranks of the
+/// job on this node, [`Lifetime::WhileUsed`]), the joins are counted and the last rank gets
+/// the keeper's [`depart::Release`]: it tells the keeper to go before it execs.
 pub fn join_or_start_in(
     dir: &Path,
     udir: &Path,
     lifetime: Lifetime,
+    expected: Option<u32>,
     plan: &Plan,
     host_env: &[(String, String)],
-) -> Result<(), JobError> {
+) -> Result<Option<depart::Release>, JobError> {
     let udir = udir.to_path_buf();
     let mut tries = 0;
     let lock = loop {
@@ -139,16 +145,27 @@ pub fn join_or_start_in(
     };
     // SAFETY: getuid has no preconditions.
     let uid = unsafe { libc::getuid() };
+    // Not when a squashfuse serves the image: it dies with the keeper (PDEATHSIG).
+    let daemon = matches!(plan.image.mount, crate::plan::ImageMount::Squashfuse { .. });
+    let expected = expected.filter(|_| lifetime == Lifetime::WhileUsed && !daemon);
     let pid = match recorded_keeper(&udir, Some(uid)) {
         Some(pid) => pid,
-        None => start(dir, &udir, lifetime, plan, host_env, lock.as_raw_fd())?,
+        None => {
+            depart::reset(&udir);
+            start(dir, &udir, lifetime, plan, host_env, lock.as_raw_fd())?
+        }
+    };
+    // Counted (and the keeper's handle taken) while the lock keeps the keeper here.
+    let release = match expected.map(|n| (n, depart::count_join(&udir))) {
+        Some((n, Ok(c))) if c >= n => depart::Release::new(pid),
+        _ => None,
     };
     let joined = join(pid);
     // Unlocked explicitly: a flock belongs to the open file, which a child could share.
     // SAFETY: flock on an fd we own.
     unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_UN) };
     drop(lock);
-    joined
+    joined.map(|()| release)
 }
 
 /// Opens `udir/lock` (made if missing) and takes it (`flock`, exclusive, waiting).
@@ -237,6 +254,7 @@ pub fn remove_job_dir(
     .unwrap_or_default();
     unsafe {
         libc::unlinkat(udir.as_raw_fd(), c"keeper.pid".as_ptr(), 0);
+        libc::unlinkat(udir.as_raw_fd(), c"joined".as_ptr(), 0);
         // Flags 0: never a directory.
         for m in &memos {
             libc::unlinkat(udir.as_raw_fd(), m.as_ptr(), 0);
@@ -477,10 +495,38 @@ fn keeper_main(
     let _ = out.write_all(format!("ok {pid}\n").as_bytes());
     drop(out);
     // Hold the container: until the job's state is removed (end), or while it is used,
-    // checking every second.
+    // checking every second; a WhileUsed keeper also until its last rank tells it to go
+    // ([`depart`]).
     let mut idle = 0;
+    let may_go = lifetime == Lifetime::WhileUsed
+        && !matches!(plan.image.mount, crate::plan::ImageMount::Squashfuse { .. });
+    if may_go {
+        depart::block_go();
+    }
     loop {
-        std::thread::sleep(Duration::from_secs(1));
+        let go = if may_go {
+            depart::tick(Duration::from_secs(1))
+        } else {
+            std::thread::sleep(Duration::from_secs(1));
+            false
+        };
+        if go {
+            // Every rank counted has joined: the container lives on in them. Leave without
+            // tearing it down; the directory goes as when unused.
+            // SAFETY: flock on an fd we own.
+            unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
+            match &parent {
+                Some((p, name)) => remove_job_dir(udir.as_fd(), p.as_fd(), name),
+                // SAFETY: unlinkat relative to an open directory fd.
+                None => unsafe {
+                    libc::unlinkat(udir.as_raw_fd(), c"keeper.pid".as_ptr(), 0);
+                },
+            }
+            // SAFETY: as above.
+            unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_UN) };
+            std::mem::forget(prepared);
+            return 0;
+        }
         match lifetime {
             Lifetime::UntilEnd => {
                 // SAFETY: faccessat relative to an open directory fd.

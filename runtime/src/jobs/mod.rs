@@ -19,6 +19,7 @@
 //! - [`shared`]: the same keeper for the hybrid model (`mpirun slipway exec`): no root part;
 //!   the container lives while its ranks use it.
 
+pub mod depart;
 pub mod keeper;
 pub mod shared;
 mod state;

@@ -114,9 +114,22 @@ fn mine(dir: &Path, uid: u32) -> Result<(), JobError> {
 
 /// Joins (or creates) the node's container of this rank's job. On return the caller is in the
 /// container. `key`: from [`key`].
-pub fn enter(key: &str, plan: &Plan, host_env: &[(String, String)]) -> Result<(), JobError> {
+/// The last rank the launcher announced for this node gets the keeper's
+/// [`super::depart::Release`]: it calls `go` just before it execs.
+pub fn enter(
+    key: &str,
+    plan: &Plan,
+    host_env: &[(String, String)],
+) -> Result<Option<super::depart::Release>, JobError> {
     let dir = job_dir(key, plan, host_env)?;
-    keeper::join_or_start_in(&dir, &dir, Lifetime::WhileUsed, plan, host_env)
+    keeper::join_or_start_in(
+        &dir,
+        &dir,
+        Lifetime::WhileUsed,
+        super::depart::expected_local(host_env),
+        plan,
+        host_env,
+    )
 }
 
 /// The private directory of the job's container on this node (made if missing, checked):
