@@ -159,6 +159,50 @@ fn hybrid_mpi_in_cluster() {
         "CMA worked across user namespaces?\n{both}"
     );
 
+    // The image unpacked once per node (`--unpack`): no squashfuse; the ranks of a node still
+    // share one container (the 4 MiB CMA message), and srun's count of the node's tasks lets
+    // its keeper leave once they have all joined.
+    let tmp = dir.join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    run_ok(Command::new("chmod").arg("1777").arg(&tmp));
+    let policy = dir.join("unpack.toml");
+    std::fs::write(
+        &policy,
+        format!("[images]\nunpack_dir = \"{}/u-%u\"\n", tmp.display()),
+    )
+    .unwrap();
+    let pol = policy.display().to_string();
+    let out = vader(&["--policy", &pol, "--unpack"]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{}\n{text}", stderr(&out));
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("rank=")).collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert_eq!(field(lines[0], "mntns"), field(lines[1], "mntns"), "{text}");
+    assert!(text.contains("received=ok"), "{text}");
+    let out = run(&mut cluster.user(&[
+        "srun",
+        "--mpi=pmix",
+        "-N2",
+        "-n4",
+        &slipway,
+        "exec",
+        "--policy",
+        &pol,
+        "--unpack",
+        &img,
+        "/usr/local/bin/mpi_hello",
+    ]));
+    let text = stdout(&out);
+    assert!(out.status.success(), "{}\n{text}", stderr(&out));
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("rank=")).collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    assert!(lines
+        .iter()
+        .all(|l| field(l, "sum") == "6" && field(l, "marker") == "slipway-mpi-image"));
+    assert_eq!(squashfuses(&image), 0, "--unpack started a squashfuse");
+    let unpacked: Vec<_> = std::fs::read_dir(&tmp).unwrap().flatten().collect();
+    assert_eq!(unpacked.len(), 1, "one user's copies: {unpacked:?}");
+
     // One squashfuse per node while a step runs, none after.
     let mut step = cluster.user(&[
         "srun",
