@@ -7,7 +7,7 @@
 # for the other commands, and the probe as the application, dynamic as applications in images
 # are (it loads the image's libc, as the image's shell does: read from a fresh squashfs mount,
 # libc is most of what either costs); interleaved (bench/interleave.py):
-#   none       no /.singularity.d/env at all (the launch before any evaluation: the reference)
+#   none       an empty /.singularity.d/env (nothing to evaluate: the reference)
 #   plain      Apptainer-style exports only (the Rust evaluator: no shell)
 #   stock      the environment files of an image Apptainer's predecessor built (taken from
 #              ../shared/fixtures/apptainer/busybox_amd64.sif at run time: recognised stock
@@ -52,7 +52,7 @@ for img in none plain stock conda; do
   echo 'root:x:0:' > "$d/etc/group"
   touch "$d/etc/hosts" "$d/etc/resolv.conf"
 done
-mkdir -p "$W/plain/.singularity.d/env" "$W/conda/.singularity.d/env"
+mkdir -p "$W/none/.singularity.d/env" "$W/plain/.singularity.d/env" "$W/conda/.singularity.d/env"
 # The stock files, as Apptainer's predecessor wrote them into the fixture.
 OFF=$("$SLIPWAY" inspect --json "$FIXTURE" | python3 -c 'import json,sys; print(json.load(sys.stdin)["image"]["squashfs"]["offset"])')
 unsquashfs -q -n -o "$OFF" -d "$W/fixture" "$FIXTURE" .singularity.d/env >/dev/null
@@ -92,22 +92,29 @@ AS_USER="setpriv --reuid=$U --regid=$G --clear-groups"
 export USER=sliptest HOME=/home/sliptest
 cd /
 K="--policy $W/trusted.toml"
-cmds=("none=$SLIPWAY exec $W/none /bin/probe"
+# Two groups, each interleaved on its own: a launch that mounts a SIF leaves its teardown
+# (squashfuse's exit, the loop device's release) running behind it, which would fall on
+# whichever directory launch comes next.
+dirs=("none=$SLIPWAY exec $W/none /bin/probe"
       "plain=$SLIPWAY exec $W/plain /bin/probe"
       "stock=$SLIPWAY exec $W/stock /bin/probe"
       "conda=$SLIPWAY exec $W/conda /bin/probe"
-      "ch-run conda=ch-run $W/conda -- /bin/probe"
-      "none sif=$SLIPWAY exec $K $W/none.sif /bin/probe"
+      "ch-run conda=ch-run $W/conda -- /bin/probe")
+sifs=("none sif=$SLIPWAY exec $K $W/none.sif /bin/probe"
       "conda sif=$SLIPWAY exec $K $W/conda.sif /bin/probe"
       "ch-run conda squashfs=ch-run $W/conda.sqfs -- /bin/probe"
       "none sif (user)=$AS_USER $SLIPWAY exec $W/none.sif /bin/probe"
       "conda sif (user)=$AS_USER $SLIPWAY exec $W/conda.sif /bin/probe"
       "ch-run conda squashfs (user)=$AS_USER ch-run $W/conda.sqfs -- /bin/probe")
-python3 "$BENCH/interleave.py" --warmup 20 --runs "$RUNS" --json "$W/results.json" --log "$W/main.log" \
-  "${cmds[@]}" || { echo "bench/env.sh: a command failed:" >&2; tail -5 "$W/main.log" >&2; exit 1; }
-python3 - "$W/results.json" <<'PY'
+for group in dirs sifs; do
+  declare -n list=$group
+  python3 "$BENCH/interleave.py" --warmup 20 --runs "$RUNS" --json "$W/$group.json" --log "$W/main.log" \
+    "${list[@]}" || { echo "bench/env.sh: a command failed:" >&2; tail -5 "$W/main.log" >&2; exit 1; }
+done
+python3 - "$W/dirs.json" "$W/sifs.json" <<'PY'
 import json, sys
-med = {x["command"]: x["median"] * 1000 for x in json.load(open(sys.argv[1]))["results"]}
+med = {x["command"]: x["median"] * 1000
+       for f in sys.argv[1:] for x in json.load(open(f))["results"]}
 for k, v in med.items():
     print(f"{k:30} {v:8.3f} ms")
 print(f"plain exports (Rust evaluator) add {med['plain'] - med['none']:.3f} ms; "
