@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Scale benchmark (issue 16, first part): `srun -N{n} -n{n}` of a trivial static program,
 # bare and with `--container=img.sif` (the SPANK plugin), on the local test cluster at several
-# sizes, interleaved per size; medians, ratios, and the plugin's per-node prepare and per-task
-# join times from slurmd's logs, in one table.
+# sizes, interleaved per size; medians, ratios, and the plugin's per-node prepare and teardown
+# and per-task join times from slurmd's logs, in one table.
 #
-#   bench/scale.sh [RUNS] [SIZES...]     (as root; default 10 runs, sizes 4 16)
+#   bench/scale.sh [RUNS] [SIZES...]     (as root; default 10 runs, sizes 4 16; up to 128 nodes)
 #
 # Every node is a slurmd in its own network namespace on this one machine (2 cores here): the
 # nodes' prepares share its cores, its kernel (loop devices, mounts) and its page cache, which
@@ -54,12 +54,15 @@ bare, cont = med("bare"), med("cont")
 logs = open(f"{w}/logs.txt").read()
 join = sorted(int(x) for x in re.findall(r"slipway-timing: task \d+ join (\d+) us", logs))
 prep = sorted(int(x) for x in re.findall(r"slipway-timing: job \d+ step \d+ prepare (\d+) us", logs))
+tear = sorted(int(x) for x in re.findall(r"slipway-timing: teardown (\d+) us", logs))
 jm = statistics.median(join) if join else 0
 pm = statistics.median(prep) / 1000 if prep else 0
 px = prep[-1] / 1000 if prep else 0
-print(f"{n:>5} {bare:9.1f} {cont:9.1f} {cont / bare:6.2f} {pm:9.1f} {px:9.1f} {jm:8.0f}")
+tm = statistics.median(tear) / 1000 if tear else 0
+tx = tear[-1] / 1000 if tear else 0
+print(f"{n:>5} {bare:9.1f} {cont:9.1f} {cont / bare:6.2f} {pm:9.1f} {px:9.1f} {tm:9.1f} {tx:9.1f} {jm:8.0f}")
 PY
     tests/cluster/cluster.sh down >&2
 done
-echo "nodes   bare ms  cont. ms  ratio  prep med  prep max  join us"
+echo "nodes   bare ms  cont. ms  ratio  prep med  prep max  tear med  tear max  join us"
 cat "$W/table.txt"

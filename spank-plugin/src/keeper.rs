@@ -144,6 +144,7 @@ impl Keeper {
 
     /// Ends the keeper (closing the socket is its signal) and reaps it.
     fn stop(&mut self) {
+        let t = Instant::now();
         drop(self.sock.take());
         if self.pid > 0 {
             let mut status = 0;
@@ -156,6 +157,14 @@ impl Keeper {
                 }
             }
             self.pid = 0;
+            // The container's teardown as slurmstepd waits for it (bench/scale.sh reads it).
+            #[cfg(not(test))]
+            crate::ffi::log_verbose(&format!(
+                "slipway-timing: teardown {} us",
+                t.elapsed().as_micros()
+            ));
+            #[cfg(test)]
+            let _ = t;
         }
     }
 }

@@ -190,7 +190,8 @@ show_logs() {
 
 cmd_up() {
     local n=${1:-4}
-    [[ $n =~ ^[1-9][0-9]?$ && $n -le 50 ]] || die "node count must be 1..50, got '$n'"
+    # Addresses $NET.11 .. $NET.(10+N) on the bridge: at most 128 nodes (a slurmd is ~10 MiB).
+    [[ $n =~ ^[1-9][0-9]{0,2}$ && $n -le 128 ]] || die "node count must be 1..128, got '$n'"
     [[ $(id -u) == 0 ]] || die "needs root"
     local p
     for p in munged slurmctld slurmd sinfo srun nsenter unshare ip; do
