@@ -48,7 +48,11 @@ $RUN "$SLIPWAY" exec --policy "$W/policy.toml" --unpack "$W/mpi.sif" /usr/local/
 # the ranks, 4 per node): the issue's `mpirun -np 8`.
 MPIRUN="runuser -u $USER_ -- env SLURM_CONF=$SLURM_CONF salloc -Q -N2 -n8 --overcommit mpirun -np 8 --oversubscribe --mca btl self,vader,tcp"
 $MPIRUN "$W/mpi_hello" >/dev/null
+# Before each run (untimed): until the previous run's job has left the queue (a step whose
+# processes outlive its tasks keeps its job completing, and the next allocation would wait).
+SETTLE="until [ -z \"\$(env SLURM_CONF=$SLURM_CONF squeue -h)\" ]; do sleep 0.05; done"
 python3 "$ROOT/bench/interleave.py" --warmup 2 --runs "$RUNS" --json "$W/results.json" --log "$W/main.log" \
+  --before "$SETTLE" \
   "bare=$RUN $W/mpi_hello" \
   "slipway exec=$RUN $SLIPWAY exec $W/mpi.sif /usr/local/bin/mpi_hello" \
   "slipway exec --unpack=$RUN $SLIPWAY exec --policy $W/policy.toml --unpack $W/mpi.sif /usr/local/bin/mpi_hello" \

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Whole-process launch timings, interleaved.
 
-    interleave.py [--runs N] [--warmup W] [--log FILE] [--json FILE] NAME=COMMAND...
+    interleave.py [--runs N] [--warmup W] [--log FILE] [--json FILE] [--before CMD] NAME=COMMAND...
 
 Each round runs every command once (the order rotated from round to round), so slow drift of a
 shared machine (other jobs, page cache, frequency) falls on all commands alike instead of on
@@ -15,6 +15,7 @@ import json
 import os
 import shlex
 import statistics
+import subprocess
 import sys
 import time
 
@@ -25,6 +26,8 @@ def main():
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--log", default=os.devnull)
     ap.add_argument("--json")
+    ap.add_argument("--before", help="a shell command run, untimed, before every run (e.g. "
+                    "wait until the cluster is idle, so that no run pays for the one before)")
     ap.add_argument("commands", nargs="+", metavar="NAME=COMMAND")
     a = ap.parse_args()
     cmds = []
@@ -39,6 +42,8 @@ def main():
     for r in range(a.warmup + a.runs):
         k = r % len(cmds)
         for name, argv in cmds[k:] + cmds[:k]:
+            if a.before:
+                subprocess.run(a.before, shell=True, check=True)
             t0 = time.perf_counter_ns()
             pid = os.posix_spawnp(argv[0], argv, os.environ, file_actions=actions)
             _, status = os.waitpid(pid, 0)

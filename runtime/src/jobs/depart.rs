@@ -22,7 +22,9 @@ use std::time::Duration;
 /// The most the last rank waits for the keeper to go.
 pub const GO_WAIT: Duration = Duration::from_secs(1);
 
-/// How many ranks of this job run on this node, when the launcher says.
+/// How many ranks of this job run on this node, when the launcher says. Open MPI's daemon
+/// first: its ranks also inherit the Slurm variables of the daemon's own step (one task per
+/// node), which count the daemons, not the ranks.
 pub fn expected_local(env: &[(String, String)]) -> Option<u32> {
     let get = |k: &str| {
         env.iter()
@@ -30,16 +32,11 @@ pub fn expected_local(env: &[(String, String)]) -> Option<u32> {
             .find(|(n, _)| n == k)
             .map(|(_, v)| v.as_str())
     };
-    if let (Some(list), Some(node)) = (
-        get("SLURM_STEP_TASKS_PER_NODE").or_else(|| get("SLURM_TASKS_PER_NODE")),
-        get("SLURM_NODEID"),
-    ) {
-        return tasks_on_node(list, node.parse().ok()?);
+    if let Some(n) = get("OMPI_COMM_WORLD_LOCAL_SIZE") {
+        return n.parse().ok().filter(|n| *n > 0);
     }
-    get("OMPI_COMM_WORLD_LOCAL_SIZE")?
-        .parse()
-        .ok()
-        .filter(|n| *n > 0)
+    let list = get("SLURM_STEP_TASKS_PER_NODE").or_else(|| get("SLURM_TASKS_PER_NODE"))?;
+    tasks_on_node(list, get("SLURM_NODEID")?.parse().ok()?)
 }
 
 /// Slurm's compressed task counts (`2(x3),1`: 2 on each of the first three nodes, 1 on the
@@ -179,6 +176,15 @@ mod tests {
             Some(8)
         );
         assert_eq!(expected_local(&env(&[("PMIX_NAMESPACE", "x")])), None);
+        // mpirun's ranks under Slurm: orted's step has one task per node.
+        assert_eq!(
+            expected_local(&env(&[
+                ("SLURM_STEP_TASKS_PER_NODE", "1(x2)"),
+                ("SLURM_NODEID", "0"),
+                ("OMPI_COMM_WORLD_LOCAL_SIZE", "4")
+            ])),
+            Some(4)
+        );
     }
 
     #[test]

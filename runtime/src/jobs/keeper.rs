@@ -429,6 +429,13 @@ fn keeper_main(
     lifetime: Lifetime,
 ) -> i32 {
     let Dirs { dir, udir, parent } = dirs;
+    // Told to go (SIGUSR1, [`depart`]) only once it holds the container; blocked from the
+    // start, so that a quick rank that joined never kills it before it waits for the signal.
+    if lifetime == Lifetime::WhileUsed
+        && !matches!(plan.image.mount, crate::plan::ImageMount::Squashfuse { .. })
+    {
+        depart::block_go();
+    }
     let name = std::ffi::CString::new(KEEPER_NAME).expect("no NUL");
     // SAFETY: prctl with a valid string; dup2 onto the standard fds.
     unsafe {
@@ -500,9 +507,6 @@ fn keeper_main(
     let mut idle = 0;
     let may_go = lifetime == Lifetime::WhileUsed
         && !matches!(plan.image.mount, crate::plan::ImageMount::Squashfuse { .. });
-    if may_go {
-        depart::block_go();
-    }
     loop {
         let go = if may_go {
             depart::tick(Duration::from_secs(1))
