@@ -8,6 +8,7 @@
 pub mod bind;
 mod devices;
 pub mod environment;
+mod image;
 mod paths;
 mod render;
 mod slurmclient;
@@ -22,7 +23,7 @@ pub use types::*;
 
 use crate::host::HostFacts;
 use crate::image::Image;
-use crate::policy::{Format, LoadedPolicy, PolicySource, TmpMode, User};
+use crate::policy::{LoadedPolicy, PolicySource, TmpMode, User};
 
 /// `PATH` inside the container before the image's scripts run (Apptainer's default); the
 /// host's `PATH` names host directories and is not passed.
@@ -88,69 +89,11 @@ pub fn build(
         // names it once.
         refuse(&mut refused, r.subject, r.reason, r.rule);
     }
-    let (mount, rule, reason) = match (image.format, image.squashfs) {
-        (Format::Dir, _) => (
-            ImageMount::Directory,
-            BASE.to_string(),
-            "a directory image is bind-mounted read-only".to_string(),
-        ),
-        (_, Some(span)) => {
-            if mode == Mode::Privileged {
-                let d = policy.kernel_mount(image);
-                if d.allowed {
-                    (ImageMount::KernelLoop { span }, d.rule, d.reason)
-                } else {
-                    (ImageMount::Squashfuse { span }, d.rule, d.reason)
-                }
-            } else {
-                use crate::policy::Unpack;
-                let images = &policy.policy.images;
-                match (images.unpack, req.unpack) {
-                    (Unpack::Always, _) | (Unpack::OnRequest, true) => (
-                        ImageMount::Unpacked {
-                            span,
-                            cache: std::path::PathBuf::from(
-                                images.unpack_dir.replace("%u", &host.user.uid.to_string()),
-                            ),
-                        },
-                        "images.unpack".to_string(),
-                        if images.unpack == Unpack::Always {
-                            "images.unpack is \"always\": unpacked once, then bound as a \
-                             directory (no squashfuse per launch)"
-                        } else {
-                            "--unpack: unpacked once, then bound as a directory (no squashfuse \
-                             per launch)"
-                        }
-                        .to_string(),
-                    ),
-                    (Unpack::Never, true) => {
-                        refuse(
-                            &mut refused,
-                            "--unpack".into(),
-                            "the policy does not allow unpacking images (images.unpack = \
-                             \"never\"): run without --unpack"
-                                .into(),
-                            "images.unpack".into(),
-                        );
-                        (
-                            ImageMount::Squashfuse { span },
-                            "images.unpack".to_string(),
-                            "unprivileged: the kernel mounts squashfs only for root".to_string(),
-                        )
-                    }
-                    _ => (
-                        ImageMount::Squashfuse { span },
-                        BASE.to_string(),
-                        "unprivileged: the kernel mounts squashfs only for root".to_string(),
-                    ),
-                }
-            }
-        }
-        (f, None) => {
-            return Err(PlanError::Invalid(format!(
-                "image {}: {f:?} image without a squashfs",
-                image.path.display()
-            )))
+    let (mount, rule, reason) = match image::mount(image, mode, req, policy, host.user.uid)? {
+        image::Decided::Mount(m, rule, reason) => (m, rule, reason),
+        image::Decided::Refused(m, rule, reason, refusal) => {
+            refuse(&mut refused, refusal.0, refusal.1, refusal.2);
+            (m, rule, reason)
         }
     };
     let image_step = ImageStep {
