@@ -4,7 +4,9 @@
 # sizes, interleaved per size; medians, ratios, and the plugin's per-node prepare and teardown
 # and per-task join times from slurmd's logs, in one table.
 #
-#   bench/scale.sh [RUNS] [SIZES...]     (as root; default 10 runs, sizes 4 16; up to 128 nodes)
+#   bench/scale.sh [RUNS] [SIZES...]     (as root; default 10 runs, sizes 4 16; the rig brings up
+#                                         to 128 nodes, but at 128 on 2 cores slurmd drains nodes:
+#                                         "Kill task failed", the steps not ended in time)
 #
 # Every node is a slurmd in its own network namespace on this one machine (2 cores here): the
 # nodes' prepares share its cores, its kernel (loop devices, mounts) and its page cache, which
@@ -35,8 +37,12 @@ for n in "${SIZES[@]}"; do
     run --container="$W/img.sif" /bin/true
     : >"$W/bare.txt"
     : >"$W/cont.txt"
+    # Before each run (untimed): until the previous job has left the queue, so that no run
+    # pays for the completion of the one before (the runs alternate bare and container).
+    settle() { until [ -z "$(squeue -h 2>/dev/null)" ]; do sleep 0.05; done; }
     for ((i = 0; i < RUNS; i++)); do
         for kind in bare cont; do
+            settle
             t0=$(date +%s%N)
             if [[ $kind == bare ]]; then run "$W/true"; else run --container="$W/img.sif" /bin/true; fi
             t1=$(date +%s%N)
@@ -45,7 +51,7 @@ for n in "${SIZES[@]}"; do
     done
     popd >/dev/null
     cat "$SLIPWAY_CLUSTER_DIR"/nodes/node*/slurmd.log >"$W/logs.txt"
-    python3 - "$W" "$n" >>"$W/table.txt" <<'PY'
+    python3 - "$W" "$n" <<'PY' | tee -a "$W/table.txt" >&2
 import re, statistics, sys
 w, n = sys.argv[1], sys.argv[2]
 def med(name):
