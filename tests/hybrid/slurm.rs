@@ -118,10 +118,7 @@ fn hybrid_mpi_in_cluster() {
         &img,
         "/usr/local/bin/mpi_hello",
     ]));
-    let text = stdout(&out);
-    assert!(out.status.success(), "{}\n{text}", stderr(&out));
-    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("rank=")).collect();
-    assert_eq!(lines.len(), 4, "{text}");
+    let (_, lines) = ranks(&out, 4);
     assert!(lines
         .iter()
         .all(|l| field(l, "sum") == "6" && field(l, "marker") == "slipway-mpi-image"));
@@ -146,11 +143,12 @@ fn hybrid_mpi_in_cluster() {
         run(&mut cluster.user(&args))
     };
     let out = vader(&[]);
-    let text = stdout(&out);
-    assert!(out.status.success(), "{}\n{text}", stderr(&out));
-    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("rank=")).collect();
-    assert_eq!(lines.len(), 2, "{text}");
-    assert_eq!(field(lines[0], "mntns"), field(lines[1], "mntns"), "{text}");
+    let (text, lines) = ranks(&out, 2);
+    assert_eq!(
+        field(&lines[0], "mntns"),
+        field(&lines[1], "mntns"),
+        "{text}"
+    );
     assert!(text.contains("received=ok"), "{text}");
     let out = vader(&["--no-share"]);
     let both = stdout(&out) + &stderr(&out);
@@ -173,11 +171,12 @@ fn hybrid_mpi_in_cluster() {
     .unwrap();
     let pol = policy.display().to_string();
     let out = vader(&["--policy", &pol, "--unpack"]);
-    let text = stdout(&out);
-    assert!(out.status.success(), "{}\n{text}", stderr(&out));
-    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("rank=")).collect();
-    assert_eq!(lines.len(), 2, "{text}");
-    assert_eq!(field(lines[0], "mntns"), field(lines[1], "mntns"), "{text}");
+    let (text, lines) = ranks(&out, 2);
+    assert_eq!(
+        field(&lines[0], "mntns"),
+        field(&lines[1], "mntns"),
+        "{text}"
+    );
     assert!(text.contains("received=ok"), "{text}");
     let out = run(&mut cluster.user(&[
         "srun",
@@ -192,10 +191,7 @@ fn hybrid_mpi_in_cluster() {
         &img,
         "/usr/local/bin/mpi_hello",
     ]));
-    let text = stdout(&out);
-    assert!(out.status.success(), "{}\n{text}", stderr(&out));
-    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("rank=")).collect();
-    assert_eq!(lines.len(), 4, "{text}");
+    let (_, lines) = ranks(&out, 4);
     assert!(lines
         .iter()
         .all(|l| field(l, "sum") == "6" && field(l, "marker") == "slipway-mpi-image"));
@@ -226,11 +222,12 @@ fn hybrid_mpi_in_cluster() {
         &img,
         &cma_s,
     ]));
-    let text = stdout(&out);
-    assert!(out.status.success(), "{}\n{text}", stderr(&out));
-    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("rank=")).collect();
-    assert_eq!(lines.len(), 2, "{text}");
-    assert_eq!(field(lines[0], "mntns"), field(lines[1], "mntns"), "{text}");
+    let (text, lines) = ranks(&out, 2);
+    assert_eq!(
+        field(&lines[0], "mntns"),
+        field(&lines[1], "mntns"),
+        "{text}"
+    );
     assert!(text.contains("received=ok"), "{text}");
 
     // One squashfuse per node while a step runs, none after.
@@ -262,6 +259,19 @@ fn hybrid_mpi_in_cluster() {
     assert_eq!(squashfuses(&image), 0, "squashfuse left after the job");
     assert_nodes_idle(&cluster, 2);
     drop(cluster);
+}
+
+/// A launch's stdout and its `rank=` lines, asserting that it succeeded with `n` of them.
+fn ranks(out: &std::process::Output, n: usize) -> (String, Vec<String>) {
+    let text = stdout(out);
+    assert!(out.status.success(), "{}\n{text}", stderr(out));
+    let lines: Vec<String> = text
+        .lines()
+        .filter(|l| l.starts_with("rank="))
+        .map(String::from)
+        .collect();
+    assert_eq!(lines.len(), n, "{text}");
+    (text, lines)
 }
 
 fn chmod_fuse() {

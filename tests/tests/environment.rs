@@ -235,6 +235,22 @@ fn reference(image: &Path) -> BTreeMap<String, String> {
     probe_env(&out)
 }
 
+/// Variables the launch itself sets (identity, the shell's, Apptainer's names for the
+/// container), which a reference shell in a chroot does not.
+fn slipways_own(k: &str) -> bool {
+    [
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "SLIPWAY_CONTAINER",
+        "SHLVL",
+        "PWD",
+    ]
+    .contains(&k)
+        || k.starts_with("APPTAINER_")
+        || k.starts_with("SINGULARITY_")
+}
+
 fn run_ok_output(c: &mut Command) -> Output {
     let out = run(c);
     assert!(
@@ -253,28 +269,15 @@ fn every_construct_as_a_real_shell_gives_it() {
     let (got, err) = slipway_env(&fx.image, &[], &[]);
     assert!(!err.contains("not applied"), "{err}");
     // Every variable the script exported, with the shell's value.
-    let ours = |k: &str| {
-        [
-            "HOME",
-            "USER",
-            "LOGNAME",
-            "SLIPWAY_CONTAINER",
-            "SHLVL",
-            "PWD",
-        ]
-        .contains(&k)
-            || k.starts_with("APPTAINER_")
-            || k.starts_with("SINGULARITY_")
-    };
     for (k, v) in &want {
-        if ours(k) {
+        if slipways_own(k) {
             continue;
         }
         assert_eq!(got.get(k), Some(v), "{k}: slipway {got:?}\nshell {want:?}");
     }
     for k in got.keys() {
         assert!(
-            ours(k) || want.contains_key(k),
+            slipways_own(k) || want.contains_key(k),
             "{k} only in slipway's: {got:?}"
         );
     }
@@ -550,21 +553,9 @@ exec /bin/probe"#
         ],
     );
     assert_eq!(err, "", "no warning at all");
-    let ours = |k: &str| {
-        [
-            "HOME",
-            "USER",
-            "LOGNAME",
-            "SLIPWAY_CONTAINER",
-            "SHLVL",
-            "PWD",
-        ]
-        .contains(&k)
-            || k.starts_with("APPTAINER_")
-            || k.starts_with("SINGULARITY_")
-    };
-    let theirs: BTreeMap<&String, &String> = want.iter().filter(|(k, _)| !ours(k)).collect();
-    let mine: BTreeMap<&String, &String> = got.iter().filter(|(k, _)| !ours(k)).collect();
+    let theirs: BTreeMap<&String, &String> =
+        want.iter().filter(|(k, _)| !slipways_own(k)).collect();
+    let mine: BTreeMap<&String, &String> = got.iter().filter(|(k, _)| !slipways_own(k)).collect();
     assert_eq!(mine, theirs, "slipway (left) against the shell (right)");
     // The values themselves, as the shell computed them above.
     assert_eq!(

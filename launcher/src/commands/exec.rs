@@ -239,7 +239,7 @@ fn launch(plan: Plan, host: HostFacts) -> anyhow::Result<u8> {
             // The job's directory, opened first: the ranks share what the image's shell gave.
             let dir = slipway_runtime::jobs::shared::job_dir(&shared.key, &plan, &host.env)?;
             let memo = exec::shellenv::Memo::open(&dir).ok();
-            let release = slipway_runtime::jobs::shared::enter(&shared.key, &plan, &host.env)?;
+            let release = slipway_runtime::jobs::shared::enter(&dir, &plan, &host.env)?;
             let root = std::fs::File::open("/").context("open /")?;
             let scripts = exec::read_env_scripts_in_container(std::os::fd::AsFd::as_fd(&root));
             let (env, told) =

@@ -138,7 +138,11 @@ pub fn ensure(
         Ok(o) if !matches!(o.status.code(), Some(0) | Some(2)) => {
             let err = String::from_utf8_lossy(&o.stderr);
             let line = err.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("");
-            return failed(format!("unsquashfs failed ({}): {line}", o.status));
+            return failed(format!(
+                "unsquashfs failed ({}): {line} (free space there, set images.unpack_dir, or \
+                 run without --unpack)",
+                o.status
+            ));
         }
         Ok(_) => {}
     }

@@ -125,7 +125,7 @@ pub fn join_or_start_in(
             // The keeper of a shared container left while this task waited, taking the
             // directory with it (`remove_job_dir`): make it again and start a new container.
             // Made 0700 by this user in the user's private runtime directory, which the
-            // caller checked (`shared::enter`), so it is as trustworthy as the first one.
+            // caller checked (`shared::job_dir`), so it is as trustworthy as the first one.
             Err(JobError::LockGone(_)) if lifetime == Lifetime::WhileUsed && tries < RETRIES => {
                 tries += 1;
                 match std::fs::DirBuilder::new().mode(0o700).create(&udir) {
@@ -145,9 +145,7 @@ pub fn join_or_start_in(
     };
     // SAFETY: getuid has no preconditions.
     let uid = unsafe { libc::getuid() };
-    // Not when a squashfuse serves the image: it dies with the keeper (PDEATHSIG).
-    let daemon = matches!(plan.image.mount, crate::plan::ImageMount::Squashfuse { .. });
-    let expected = expected.filter(|_| lifetime == Lifetime::WhileUsed && !daemon);
+    let expected = expected.filter(|_| may_leave_early(lifetime, plan));
     let pid = match recorded_keeper(&udir, Some(uid)) {
         Some(pid) => pid,
         None => {
@@ -431,9 +429,8 @@ fn keeper_main(
     let Dirs { dir, udir, parent } = dirs;
     // Told to go (SIGUSR1, [`depart`]) only once it holds the container; blocked from the
     // start, so that a quick rank that joined never kills it before it waits for the signal.
-    if lifetime == Lifetime::WhileUsed
-        && !matches!(plan.image.mount, crate::plan::ImageMount::Squashfuse { .. })
-    {
+    let may_go = may_leave_early(lifetime, plan);
+    if may_go {
         depart::block_go();
     }
     let name = std::ffi::CString::new(KEEPER_NAME).expect("no NUL");
@@ -505,8 +502,15 @@ fn keeper_main(
     // checking every second; a WhileUsed keeper also until its last rank tells it to go
     // ([`depart`]).
     let mut idle = 0;
-    let may_go = lifetime == Lifetime::WhileUsed
-        && !matches!(plan.image.mount, crate::plan::ImageMount::Squashfuse { .. });
+    // Its pid file (and, for a shared container, its directory) goes when it leaves; called
+    // with the lock held.
+    let forget = || match &parent {
+        Some((p, name)) => remove_job_dir(udir.as_fd(), p.as_fd(), name),
+        // SAFETY: unlinkat relative to an open directory fd.
+        None => unsafe {
+            libc::unlinkat(udir.as_raw_fd(), c"keeper.pid".as_ptr(), 0);
+        },
+    };
     loop {
         let go = if may_go {
             depart::tick(Duration::from_secs(1))
@@ -519,13 +523,7 @@ fn keeper_main(
             // tearing it down; the directory goes as when unused.
             // SAFETY: flock on an fd we own.
             unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
-            match &parent {
-                Some((p, name)) => remove_job_dir(udir.as_fd(), p.as_fd(), name),
-                // SAFETY: unlinkat relative to an open directory fd.
-                None => unsafe {
-                    libc::unlinkat(udir.as_raw_fd(), c"keeper.pid".as_ptr(), 0);
-                },
-            }
+            forget();
             // SAFETY: as above.
             unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_UN) };
             std::mem::forget(prepared);
@@ -552,13 +550,7 @@ fn keeper_main(
                 unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
                 idle = if users(pid) == 0 { idle + 1 } else { 0 };
                 if idle >= IDLE_CHECKS {
-                    match &parent {
-                        Some((p, name)) => remove_job_dir(udir.as_fd(), p.as_fd(), name),
-                        // SAFETY: unlinkat relative to an open directory fd.
-                        None => unsafe {
-                            libc::unlinkat(udir.as_raw_fd(), c"keeper.pid".as_ptr(), 0);
-                        },
-                    }
+                    forget();
                     // Let go before the teardown: the pid file is gone (and the lock file with
                     // it), so a rank that comes now starts a container of its own. Unlocked
                     // explicitly, as the tasks do (a child could share the open file).
@@ -574,6 +566,13 @@ fn keeper_main(
     }
     prepared.teardown();
     0
+}
+
+/// Whether a keeper may leave once its counted ranks have joined ([`depart`]): a shared
+/// container's, unless a squashfuse serves its image (it dies with the keeper: PDEATHSIG).
+fn may_leave_early(lifetime: Lifetime, plan: &Plan) -> bool {
+    lifetime == Lifetime::WhileUsed
+        && !matches!(plan.image.mount, crate::plan::ImageMount::Squashfuse { .. })
 }
 
 /// Processes in the keeper's (`pid`) mount namespace but the keeper and its children.

@@ -112,19 +112,18 @@ fn mine(dir: &Path, uid: u32) -> Result<(), JobError> {
     Ok(())
 }
 
-/// Joins (or creates) the node's container of this rank's job. On return the caller is in the
-/// container. `key`: from [`key`].
-/// The last rank the launcher announced for this node gets the keeper's
-/// [`super::depart::Release`]: it calls `go` just before it execs.
+/// Joins (or creates) the node's container of this rank's job, whose directory `dir` is
+/// [`job_dir`]'s for the key from [`key`]. On return the caller is in the container. The last
+/// rank the launcher announced for this node gets the keeper's [`super::depart::Release`]: it
+/// calls `go` just before it execs.
 pub fn enter(
-    key: &str,
+    dir: &Path,
     plan: &Plan,
     host_env: &[(String, String)],
 ) -> Result<Option<super::depart::Release>, JobError> {
-    let dir = job_dir(key, plan, host_env)?;
     keeper::join_or_start_in(
-        &dir,
-        &dir,
+        dir,
+        dir,
         Lifetime::WhileUsed,
         super::depart::expected_local(host_env),
         plan,
