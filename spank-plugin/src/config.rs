@@ -23,6 +23,10 @@ pub struct Config {
     /// it the keeper is killed (with any FUSE connection of its image aborted) and the step
     /// fails: a user's stopped squashfuse or an endless image cannot wedge slurmstepd.
     pub timeout: Duration,
+    /// `early=yes|no`: build an ordinary step's container from `slurm_spank_init_post_opt`
+    /// on, beside slurmstepd's own set-up, rather than in `user_init` ([`crate::early`]).
+    /// Default yes.
+    pub early: bool,
 }
 
 /// The default for `timeout=`.
@@ -35,12 +39,13 @@ impl Default for Config {
             policy_named: false,
             spool_dir: None,
             timeout: DEFAULT_TIMEOUT,
+            early: true,
         }
     }
 }
 
 /// The arguments every `plugstack.conf` line may carry, for error messages.
-const KNOWN: &str = "policy=PATH, spool_dir=PATH, timeout=SECONDS";
+const KNOWN: &str = "policy=PATH, spool_dir=PATH, timeout=SECONDS, early=yes|no";
 
 /// A bad plugin argument.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -104,6 +109,18 @@ impl Config {
                         }
                     }
                 }
+                "early" => {
+                    config.early = match value {
+                        "yes" => true,
+                        "no" => false,
+                        _ => {
+                            return Err(ConfigError::Invalid {
+                                arg: arg.to_string(),
+                                reason: "expected yes or no".into(),
+                            })
+                        }
+                    }
+                }
                 _ => return Err(ConfigError::Unknown(arg.to_string())),
             }
         }
@@ -136,6 +153,17 @@ mod tests {
     }
 
     #[test]
+    fn early_start() {
+        assert!(Config::default().early);
+        assert!(!Config::from_args(["early=no"]).unwrap().early);
+        assert!(Config::from_args(["early=yes"]).unwrap().early);
+        assert_eq!(
+            Config::from_args(["early=maybe"]).unwrap_err().to_string(),
+            "plugin argument 'early=maybe' in plugstack.conf: expected yes or no"
+        );
+    }
+
+    #[test]
     fn spool_dir_and_timeout() {
         let c = Config::from_args(["spool_dir=/var/spool/slurmd", "timeout=30"]).unwrap();
         assert_eq!(c.spool_dir, Some(PathBuf::from("/var/spool/slurmd")));
@@ -154,7 +182,7 @@ mod tests {
         assert_eq!(
             Config::from_args(["polcy=/x"]).unwrap_err().to_string(),
             "unknown plugin argument 'polcy=/x' in plugstack.conf (known: policy=PATH, \
-             spool_dir=PATH, timeout=SECONDS)"
+             spool_dir=PATH, timeout=SECONDS, early=yes|no)"
         );
         assert_eq!(
             Config::from_args(["policy"]).unwrap_err(),

@@ -265,6 +265,12 @@ pub fn slurmd_spool_dir() -> Option<String> {
     unsafe { cstr(slurm_conf()?.slurmd_spooldir) }
 }
 
+/// `MpiDefault` as slurmstepd's configuration holds it.
+pub fn mpi_default() -> Option<String> {
+    // SAFETY: a NUL-terminated string of Slurm's configuration, or NULL.
+    unsafe { cstr(slurm_conf()?.mpi_default) }
+}
+
 /// What slurmstepd's configuration says of the Slurm client's files: the `slurm.conf` it read,
 /// `PluginDir`, `PlugStackConfig`, `AuthInfo` (the values of the node's own daemons; nothing
 /// from the job).

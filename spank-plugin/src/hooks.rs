@@ -83,7 +83,8 @@ unsafe extern "C" fn option_callback(val: c_int, optarg: *const c_char, remote: 
     })
 }
 
-/// `slurm_spank_init_post_opt`: complete the request on the local side.
+/// `slurm_spank_init_post_opt`: complete the request on the local side; start the container
+/// early on the remote side.
 #[no_mangle]
 pub extern "C" fn slurm_spank_init_post_opt(
     sp: spank_t,
@@ -92,6 +93,7 @@ pub extern "C" fn slurm_spank_init_post_opt(
 ) -> c_int {
     barrier("slurm_spank_init_post_opt", || match ffi::context() {
         Context::Local | Context::Allocator => local::init_post_opt(Spank::new(sp)),
+        Context::Remote => remote::init_post_opt(Spank::new(sp)),
         _ => Ok(()),
     })
 }

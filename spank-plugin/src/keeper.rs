@@ -30,25 +30,50 @@ pub struct Keeper {
     sock: Option<UnixStream>,
 }
 
-/// The keeper's answer: the namespace, the container environment, warnings.
-type Answer = (OwnedFd, BTreeMap<String, String>, Vec<String>);
+/// Where a keeper's start spent its time, in microseconds (logged by the plugin as
+/// `slipway-timing:` markers; bench/scale.sh reads them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Phases {
+    /// The `fork` of slurmstepd, as the parent sees it.
+    pub fork_us: u64,
+    /// The keeper's own start: fds, signals, credentials.
+    pub setup_us: u64,
+    /// The container's construction (`exec::prepare`: namespace, image, mounts, files).
+    pub container_us: u64,
+}
 
-/// What a successful start hands back.
-pub type Started = (Keeper, OwnedFd, BTreeMap<String, String>, Vec<String>);
+/// The keeper's answer: the namespace, the container environment, warnings, and the
+/// keeper's own timings (setup, container).
+type Answer = (OwnedFd, BTreeMap<String, String>, Vec<String>, (u64, u64));
+
+/// A keeper's answer: the container is ready.
+#[derive(Debug)]
+pub struct Ready {
+    /// The container's mount namespace.
+    pub mnt_ns: OwnedFd,
+    /// The container's environment.
+    pub env: BTreeMap<String, String>,
+    /// The image's environment lines not applied.
+    pub warnings: Vec<String>,
+    /// Where the start spent its time.
+    pub phases: Phases,
+}
 
 fn keeper_err(what: &str, e: std::io::Error) -> EntryError {
     EntryError::Keeper(format!("{what}: {e}"))
 }
 
 impl Keeper {
-    /// Forks the keeper, which prepares `plan`; waits for its answer at most `timeout` (the
-    /// keeper bounds itself by the same time, with `alarm`).
-    pub fn start(
+    /// Forks the keeper, which prepares `plan`, and returns at once (with how long the fork
+    /// took, in microseconds): [`Keeper::answer`] waits for the container. The keeper bounds
+    /// its work by `timeout` (with `alarm`), counted from now.
+    pub fn spawn(
         plan: &Plan,
         host_env: &[(String, String)],
         timeout: Duration,
-    ) -> Result<Started, EntryError> {
+    ) -> Result<(Keeper, u64), EntryError> {
         let (ours, theirs) = UnixStream::pair().map_err(|e| keeper_err("socketpair", e))?;
+        let t = Instant::now();
         // SAFETY: the child runs only async-signal-safe work until it is alone in its process
         // (glibc's fork makes malloc usable in the child), and always leaves with _exit.
         let pid = unsafe { libc::fork() };
@@ -64,18 +89,35 @@ impl Keeper {
             // SAFETY: leave the forked process without running slurmstepd's atexit handlers.
             unsafe { libc::_exit(code) };
         }
+        let fork_us = micros(t.elapsed());
         drop(theirs);
-        let mut keeper = Keeper {
+        let keeper = Keeper {
             pid,
             sock: Some(ours),
         };
+        Ok((keeper, fork_us))
+    }
+
+    /// Waits for the answer of a keeper [`spawn`](Keeper::spawn)ed with `timeout`: the
+    /// namespace, the environment, the warnings and the keeper's own timings (`fork_us` is
+    /// the spawn's). A keeper that failed or is late is killed and reaped.
+    pub fn answer(&mut self, timeout: Duration, fork_us: u64) -> Result<Ready, EntryError> {
         // A little longer than the keeper's own alarm: normally the alarm ends it first
         // (and its end is the answer); this bound holds even if it could not.
         let wait = timeout + Duration::from_secs(5);
-        match keeper.receive(wait) {
-            Ok((fd, env, warnings)) => Ok((keeper, fd, env, warnings)),
+        match self.receive(wait) {
+            Ok((mnt_ns, env, warnings, (setup_us, container_us))) => Ok(Ready {
+                mnt_ns,
+                env,
+                warnings,
+                phases: Phases {
+                    fork_us,
+                    setup_us,
+                    container_us,
+                },
+            }),
             Err(e) => {
-                let status = keeper.kill_and_reap();
+                let status = self.kill_and_reap();
                 let by_alarm = status
                     .is_some_and(|st| libc::WIFSIGNALED(st) && libc::WTERMSIG(st) == libc::SIGALRM);
                 if by_alarm || matches!(e, EntryError::Timeout(_)) {
@@ -84,6 +126,12 @@ impl Keeper {
                 Err(e)
             }
         }
+    }
+
+    /// Gives up on a keeper whose container is no longer wanted: killed and reaped (what it
+    /// built goes with its namespace).
+    pub fn cancel(mut self) {
+        self.kill_and_reap();
     }
 
     fn receive(&mut self, wait: Duration) -> Result<Answer, EntryError> {
@@ -102,6 +150,7 @@ impl Keeper {
                 let fd = fd.ok_or_else(|| EntryError::Keeper("no namespace fd".into()))?;
                 let mut env = BTreeMap::new();
                 let mut warnings = Vec::new();
+                let mut times = (0, 0);
                 for entry in payload[1..].split(|b| *b == 0).filter(|e| !e.is_empty()) {
                     let text = String::from_utf8_lossy(&entry[1..]).into_owned();
                     match entry[0] {
@@ -110,10 +159,14 @@ impl Keeper {
                                 env.insert(k.to_string(), v.to_string());
                             }
                         }
+                        b'T' => {
+                            let mut n = text.split(',').map(|x| x.parse().unwrap_or(0));
+                            times = (n.next().unwrap_or(0), n.next().unwrap_or(0));
+                        }
                         _ => warnings.push(text),
                     }
                 }
-                Ok((fd, env, warnings))
+                Ok((fd, env, warnings, times))
             }
             Some(b'F') => Err(EntryError::Prepare(
                 String::from_utf8_lossy(&payload[1..]).into_owned(),
@@ -173,6 +226,11 @@ impl Drop for Keeper {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A duration in whole microseconds.
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// Whether `sock` has something to read (or is closed) within `wait`.
@@ -338,6 +396,7 @@ fn child(
     mut sock: UnixStream,
     timeout: Duration,
 ) -> i32 {
+    let t = Instant::now();
     // Only the socket, and /dev/null as stdin/out/err: slurmstepd's connections must not be
     // held open by a process that outlives their use.
     // SAFETY: fd juggling on fds this process owns; the socket moves to fd 3.
@@ -383,9 +442,12 @@ fn child(
         return 74;
     }
     let staging = crate::entry::staging_dir(plan);
+    let setup_us = micros(t.elapsed());
+    let t = Instant::now();
     match exec::prepare(plan, host_env, &Linux, &staging) {
         Ok(prepared) => {
-            let mut payload = vec![b'O'];
+            let container_us = micros(t.elapsed());
+            let mut payload = format!("OT{setup_us},{container_us}\0").into_bytes();
             for (k, v) in &prepared.env {
                 payload.push(b'E');
                 payload.extend_from_slice(k.as_bytes());

@@ -12,6 +12,7 @@
 //! - [`config`]: the plugin arguments from `plugstack.conf`;
 //! - [`entry`]: the container entry, the one place where the runtime is called;
 //! - [`keeper`]: the process that builds the container and keeps it for the step;
+//! - [`early`]: starting the keeper at `init_post_opt`, before `user_init` needs it;
 //! - [`state`]: what a process remembers between callbacks;
 //! - [`barrier`]: the panic barrier around every callback;
 //! - `hooks` (the exported symbols and the panic barrier), `local` (srun, sbatch, salloc) and
@@ -25,6 +26,7 @@
 
 pub mod barrier;
 pub mod config;
+pub mod early;
 pub mod entry;
 pub mod keeper;
 pub mod options;

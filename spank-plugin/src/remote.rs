@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use slipway_runtime::policy::BatchMode;
 
+use crate::early::{self, Early};
 use crate::entry::{self, EntryError, EnvChange, StepInfo};
 use crate::ffi::{self, Spank};
 use crate::options::{self, build_request};
@@ -28,8 +29,56 @@ pub fn option(val: i32, arg: Option<String>) -> Result<(), Error> {
     Ok(())
 }
 
+/// `slurm_spank_init_post_opt` (root, once per node and step, before slurmstepd's own set-up
+/// of the step): start building the container of an ordinary step now, to be collected by
+/// `user_init` ([`crate::early`]). Never fails: whatever goes wrong here is found again, and
+/// reported, by `user_init`.
+pub fn init_post_opt(sp: Spank) -> Result<(), Error> {
+    let mut st = state();
+    let mut step = sp.step_info();
+    if !st.config.as_ref().is_none_or(|c| c.early) || !early::may_start(step.step_id) {
+        return Ok(());
+    }
+    if early::pmix_expected(&step.env, ffi::mpi_default().as_deref()) {
+        return Ok(());
+    }
+    let Some(cwd) = early::predicted_cwd(&step.env) else {
+        return Ok(());
+    };
+    step.cwd = cwd;
+    step.spool_dir = st.spool_dir.clone();
+    let Ok(request) = build_request(&st.cli, |k| sp.getenv(k), sp.getenv("SLURM_CONTAINER")) else {
+        return Ok(());
+    };
+    let Some(Ok(policy)) = &st.policy else {
+        return Ok(());
+    };
+    let batch = request.batch.unwrap_or(policy.policy.slurm.batch);
+    if !request.wants_container() || !step.runs_in_container(batch) {
+        return Ok(());
+    }
+    step.slurm_conf = ffi::slurm_conf_facts();
+    let config = st.config.clone().unwrap_or_default();
+    let t = Instant::now();
+    let plan = early::as_job_user(step.uid, step.gid, &step.groups, || {
+        entry::build_plan(&request, policy, &step)
+    });
+    let plan_us = t.elapsed().as_micros();
+    let started = match plan {
+        Ok(Ok(plan)) => entry::start(plan, plan_us, &config, &step),
+        Ok(Err(e)) => Err(e),
+        Err(e) => Err(entry::EntryError::Keeper(e)),
+    };
+    match started {
+        Ok(pending) => st.early = Some(Early::new(pending, request, step)),
+        // Found again, and reported, by user_init.
+        Err(e) => ffi::log_debug(&format!("slipway: early start: {e}")),
+    }
+    Ok(())
+}
+
 /// `slurm_spank_user_init` (root, once per node and step): record the request and prepare
-/// the container if one was asked for.
+/// the container if one was asked for (collect the one started early, if it is the one).
 pub fn user_init(sp: Spank) -> Result<(), Error> {
     let mut st = state();
     fault_point("user_init", |k| sp.getenv(k));
@@ -86,16 +135,40 @@ pub fn user_init(sp: Spank) -> Result<(), Error> {
             }
         };
         let t = Instant::now();
-        match entry::prepare(&request, &config, &policy, &step) {
+        let early = st.early.take();
+        let mut how = if early.is_some() { "early" } else { "here" };
+        let result = match early {
+            Some(e) => match e.mismatch(&request, &step) {
+                None => e.pending.finish(&request, &step),
+                Some(why) => {
+                    how = "again";
+                    ffi::log_verbose(&format!(
+                        "slipway: job {} step {}: container started early not used: {why}",
+                        step.job_id, step.step_id
+                    ));
+                    e.pending.cancel();
+                    entry::prepare(&request, &config, &policy, &step)
+                }
+            },
+            None => entry::prepare(&request, &config, &policy, &step),
+        };
+        match result {
             Ok(prepared) => {
-                let total = t.elapsed().as_micros();
+                let waited = t.elapsed().as_micros();
+                let ph = prepared.phases;
+                let keeper = u128::from(ph.fork_us + ph.setup_us + ph.container_us);
                 ffi::log_verbose(&format!(
-                    "slipway-timing: job {} step {} prepare {} us (plan {} us, keeper {} us)",
+                    "slipway-timing: job {} step {} prepare {} us (plan {} us, keeper {} us: \
+                     fork {} us, setup {} us, container {} us; started {how}, user_init \
+                     waited {waited} us)",
                     step.job_id,
                     step.step_id,
-                    total,
+                    prepared.plan_us + keeper,
                     prepared.plan_us,
-                    total.saturating_sub(prepared.plan_us)
+                    keeper,
+                    ph.fork_us,
+                    ph.setup_us,
+                    ph.container_us,
                 ));
                 for w in &prepared.warnings {
                     ffi::log_verbose(&format!("slipway: {w}"));
@@ -112,6 +185,10 @@ pub fn user_init(sp: Spank) -> Result<(), Error> {
         }
     }
     st.request = Some(request);
+    // Started early for a step that turned out not to want it here.
+    if let Some(e) = st.early.take() {
+        e.pending.cancel();
+    }
     Ok(())
 }
 

@@ -8,6 +8,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use slipway_runtime::policy::LoadedPolicy;
 
 use crate::config::Config;
+use crate::early::Early;
 use crate::entry::Prepared;
 use crate::options::ContainerRequest;
 
@@ -25,6 +26,8 @@ pub struct State {
     pub cli: BTreeMap<&'static str, String>,
     /// The request built from `cli` and the environment.
     pub request: Option<ContainerRequest>,
+    /// The container started at `init_post_opt`, for `user_init` to collect (remote only).
+    pub early: Option<Early>,
     /// The container this node prepared for the step (remote only).
     pub prepared: Option<Prepared>,
     /// An error found in `user_init`, where Slurm would not show it to the user (SchedMD bug
@@ -40,6 +43,7 @@ impl State {
             spool_dir: None,
             cli: BTreeMap::new(),
             request: None,
+            early: None,
             prepared: None,
             pending_error: None,
         }

@@ -144,7 +144,7 @@ write_config() {
         gres=" Gres=gpu:$gpus"
     fi
     for ((i = 1; i <= n; i++)); do
-        echo "NodeName=node$i NodeAddr=$(node_addr "$i") CPUs=2 RealMemory=1000$gres State=UNKNOWN"
+        echo "NodeName=node$i NodeAddr=$(node_addr "$i") CPUs=${SLIPWAY_CLUSTER_CPUS:-2} RealMemory=1000$gres State=UNKNOWN"
     done >>"$STATE/etc/slurm.conf"
     sed -e "s|@CGROUP_PLUGIN@|$CGROUP_PLUGIN|g" "$HERE/cgroup.conf.in" >"$STATE/etc/cgroup.conf"
     cp "$HERE/mpi.conf" "$STATE/etc/mpi.conf"

@@ -194,12 +194,14 @@ impl Cluster {
         dir
     }
 
-    /// `args` run as the test user against this cluster, in the work directory, with a time
-    /// limit so a hung step fails the test instead of hanging it.
+    /// `args` run as the test user against this cluster, in the work directory (`PWD` too, as
+    /// a shell there has it), with a time limit so a hung step fails the test instead of
+    /// hanging it.
     fn user(&self, args: &[&str]) -> Command {
         let mut cmd = clean_command("timeout");
         cmd.args(["120", "runuser", "-u", TEST_USER, "--", "env"])
             .arg(format!("SLURM_CONF={}", self.conf().display()))
+            .arg(format!("PWD={}", self.workdir().display()))
             .args(args)
             .current_dir(self.workdir());
         cmd
@@ -1022,7 +1024,7 @@ fn mount_type<'a>(r: &'a Report, target: &str) -> Option<&'a str> {
 }
 
 /// Each report comes from inside the image, as the test user with their groups, in `cwd`,
-/// with its own rank; the host's Slurm wiring won over the image's.
+/// with its own rank; the host's Slurm and PMIx wiring won over the image's.
 fn assert_inside(reports: &[Report], n: usize, uid: u32, gid: u32, cwd: &Path) {
     assert_eq!(reports.len(), n, "{reports:#?}");
     let mut ranks = BTreeSet::new();
@@ -1044,8 +1046,13 @@ fn assert_inside(reports: &[Report], n: usize, uid: u32, gid: u32, cwd: &Path) {
         );
         assert_eq!(r["cwd"], cwd.display().to_string());
         assert_eq!(env_of(r, "FROM_IMAGE"), Some("yes"));
-        assert_eq!(env_of(r, "PMIX_RANK"), None, "the image's PMIX_RANK leaked");
-        ranks.insert(env_of(r, "SLURM_PROCID").unwrap().parse::<usize>().unwrap());
+        // Slurm's (with --mpi=pmix: the task's rank) or none; never the image's.
+        let (pmix, rank) = (env_of(r, "PMIX_RANK"), env_of(r, "SLURM_PROCID"));
+        assert!(
+            pmix.is_none() || pmix == rank,
+            "the image's PMIX_RANK leaked: {pmix:?}"
+        );
+        ranks.insert(rank.unwrap().parse::<usize>().unwrap());
     }
     assert_eq!(ranks, (0..n).collect::<BTreeSet<_>>());
 }
@@ -1671,3 +1678,6 @@ mod hybrid;
 
 #[path = "../batch/slurm.rs"]
 mod batch;
+
+#[path = "../early/slurm.rs"]
+mod early;

@@ -152,12 +152,16 @@ pub struct Prepared {
     /// Number of mounts made.
     pub mounts: usize,
     squashfuse: Option<Child>,
+    /// From [`prepare`]: the read-ahead of the command, still going while the first
+    /// processes join and exec it.
+    read_ahead: StopOnDrop,
 }
 
 impl Prepared {
-    /// Ends what outlives the namespace's users (squashfuse). Mounts and loop devices go
-    /// with the mount namespace when its last process and fd are gone.
+    /// Ends what outlives the namespace's users (the read-ahead, squashfuse). Mounts and loop
+    /// devices go with the mount namespace when its last process and fd are gone.
     pub fn teardown(mut self) {
+        drop(std::mem::replace(&mut self.read_ahead, StopOnDrop(None)));
         kill(&mut self.squashfuse);
     }
 }
@@ -171,6 +175,16 @@ fn kill(c: &mut Option<Child>) {
 
 /// Stops a [`prefetch::Prefetch`] when dropped.
 struct StopOnDrop(Option<prefetch::Prefetch>);
+
+impl std::fmt::Debug for StopOnDrop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "reading ahead"
+        } else {
+            "-"
+        })
+    }
+}
 
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
@@ -201,8 +215,22 @@ fn as_user<T>(plan: &Plan, f: impl FnOnce() -> Result<T, ExecError>) -> Result<T
     f()
 }
 
+/// When the command's read-ahead ([`prefetch`]) runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadAhead {
+    /// While the container is laid out, stopped before `prepare_for_exec` returns (its caller
+    /// changes credentials and execs).
+    WhileLaying,
+    /// Once the container is laid out, past the return: the processes that join the
+    /// container exec the command while it is read ([`Prepared::teardown`] stops it).
+    Kept,
+}
+
 /// Builds the container's mount namespace and moves the calling process into its root, keeping
-/// fds of the namespaces for other processes to join ([`enter_namespace`]).
+/// fds of the namespaces for other processes to join ([`enter_namespace`]). The plan's
+/// command (the step's program, for the SPANK plugin) is read ahead from a squashfs image on
+/// helper threads started once the container is laid out, which go on after the return while
+/// the first processes join and exec it.
 /// Must be called single-threaded (user namespaces require it).
 pub fn prepare(
     plan: &Plan,
@@ -210,7 +238,7 @@ pub fn prepare(
     sys: &dyn Sys,
     staging: &Path,
 ) -> Result<Prepared, ExecError> {
-    let mut p = prepare_inner(plan, host_env, sys, staging, false)?;
+    let mut p = prepare_inner(plan, host_env, sys, staging, ReadAhead::Kept)?;
     p.mnt_ns = Some(open_ro("/proc/self/ns/mnt")?);
     if plan.mode != Mode::Privileged {
         p.user_ns = Some(open_ro("/proc/self/ns/user")?);
@@ -227,7 +255,7 @@ pub fn prepare_for_exec(
     sys: &dyn Sys,
     staging: &Path,
 ) -> Result<Prepared, ExecError> {
-    prepare_inner(plan, host_env, sys, staging, true)
+    prepare_inner(plan, host_env, sys, staging, ReadAhead::WhileLaying)
 }
 
 fn prepare_inner(
@@ -235,7 +263,7 @@ fn prepare_inner(
     host_env: &[(String, String)],
     sys: &dyn Sys,
     staging: &Path,
-    prefetch: bool,
+    read_ahead: ReadAhead,
 ) -> Result<Prepared, ExecError> {
     plan.check()?;
     let privileged = plan.mode == Mode::Privileged;
@@ -433,10 +461,15 @@ fn prepare_inner(
             (img_dir, fd, 0)
         }
     };
-    // Decompressing the command's pages can start now, beside the rest of the set-up.
-    let reader = match (&plan.image.mount, plan.command.first()) {
+    // Decompressing the command's pages: for `exec`, from now on, beside the rest of the
+    // set-up; for a container others join, once it is laid out (below: with one squashfs
+    // decompressor, the helpers would hold up the set-up's own reads of the image).
+    let command = match (&plan.image.mount, plan.command.first()) {
         (ImageMount::Directory | ImageMount::Unpacked { .. }, _) | (_, None) => None,
-        (_, Some(cmd)) if prefetch => prefetch::start(img_fd.as_fd(), cmd),
+        (_, Some(cmd)) => Some(cmd),
+    };
+    let reader = match (read_ahead, command) {
+        (ReadAhead::WhileLaying, Some(cmd)) => prefetch::start(img_fd.as_fd(), cmd),
         _ => None,
     };
     // Stopped on every way out (before credentials change or the command is executed).
@@ -656,6 +689,10 @@ fn prepare_inner(
     }
     drop(layers);
     drop(root_fd);
+    let kept = match (read_ahead, command) {
+        (ReadAhead::Kept, Some(cmd)) => StopOnDrop(prefetch::start(img_fd.as_fd(), cmd)),
+        _ => StopOnDrop(None),
+    };
     drop(img_fd);
     drop(sources);
 
@@ -682,6 +719,7 @@ fn prepare_inner(
         warnings,
         mounts: count,
         squashfuse: guard.0.take(),
+        read_ahead: kept,
     })
 }
 
