@@ -30,8 +30,8 @@ pub fn option(val: i32, arg: Option<String>) -> Result<(), Error> {
 }
 
 /// `slurm_spank_init_post_opt` (root, once per node and step, before slurmstepd's own set-up
-/// of the step): start building the container of an ordinary step now, to be collected by
-/// `user_init` ([`crate::early`]). Never fails: whatever goes wrong here is found again, and
+/// of the step): start building the step's container now, to be collected by `user_init`
+/// ([`crate::early`]). Never fails: whatever goes wrong here is found again, and
 /// reported, by `user_init`.
 pub fn init_post_opt(sp: Spank) -> Result<(), Error> {
     let mut st = state();

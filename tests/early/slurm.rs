@@ -85,14 +85,15 @@ fn an_early_container_is_the_one_user_init_would_build() {
     let work = cluster.workdir();
     let before = settled_state(&cluster);
     let image = format!("--container={}", images.sif.display());
-    let step = |name: &str, extra: &[&str]| {
+    let step_of = |name: &str, image: &str, extra: &[&str]| {
         // An absolute path: a step with --chdir writes there too.
         let out = format!("{}/{name}.%t.json", work.display());
-        let mut all = vec!["srun", "-N2", "-n2", "-o", &out, &image];
+        let mut all = vec!["srun", "-N2", "-n2", "-o", &out, image];
         all.extend_from_slice(extra);
         all.extend_from_slice(&["/bin/probe", "--read", "/marker"]);
         reports(&cluster, name, &all)
     };
+    let step = |name: &str, extra: &[&str]| step_of(name, &image, extra);
 
     // The plugin as installed: both nodes start early and use what they started.
     let early = step("early", &[]);
@@ -143,6 +144,17 @@ fn an_early_container_is_the_one_user_init_would_build() {
     let chdir = format!("--chdir={}", elsewhere.display());
     let moved = step("moved", &[&chdir]);
     assert_inside(&moved, 2, uid, gid, &elsewhere);
+    assert_eq!(how_prepared(&cluster, &job_of(&moved)), ["again", "again"]);
+
+    // The same with an image a squashfuse serves (the work directory is not trusted): the
+    // dropped keeper's squashfuse goes with it (checked below with the rest).
+    let fuse_sif = work.join("fuse.sif");
+    std::fs::copy(&images.sif, &fuse_sif).unwrap();
+    run_ok(Command::new("chown").arg(TEST_USER).arg(&fuse_sif));
+    let fuse_image = format!("--container={}", fuse_sif.display());
+    let moved = step_of("fuse", &fuse_image, &[&chdir]);
+    assert_inside(&moved, 2, uid, gid, &elsewhere);
+    assert_eq!(mount_type(&moved[0], "/bin"), Some("fuse.squashfuse"));
     assert_eq!(how_prepared(&cluster, &job_of(&moved)), ["again", "again"]);
 
     // Another step of the early kind right after: nothing of the dropped keepers is in the
