@@ -27,6 +27,10 @@ pub struct Config {
     /// on, beside slurmstepd's own set-up, rather than in `user_init` ([`crate::early`]).
     /// Default yes.
     pub early: bool,
+    /// `mount_per=job|step`: mount a kernel-mounted image once per job and node, kept for the
+    /// job's later steps until its epilog ([`crate::jobmount`]), or anew for every step.
+    /// Default job.
+    pub mount_per_job: bool,
 }
 
 /// The default for `timeout=`.
@@ -40,12 +44,14 @@ impl Default for Config {
             spool_dir: None,
             timeout: DEFAULT_TIMEOUT,
             early: true,
+            mount_per_job: true,
         }
     }
 }
 
 /// The arguments every `plugstack.conf` line may carry, for error messages.
-const KNOWN: &str = "policy=PATH, spool_dir=PATH, timeout=SECONDS, early=yes|no";
+const KNOWN: &str =
+    "policy=PATH, spool_dir=PATH, timeout=SECONDS, early=yes|no, mount_per=job|step";
 
 /// A bad plugin argument.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -121,6 +127,18 @@ impl Config {
                         }
                     }
                 }
+                "mount_per" => {
+                    config.mount_per_job = match value {
+                        "job" => true,
+                        "step" => false,
+                        _ => {
+                            return Err(ConfigError::Invalid {
+                                arg: arg.to_string(),
+                                reason: "expected job or step".into(),
+                            })
+                        }
+                    }
+                }
                 _ => return Err(ConfigError::Unknown(arg.to_string())),
             }
         }
@@ -153,6 +171,14 @@ mod tests {
     }
 
     #[test]
+    fn mount_per_job_or_step() {
+        assert!(Config::default().mount_per_job);
+        assert!(!Config::from_args(["mount_per=step"]).unwrap().mount_per_job);
+        assert!(Config::from_args(["mount_per=job"]).unwrap().mount_per_job);
+        assert!(Config::from_args(["mount_per=node"]).is_err());
+    }
+
+    #[test]
     fn early_start() {
         assert!(Config::default().early);
         assert!(!Config::from_args(["early=no"]).unwrap().early);
@@ -182,7 +208,7 @@ mod tests {
         assert_eq!(
             Config::from_args(["polcy=/x"]).unwrap_err().to_string(),
             "unknown plugin argument 'polcy=/x' in plugstack.conf (known: policy=PATH, \
-             spool_dir=PATH, timeout=SECONDS, early=yes|no)"
+             spool_dir=PATH, timeout=SECONDS, early=yes|no, mount_per=job|step)"
         );
         assert_eq!(
             Config::from_args(["policy"]).unwrap_err(),

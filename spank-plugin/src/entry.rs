@@ -196,6 +196,8 @@ pub struct Prepared {
     pub plan_us: u128,
     /// Where the keeper's start spent its time.
     pub phases: crate::keeper::Phases,
+    /// What the keeper had to say for the node's log.
+    pub notes: Vec<String>,
 }
 
 /// One change to a task's environment.
@@ -472,7 +474,13 @@ pub fn start(
     config: &Config,
     step: &StepInfo,
 ) -> Result<Pending, EntryError> {
-    let (keeper, fork_us) = Keeper::spawn(&plan, &step.env, config.timeout)?;
+    // Where the job's image mounts are (mount_per=job), for the keeper to use or make.
+    let images = step
+        .spool_dir
+        .as_ref()
+        .filter(|_| config.mount_per_job)
+        .map(|spool| crate::jobmount::job_dir(spool, step.job_id));
+    let (keeper, fork_us) = Keeper::spawn(&plan, &step.env, images.as_deref(), config.timeout)?;
     Ok(Pending {
         keeper,
         plan,
@@ -525,6 +533,7 @@ fn ready_container(
         env,
         warnings: image_warnings,
         phases,
+        notes,
     } = ready;
     // The plan's warnings (a missing Slurm client, GPU files the node lacks), then the
     // image's environment lines not applied: logged, and shown by the step's first task.
@@ -556,6 +565,7 @@ fn ready_container(
         workdir: request.workdir.clone(),
         _keeper: keeper,
         warnings,
+        notes,
         plan_us,
         phases,
     }

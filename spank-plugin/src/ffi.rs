@@ -237,6 +237,11 @@ impl Spank {
     }
 
     /// An item whose argument is a `uint32_t *` (uid_t and gid_t are 32 bits on Linux).
+    /// The job's id (`S_JOB_ID`; 0 if Slurm does not say).
+    pub fn job_id(&self) -> u32 {
+        self.item_u32(sys::S_JOB_ID)
+    }
+
     fn item_u32(&self, item: sys::spank_item_t) -> u32 {
         let mut v: u32 = u32::MAX;
         // SAFETY: S_JOB_ID, S_JOB_STEPID, S_TASK_GLOBAL_ID (uint32_t *), S_JOB_UID (uid_t *),

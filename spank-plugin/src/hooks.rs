@@ -126,6 +126,14 @@ pub extern "C" fn slurm_spank_task_init(sp: spank_t, _ac: c_int, _av: *mut *mut 
     })
 }
 
+/// `slurm_spank_job_epilog` (slurmd's epilog, root): remove the job's image mounts.
+#[no_mangle]
+pub extern "C" fn slurm_spank_job_epilog(sp: spank_t, _ac: c_int, _av: *mut *mut c_char) -> c_int {
+    barrier("slurm_spank_job_epilog", || {
+        remote::job_epilog(Spank::new(sp))
+    })
+}
+
 /// `slurm_spank_exit`: forget the process's state.
 #[no_mangle]
 pub extern "C" fn slurm_spank_exit(_sp: spank_t, _ac: c_int, _av: *mut *mut c_char) -> c_int {

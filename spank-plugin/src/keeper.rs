@@ -44,7 +44,13 @@ pub struct Phases {
 
 /// The keeper's answer: the namespace, the container environment, warnings, and the
 /// keeper's own timings (setup, container).
-type Answer = (OwnedFd, BTreeMap<String, String>, Vec<String>, (u64, u64));
+type Answer = (
+    OwnedFd,
+    BTreeMap<String, String>,
+    Vec<String>,
+    (u64, u64),
+    Vec<String>,
+);
 
 /// A keeper's answer: the container is ready.
 #[derive(Debug)]
@@ -55,6 +61,8 @@ pub struct Ready {
     pub env: BTreeMap<String, String>,
     /// The image's environment lines not applied.
     pub warnings: Vec<String>,
+    /// What the keeper has to say for the node's log (not the user's).
+    pub notes: Vec<String>,
     /// Where the start spent its time.
     pub phases: Phases,
 }
@@ -70,6 +78,7 @@ impl Keeper {
     pub fn spawn(
         plan: &Plan,
         host_env: &[(String, String)],
+        images: Option<&std::path::Path>,
         timeout: Duration,
     ) -> Result<(Keeper, u64), EntryError> {
         let (ours, theirs) = UnixStream::pair().map_err(|e| keeper_err("socketpair", e))?;
@@ -83,7 +92,7 @@ impl Keeper {
         if pid == 0 {
             drop(ours);
             let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                child(plan, host_env, theirs, timeout)
+                child(plan, host_env, images, theirs, timeout)
             }))
             .unwrap_or(70);
             // SAFETY: leave the forked process without running slurmstepd's atexit handlers.
@@ -106,10 +115,11 @@ impl Keeper {
         // (and its end is the answer); this bound holds even if it could not.
         let wait = timeout + Duration::from_secs(5);
         match self.receive(wait) {
-            Ok((mnt_ns, env, warnings, (setup_us, container_us))) => Ok(Ready {
+            Ok((mnt_ns, env, warnings, (setup_us, container_us), notes)) => Ok(Ready {
                 mnt_ns,
                 env,
                 warnings,
+                notes,
                 phases: Phases {
                     fork_us,
                     setup_us,
@@ -151,6 +161,7 @@ impl Keeper {
                 let mut env = BTreeMap::new();
                 let mut warnings = Vec::new();
                 let mut times = (0, 0);
+                let mut notes = Vec::new();
                 for entry in payload[1..].split(|b| *b == 0).filter(|e| !e.is_empty()) {
                     let text = String::from_utf8_lossy(&entry[1..]).into_owned();
                     match entry[0] {
@@ -159,6 +170,7 @@ impl Keeper {
                                 env.insert(k.to_string(), v.to_string());
                             }
                         }
+                        b'N' => notes.push(text),
                         b'T' => {
                             let mut n = text.split(',').map(|x| x.parse().unwrap_or(0));
                             times = (n.next().unwrap_or(0), n.next().unwrap_or(0));
@@ -166,7 +178,7 @@ impl Keeper {
                         _ => warnings.push(text),
                     }
                 }
-                Ok((fd, env, warnings, times))
+                Ok((fd, env, warnings, times, notes))
             }
             Some(b'F') => Err(EntryError::Prepare(
                 String::from_utf8_lossy(&payload[1..]).into_owned(),
@@ -393,6 +405,7 @@ unsafe fn CMSG_DATA_INT(c: *mut libc::cmsghdr) -> *mut libc::c_int {
 fn child(
     plan: &Plan,
     host_env: &[(String, String)],
+    images: Option<&std::path::Path>,
     mut sock: UnixStream,
     timeout: Duration,
 ) -> i32 {
@@ -441,6 +454,18 @@ fn child(
     if std::env::set_current_dir("/").is_err() {
         return 74;
     }
+    // The job's mount of the image (made by its first step on the node), bound like a
+    // directory image; if that cannot be, the container mounts the image itself, as before.
+    let mut note = None;
+    let job_plan = match images.map(|dir| crate::jobmount::bind_job_mount(plan, dir)) {
+        Some(Ok(p)) => p,
+        Some(Err(e)) => {
+            note = Some(format!("the image is mounted for this step only: {e}"));
+            None
+        }
+        None => None,
+    };
+    let plan = job_plan.as_ref().unwrap_or(plan);
     let staging = crate::entry::staging_dir(plan);
     let setup_us = micros(t.elapsed());
     let t = Instant::now();
@@ -448,6 +473,11 @@ fn child(
         Ok(prepared) => {
             let container_us = micros(t.elapsed());
             let mut payload = format!("OT{setup_us},{container_us}\0").into_bytes();
+            if let Some(n) = &note {
+                payload.push(b'N');
+                payload.extend_from_slice(n.replace('\0', " ").as_bytes());
+                payload.push(0);
+            }
             for (k, v) in &prepared.env {
                 payload.push(b'E');
                 payload.extend_from_slice(k.as_bytes());

@@ -13,6 +13,7 @@
 //! - [`entry`]: the container entry, the one place where the runtime is called;
 //! - [`keeper`]: the process that builds the container and keeps it for the step;
 //! - [`early`]: starting the keeper at `init_post_opt`, before `user_init` needs it;
+//! - [`jobmount`]: one mount of an image per job and node, kept across its steps;
 //! - [`state`]: what a process remembers between callbacks;
 //! - [`barrier`]: the panic barrier around every callback;
 //! - `hooks` (the exported symbols and the panic barrier), `local` (srun, sbatch, salloc) and
@@ -28,6 +29,7 @@ pub mod barrier;
 pub mod config;
 pub mod early;
 pub mod entry;
+pub mod jobmount;
 pub mod keeper;
 pub mod options;
 pub mod state;

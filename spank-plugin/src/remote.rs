@@ -170,7 +170,7 @@ pub fn user_init(sp: Spank) -> Result<(), Error> {
                     ph.setup_us,
                     ph.container_us,
                 ));
-                for w in &prepared.warnings {
+                for w in prepared.warnings.iter().chain(&prepared.notes) {
                     ffi::log_verbose(&format!("slipway: {w}"));
                 }
                 // The container environment goes into the job's environment, which every
@@ -188,6 +188,21 @@ pub fn user_init(sp: Spank) -> Result<(), Error> {
     // Started early for a step that turned out not to want it here.
     if let Some(e) = st.early.take() {
         e.pending.cancel();
+    }
+    Ok(())
+}
+
+/// `slurm_spank_job_epilog` (root, in slurmd's namespace, on each node at the job's end): the
+/// job's image mounts go ([`crate::jobmount`]). Never fails the epilog (a failed one drains
+/// the node): what cannot be removed is logged.
+pub fn job_epilog(sp: Spank) -> Result<(), Error> {
+    let config = state().config.clone().unwrap_or_default();
+    let job = sp.job_id();
+    let spool = entry::spool_dir(&config, ffi::slurmd_spool_dir(), &ffi::short_hostname());
+    if let (Some(spool), true) = (spool, job != 0) {
+        for problem in crate::jobmount::remove(&crate::jobmount::job_dir(&spool, job)) {
+            ffi::log_error(&format!("slipway: job {job} epilog: {problem}"));
+        }
     }
     Ok(())
 }

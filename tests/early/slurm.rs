@@ -25,7 +25,19 @@ fn container_view(r: &Report) -> serde_json::Value {
         .as_array()
         .unwrap()
         .iter()
-        .map(|m| serde_json::json!([m["target"], m["fstype"], m["options"], m["root"]]))
+        .map(|m| {
+            // The job's mount of the image, where the rig binds slurmd's spool into the
+            // container (under the state directory), is named for the job.
+            let target = m["target"].as_str().unwrap_or_default();
+            let target = match target.split_once("/slipway-images/job-") {
+                Some((head, tail)) => {
+                    let rest = tail.trim_start_matches(|c: char| c.is_ascii_digit());
+                    format!("{head}/slipway-images/job-N{rest}")
+                }
+                None => target.to_string(),
+            };
+            serde_json::json!([target, m["fstype"], m["options"], m["root"]])
+        })
         .collect();
     serde_json::json!({
         "ids": [r["uid"], r["euid"], r["gid"], r["egid"], r["groups"]],
@@ -88,7 +100,8 @@ fn an_early_container_is_the_one_user_init_would_build() {
     let step_of = |name: &str, image: &str, extra: &[&str]| {
         // An absolute path: a step with --chdir writes there too.
         let out = format!("{}/{name}.%t.json", work.display());
-        let mut all = vec!["srun", "-N2", "-n2", "-o", &out, image];
+        // The same two nodes every time: the views are compared task for task.
+        let mut all = vec!["srun", "-N2", "-n2", "-w", "node1,node2", "-o", &out, image];
         all.extend_from_slice(extra);
         all.extend_from_slice(&["/bin/probe", "--read", "/marker"]);
         reports(&cluster, name, &all)
@@ -166,5 +179,130 @@ fn an_early_container_is_the_one_user_init_would_build() {
         before,
         settled_state(&cluster),
         "the early starts left something behind"
+    );
+}
+
+/// The squashfs mounts under slurmd's spool on `node` (its mount namespace), by mount point.
+fn job_mounts(cluster: &Cluster, node: u32) -> Vec<String> {
+    let pid =
+        std::fs::read_to_string(cluster.dir.join(format!("nodes/node{node}/slurmd.pid"))).unwrap();
+    let info = std::fs::read_to_string(format!("/proc/{}/mountinfo", pid.trim())).unwrap();
+    info.lines()
+        .filter(|l| l.contains(" - squashfs "))
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|at| at.contains("/spool/slipway-images/"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// `mount_per=job` (the default): the steps of a job find their node's mount of the image made
+/// by the first and bind it; the job's epilog takes it away.
+#[test]
+fn an_image_is_mounted_once_per_job_and_node() {
+    if let Some(why) = cannot_run_containers() {
+        return skip(&why);
+    }
+    let _one = one_cluster();
+    let so = plugin_so();
+    let gid = user_with_group();
+    let uid: u32 = run_ok(Command::new("id").args(["-u", TEST_USER]))
+        .trim()
+        .parse()
+        .unwrap();
+    let images = make_images(false);
+    let policy = write_policy(&images, "");
+    let cluster = Cluster::up(4, Some((&so, &format!("policy={}", policy.display()))));
+    let work = cluster.workdir();
+    let before = settled_state(&cluster);
+    let sif = images.sif.display().to_string();
+    // The script runs on the node; its two steps in the image, on the same two nodes; then it
+    // waits (for the test to look) until told to end.
+    let step = |name: &str| {
+        format!(
+            "srun -N2 -n2 -w node1,node2 -o {name}.%t.json --container={sif} /bin/probe --read \
+             /marker || exit 1\n"
+        )
+    };
+    let script = work.join("two-steps.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n{}{}touch steps-done\nwhile [ ! -e end-now ]; do sleep 0.1; done\n",
+            step("first"),
+            step("second")
+        ),
+    )
+    .unwrap();
+    run_ok(Command::new("chown").arg(TEST_USER).arg(&script));
+    for f in ["steps-done", "end-now"] {
+        let _ = std::fs::remove_file(work.join(f));
+    }
+    let out = run(&mut cluster.user(&[
+        "sbatch",
+        "--parsable",
+        "-N2",
+        "-w",
+        "node1,node2",
+        "-o",
+        "two-steps.out",
+        "two-steps.sh",
+    ]));
+    assert!(out.status.success(), "sbatch: {}", stderr(&out));
+    let job = stdout(&out).trim().to_string();
+    let t0 = Instant::now();
+    while !work.join("steps-done").exists() {
+        assert!(
+            t0.elapsed().as_secs() < 60,
+            "the job's steps did not end:\n{}\n{}",
+            std::fs::read_to_string(work.join("two-steps.out")).unwrap_or_default(),
+            cluster.log_tails()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    for name in ["first", "second"] {
+        let r = read_reports(&work, name);
+        assert_inside(&r, 2, uid, gid, &work);
+        assert_eq!(mount_type(&r[0], "/bin"), Some("squashfs"));
+        // The image the user named, not root's mount of it.
+        assert_eq!(env_of(&r[0], "APPTAINER_CONTAINER"), Some(sif.as_str()));
+    }
+    // While the job runs: one mount of the image on each of its nodes, for this job.
+    for node in [1, 2] {
+        let mounts = job_mounts(&cluster, node);
+        assert_eq!(mounts.len(), 1, "node{node}: {mounts:?}");
+        assert!(
+            mounts[0].contains(&format!("/slipway-images/job-{job}/")),
+            "{mounts:?}"
+        );
+    }
+    // The job ends; its epilog removes the mounts and their directories.
+    std::fs::write(work.join("end-now"), "").unwrap();
+    let t0 = Instant::now();
+    loop {
+        let queue = run_ok(&mut cluster.root(&["squeue", "-h", "-j", &job]));
+        if queue.trim().is_empty() {
+            break;
+        }
+        assert!(
+            t0.elapsed().as_secs() < 60,
+            "job {job} did not end: {queue}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    for node in [1, 2] {
+        assert_eq!(
+            job_mounts(&cluster, node),
+            Vec::<String>::new(),
+            "node{node}"
+        );
+        let dir = cluster
+            .dir
+            .join(format!("nodes/node{node}/spool/slipway-images/job-{job}"));
+        assert!(!dir.exists(), "{} left", dir.display());
+    }
+    assert_eq!(
+        before,
+        settled_state(&cluster),
+        "a job's image mounts left something behind"
     );
 }

@@ -156,7 +156,7 @@ fn launch(l: LaunchArgs) -> anyhow::Result<u8> {
     add_pbs_mounts(&mut plan, &pbs_conf());
     if let Some(at) = &state.premounted {
         // Root mounted and checked the image at execjob_begin; the container binds that.
-        plan.image.path = at.clone();
+        plan.image.named = Some(std::mem::replace(&mut plan.image.path, at.clone()));
         plan.image.format = Format::Dir;
         plan.image.mount = ImageMount::Directory;
         plan.image.rule = "slipway pbs (premounted by execjob_begin)".into();

@@ -370,7 +370,8 @@ impl Plan {
             leftovers.extend(f.leftovers.iter().cloned());
             leftovers.extend(f.apply(&mut env));
         }
-        let image = self.image.path.display().to_string();
+        let image = self.image.named.as_ref().unwrap_or(&self.image.path);
+        let image = image.display().to_string();
         let name = Path::new(&image)
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())

@@ -103,6 +103,7 @@ pub fn build(
         rule,
         reason,
         writable_tmpfs: req.writable_tmpfs,
+        named: None,
     };
 
     // Mounts.

@@ -120,6 +120,10 @@ pub struct ImageStep {
     pub reason: String,
     /// `--writable-tmpfs`: an overlay with a tmpfs upper layer.
     pub writable_tmpfs: bool,
+    /// The image the user named, when `path` is root's mount of it (the SPANK plugin's
+    /// mount for the job, the PBS hook's premount): what `APPTAINER_CONTAINER` says.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub named: Option<PathBuf>,
 }
 
 /// What a mount step mounts.

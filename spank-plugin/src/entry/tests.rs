@@ -131,6 +131,7 @@ fn slurm_mounts_follow_the_tmp_policy_and_bind_only_the_pmix_dir() {
             rule: String::new(),
             reason: String::new(),
             writable_tmpfs: false,
+            named: None,
         },
         mounts: vec![tmpfs],
         links: vec![],

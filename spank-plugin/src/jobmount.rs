@@ -1,0 +1,191 @@
+//! One mount of an image per job and node, kept across the job's steps (plugin argument
+//! `mount_per=job`, the default): the Slurm counterpart of the PBS hook's premount.
+//!
+//! Without it every step attaches the image's loop device and mounts its squashfs anew, and
+//! the new superblock starts with an empty page cache: each step decompresses its program
+//! again. With it, the first step's keeper (root, in slurmd's mount namespace, before it makes
+//! the container's) mounts the image read-only, nosuid and nodev at
+//! `<spool>/slipway-images/job-<id>/<key>`, `<key>` naming the image file (device, inode, size,
+//! modification time) and the squashfs's offset in it; the container binds that directory as a
+//! directory image is bound. Later steps of the job on the node find the mount and bind it too.
+//! The job's epilog (`slurm_spank_job_epilog`, root, in slurmd's namespace) detaches the mounts
+//! and removes the directory; the loop devices go with the last mount (autoclear).
+//!
+//! Only images the policy has the kernel mount (`images.kernel_mount`) are kept so; the
+//! policy is checked at every step before. The directories are root's (0711: the job's user
+//! may pass through to its image, not list them); the image file is opened with the user's
+//! identity, as for a step's own mount. Anything that fails here leaves the step to mount the
+//! image itself, as before.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use slipway_runtime::exec::{creds::FsIdentity, loopdev};
+use slipway_runtime::plan::{ImageMount, Plan};
+use slipway_runtime::policy::Format;
+
+/// The directory under slurmd's spool that holds the jobs' image mounts.
+pub const IMAGES_DIR: &str = "slipway-images";
+
+/// Where job `job`'s images are mounted on this node.
+pub fn job_dir(spool: &Path, job: u32) -> PathBuf {
+    spool.join(IMAGES_DIR).join(format!("job-{job}"))
+}
+
+/// In the keeper (root, before its own mount namespace): `plan` with its kernel-mounted image
+/// replaced by the job's mount of it under `dir` (made now if the job has none yet), or `None`
+/// when the plan mounts no image with the kernel.
+pub fn bind_job_mount(plan: &Plan, dir: &Path) -> Result<Option<Plan>, String> {
+    let ImageMount::KernelLoop { span } = plan.image.mount else {
+        return Ok(None);
+    };
+    let id = &plan.identity;
+    let file = {
+        let _user = FsIdentity::enter(id.uid, id.gid, &id.groups).map_err(|e| e.to_string())?;
+        File::open(&plan.image.path).map_err(|e| format!("{}: {e}", plan.image.path.display()))?
+    };
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    let key = format!(
+        "{:x}-{:x}-{}-{}-{}",
+        meta.dev(),
+        meta.ino(),
+        meta.size(),
+        meta.mtime(),
+        span.offset
+    );
+    root_dir(dir.parent().ok_or("no parent")?)?;
+    root_dir(dir)?;
+    let lock = File::open(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    // SAFETY: flock on an fd we own; released when it closes.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } < 0 {
+        return Err(format!(
+            "lock {}: {}",
+            dir.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    let at = dir.join(&key);
+    if !is_mount_point(&at, dir) {
+        match std::fs::DirBuilder::new().mode(0o755).create(&at) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(format!("mkdir {}: {e}", at.display())),
+        }
+        let (dev, path) = match loopdev::find_shared(&file, span) {
+            Some(shared) => shared,
+            None => loopdev::attach(&file, &plan.image.path, span).map_err(|e| e.to_string())?,
+        };
+        let (src, target) = (c_path(&path)?, c_path(&at)?);
+        // SAFETY: NUL-terminated strings; no data argument.
+        let rc = unsafe {
+            libc::mount(
+                src.as_ptr(),
+                target.as_ptr(),
+                c"squashfs".as_ptr(),
+                libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
+                std::ptr::null(),
+            )
+        };
+        if rc < 0 {
+            return Err(format!(
+                "mount {} on {}: {}",
+                plan.image.path.display(),
+                at.display(),
+                std::io::Error::last_os_error()
+            ));
+        }
+        // The mount holds the loop device now; autoclear frees it when the mount goes.
+        drop(dev);
+    }
+    let mut plan = plan.clone();
+    plan.image.named = Some(std::mem::replace(&mut plan.image.path, at));
+    plan.image.format = Format::Dir;
+    plan.image.mount = ImageMount::Directory;
+    plan.image.rule = format!("{} (mounted once for the job)", plan.image.rule);
+    Ok(Some(plan))
+}
+
+fn c_path(p: &Path) -> Result<std::ffi::CString, String> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| format!("{}: NUL", p.display()))
+}
+
+/// `dir` as a directory of root's, mode 0711 (made if missing); an existing one must be
+/// root's and no symlink.
+fn root_dir(dir: &Path) -> Result<(), String> {
+    match std::fs::DirBuilder::new().mode(0o711).create(dir) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(format!("mkdir {}: {e}", dir.display())),
+    }
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    if !meta.is_dir() || meta.uid() != 0 || meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "{}: not a directory of root's that only root can write",
+            dir.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Whether something is mounted on `at` (a directory in `parent`): a device other than the
+/// parent's.
+fn is_mount_point(at: &Path, parent: &Path) -> bool {
+    match (
+        std::fs::symlink_metadata(at),
+        std::fs::symlink_metadata(parent),
+    ) {
+        (Ok(a), Ok(p)) => a.is_dir() && a.dev() != p.dev(),
+        _ => false,
+    }
+}
+
+/// At the job's end (root, slurmd's namespace): detaches every mount under `dir` and removes
+/// it. What cannot be removed is named in the result (for slurmd's log).
+pub fn remove(dir: &Path) -> Vec<String> {
+    let mut problems = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return problems;
+    };
+    for e in entries.filter_map(Result::ok) {
+        let at = e.path();
+        if is_mount_point(&at, dir) {
+            let Ok(target) = c_path(&at) else {
+                continue;
+            };
+            // SAFETY: a NUL-terminated path.
+            if unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) } < 0 {
+                let err = std::io::Error::last_os_error();
+                problems.push(format!("umount {}: {err}", at.display()));
+                continue;
+            }
+        }
+        if let Err(err) = std::fs::remove_dir(&at) {
+            problems.push(format!("rmdir {}: {err}", at.display()));
+        }
+    }
+    if let Err(err) = std::fs::remove_dir(dir) {
+        problems.push(format!("rmdir {}: {err}", dir.display()));
+    }
+    problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_dirs_live_under_the_spool() {
+        assert_eq!(
+            job_dir(Path::new("/var/spool/slurmd"), 42),
+            PathBuf::from("/var/spool/slurmd/slipway-images/job-42")
+        );
+    }
+
+    #[test]
+    fn removing_a_missing_job_dir_is_fine() {
+        assert!(remove(Path::new("/nonexistent/slipway-images/job-1")).is_empty());
+    }
+}
