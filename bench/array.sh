@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A job array on one dense node (issue 16): `sbatch --array=1-N` of a single-task job, all N
 # started at once on one node, bare, with `--container=img.sif` (the SPANK plugin; the batch
-# script runs in the image) and the same with the plugin's early start off (`early=no`),
+# script runs in the image) and the same with the plugin's early start on (`early=yes`),
 # rounds interleaved; medians and ratios.
 #
 #   bench/array.sh [JOBS] [ROUNDS]       (as root; default 64 jobs, 5 rounds)
@@ -13,7 +13,7 @@
 #            controller's share included), polled every 20 ms
 #   node     from the first array task's batch launch on the node to the last one's end
 #            (slurmd's log: "Launching batch job" to "[J.batch] done with job")
-# and the plugin's per-job prepare (of the "cont" rows) from the same log. Uses its own cluster names (netns
+# and the plugin's per-job prepare (of the "early" rows) from the same log. Uses its own cluster names (netns
 # slipa-*, 10.77.11.0/24).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -51,10 +51,10 @@ array --container="$W/img.sif" >/dev/null
 PLUGSTACK=$SLIPWAY_CLUSTER_DIR/etc/plugstack.conf
 plugstack() { echo "required $SO policy=$W/policy.toml $1" >"$PLUGSTACK"; }
 for ((i = 0; i < ROUNDS; i++)); do
-    for kind in bare cont late; do
+    for kind in bare cont early; do
         settle
         sleep 1
-        if [[ $kind == late ]]; then plugstack early=no; else plugstack ""; fi
+        if [[ $kind == early ]]; then plugstack early=yes; else plugstack ""; fi
         from=$(wc -l <"$LOG")
         if [[ $kind == bare ]]; then us=$(array); else us=$(array --container="$W/img.sif"); fi
         settle
@@ -71,22 +71,22 @@ wall, node, prep, ran = {}, {}, [], {}
 for line in open(sys.argv[1]):
     kind, us, log = line.split()
     text = open(log).read()
-    starts = [ts(t) for t in re.findall(r"^\[(\S+)\] Launching batch job", text, re.M)]
-    ends = [ts(t) for t in re.findall(r"^\[(\S+)\] \[\d+\.batch\] done with job", text, re.M)]
+    starts = [ts(t) for t in re.findall(r"\[(\d{4}-\d\d-\d\dT[\d:.]+)\] Launching batch job", text)]
+    ends = [ts(t) for t in re.findall(r"\[(\d{4}-\d\d-\d\dT[\d:.]+)\] \[\d+\.batch\] done with job", text)]
     wall.setdefault(kind, []).append(int(us) / 1000)
     if starts and ends:
         node.setdefault(kind, []).append(max(ends) - min(starts))
     ran.setdefault(kind, []).append(len(ends))
-    if kind == "cont":
+    if kind == "early":
         prep += [(int(x) / 1000, how) for x, how in
                  re.findall(r"step \d+ prepare (\d+) us .*started (\w+)", text)]
 n = sys.argv[2]
 print(f"{n} single-task jobs of one array on one node, medians of {len(wall['bare'])} rounds")
 print(f"{'':10} {'wall ms':>9} {'node ms':>9} {'jobs run':>9}")
-for k in ("bare", "cont", "late"):
+for k in ("bare", "cont", "early"):
     print(f"{k:10} {statistics.median(wall[k]):9.1f} {statistics.median(node[k]):9.1f} "
           f"{min(ran[k]):>9}")
-for k in ("cont", "late"):
+for k in ("cont", "early"):
     print(f"{k + ' ratio':10} {statistics.median(wall[k]) / statistics.median(wall['bare']):9.2f} "
           f"{statistics.median(node[k]) / statistics.median(node['bare']):9.2f}")
 if prep:

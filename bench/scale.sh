@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Scale benchmark (issue 16, first part): `srun -N{n} -n{n}` of a trivial static program,
-# bare, with `--container=img.sif` (the SPANK plugin) and with the plugin's early start off
-# (`early=no`), on the local test cluster at several sizes, interleaved per size; medians,
+# bare, with `--container=img.sif` (the SPANK plugin as installed) and with the plugin's early
+# start on (`early=yes`), on the local test cluster at several sizes, interleaved per size; medians,
 # ratios, and the plugin's per-node prepare (and its phases) and teardown and per-task join
 # times from slurmd's logs, in two tables.
 #
@@ -40,18 +40,18 @@ for n in "${SIZES[@]}"; do
     run --container="$W/img.sif" /bin/true
     : >"$W/bare.txt"
     : >"$W/cont.txt"
-    : >"$W/late.txt"
+    : >"$W/early.txt"
     # Before each run (untimed): until the previous job has left the queue, so that no run
     # pays for the completion of the one before (the runs alternate bare and container).
     settle() { until [ -z "$(squeue -h 2>/dev/null)" ]; do sleep 0.05; done; }
-    # "late": the plugin with early=no (the container built in user_init, not from
-    # init_post_opt on); slurmstepd and srun read plugstack.conf at every step.
+    # "early": the plugin with early=yes (the container built from init_post_opt on, not in
+    # user_init); slurmstepd and srun read plugstack.conf at every step.
     PLUGSTACK=$SLIPWAY_CLUSTER_DIR/etc/plugstack.conf
     plugstack() { echo "required $SO policy=$W/policy.toml $1" >"$PLUGSTACK"; }
     for ((i = 0; i < RUNS; i++)); do
-        for kind in bare cont late; do
+        for kind in bare cont early; do
             settle
-            if [[ $kind == late ]]; then plugstack early=no; else plugstack ""; fi
+            if [[ $kind == early ]]; then plugstack early=yes; else plugstack ""; fi
             t0=$(date +%s%N)
             if [[ $kind == bare ]]; then run "$W/true"; else run --container="$W/img.sif" /bin/true; fi
             t1=$(date +%s%N)
@@ -65,7 +65,7 @@ import re, statistics, sys
 w, n = sys.argv[1], sys.argv[2]
 def med(name):
     return statistics.median(int(l) for l in open(f"{w}/{name}.txt")) / 1000
-bare, cont, late = med("bare"), med("cont"), med("late")
+bare, cont, early = med("bare"), med("cont"), med("early")
 logs = open(f"{w}/logs.txt").read()
 join = sorted(int(x) for x in re.findall(r"slipway-timing: task \d+ join (\d+) us", logs))
 tear = sorted(int(x) for x in re.findall(r"slipway-timing: teardown (\d+) us", logs))
@@ -73,13 +73,13 @@ tear = sorted(int(x) for x in re.findall(r"slipway-timing: teardown (\d+) us", l
 # init_post_opt, beside slurmstepd's own set-up; here: in user_init), user_init's wait.
 ph = re.findall(r"prepare (\d+) us \(plan (\d+) us, keeper \d+ us: fork (\d+) us, setup (\d+) us, "
                 r"container (\d+) us; started (\w+), user_init waited (\d+) us\)", logs)
-prep = sorted(int(p[0]) for p in ph if p[5] == "early")
+prep = sorted(int(p[0]) for p in ph if p[5] == "here")
 jm = statistics.median(join) if join else 0
 pm = statistics.median(prep) / 1000 if prep else 0
 px = prep[-1] / 1000 if prep else 0
 tm = statistics.median(tear) / 1000 if tear else 0
 tx = tear[-1] / 1000 if tear else 0
-print(f"{n:>5} {bare:9.1f} {cont:9.1f} {cont / bare:6.2f} {late:9.1f} {late / bare:6.2f} "
+print(f"{n:>5} {bare:9.1f} {cont:9.1f} {cont / bare:6.2f} {early:9.1f} {early / bare:6.2f} "
       f"{pm:9.1f} {px:9.1f} {tm:9.1f} {tx:9.1f} {jm:8.0f}")
 # The nodes' side of each step: from the first node's "launch task" to the last node's
 # "starting N tasks" (slurmd's log, in ms): what a step pays before its tasks run everywhere,
@@ -87,9 +87,9 @@ print(f"{n:>5} {bare:9.1f} {cont:9.1f} {cont / bare:6.2f} {late:9.1f} {late / ba
 from datetime import datetime
 ts = lambda t: datetime.fromisoformat(t).timestamp() * 1000
 first, last, kind = {}, {}, {}
-for t, j, st in re.findall(r"^\[(\S+)\] launch task StepId=(\d+)\.(\d+) ", logs, re.M):
+for t, j, st in re.findall(r"\[(\d{4}-\d\d-\d\dT[\d:.]+)\] launch task StepId=(\d+)\.(\d+) ", logs):
     first[(j, st)] = min(first.get((j, st), 1e18), ts(t))
-for t, j, st in re.findall(r"^\[(\S+)\] \[(\d+)\.(\d+)\] starting \d+ tasks", logs, re.M):
+for t, j, st in re.findall(r"\[(\d{4}-\d\d-\d\dT[\d:.]+)\] \[(\d+)\.(\d+)\] starting \d+ tasks", logs):
     last[(j, st)] = max(last.get((j, st), 0), ts(t))
 for j, st, how in re.findall(r"slipway-timing: job (\d+) step (\d+) prepare .*started (\w+)", logs):
     kind[(j, st)] = how
@@ -110,9 +110,9 @@ with open(f"{w}/phases.txt", "a") as f:
 PY
     tests/cluster/cluster.sh down >&2
 done
-echo "cont.: the plugin as installed; late: with early=no (prep: per-node prepare of the early"
-echo "starts; tear: teardown; join: per task)"
-echo "nodes   bare ms  cont. ms  ratio   late ms  ratio  prep med  prep max  tear med  tear max  join us"
+echo "cont.: the plugin as installed (early=no); early: with early=yes (prep: per-node prepare as"
+echo "installed; tear: teardown; join: per task)"
+echo "nodes   bare ms  cont. ms  ratio  early ms  ratio  prep med  prep max  tear med  tear max  join us"
 cat "$W/table.txt"
 echo "prepare's phases, medians in ms (plan: policy, image header, user, host; fork: of slurmstepd;"
 echo "setup: the keeper's fds and credentials; container: namespace, image mount, binds, files;"
@@ -120,6 +120,6 @@ echo "waited: how long user_init waited for it; early: started at init_post_opt,
 echo "nodes  start     total      plan      fork     setup container    waited  count"
 cat "$W/phases.txt"
 echo "the nodes' side of a step, median ms from the first node's launch request to the last"
-echo "node's task start (slurmd's logs): bare, container started early, started in user_init"
+echo "node's task start (slurmd's logs): bare, container started early, built in user_init"
 echo "nodes      bare     early      here"
 cat "$W/launch.txt"

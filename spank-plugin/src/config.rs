@@ -23,9 +23,9 @@ pub struct Config {
     /// it the keeper is killed (with any FUSE connection of its image aborted) and the step
     /// fails: a user's stopped squashfuse or an endless image cannot wedge slurmstepd.
     pub timeout: Duration,
-    /// `early=yes|no`: build an ordinary step's container from `slurm_spank_init_post_opt`
-    /// on, beside slurmstepd's own set-up, rather than in `user_init` ([`crate::early`]).
-    /// Default yes.
+    /// `early=yes|no`: build a step's container from `slurm_spank_init_post_opt` on, beside
+    /// slurmstepd's own set-up, rather than in `user_init` ([`crate::early`]). Default no: on
+    /// the test rig it gains nothing and costs at 64 nodes (docs/scale.md).
     pub early: bool,
     /// `mount_per=job|step`: mount a kernel-mounted image once per job and node, kept for the
     /// job's later steps until its epilog ([`crate::jobmount`]), or anew for every step.
@@ -43,7 +43,7 @@ impl Default for Config {
             policy_named: false,
             spool_dir: None,
             timeout: DEFAULT_TIMEOUT,
-            early: true,
+            early: false,
             mount_per_job: true,
         }
     }
@@ -180,7 +180,7 @@ mod tests {
 
     #[test]
     fn early_start() {
-        assert!(Config::default().early);
+        assert!(!Config::default().early);
         assert!(!Config::from_args(["early=no"]).unwrap().early);
         assert!(Config::from_args(["early=yes"]).unwrap().early);
         assert_eq!(

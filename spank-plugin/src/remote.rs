@@ -30,13 +30,13 @@ pub fn option(val: i32, arg: Option<String>) -> Result<(), Error> {
 }
 
 /// `slurm_spank_init_post_opt` (root, once per node and step, before slurmstepd's own set-up
-/// of the step): start building the step's container now, to be collected by `user_init`
-/// ([`crate::early`]). Never fails: whatever goes wrong here is found again, and
+/// of the step): with `early=yes`, start building the step's container now, to be collected
+/// by `user_init` ([`crate::early`]). Never fails: whatever goes wrong here is found again, and
 /// reported, by `user_init`.
 pub fn init_post_opt(sp: Spank) -> Result<(), Error> {
     let mut st = state();
     let mut step = sp.step_info();
-    if !st.config.as_ref().is_none_or(|c| c.early) || !early::may_start(step.step_id) {
+    if !st.config.as_ref().is_some_and(|c| c.early) || !early::may_start(step.step_id) {
         return Ok(());
     }
     if early::pmix_expected(&step.env, ffi::mpi_default().as_deref()) {
