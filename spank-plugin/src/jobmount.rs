@@ -29,6 +29,9 @@ use slipway_runtime::policy::Format;
 /// The directory under slurmd's spool that holds the jobs' image mounts.
 pub const IMAGES_DIR: &str = "slipway-images";
 
+/// The most images one job keeps mounted on a node.
+pub const MAX_PER_JOB: usize = 16;
+
 /// Where job `job`'s images are mounted on this node.
 pub fn job_dir(spool: &Path, job: u32) -> PathBuf {
     spool.join(IMAGES_DIR).join(format!("job-{job}"))
@@ -68,6 +71,14 @@ pub fn bind_job_mount(plan: &Plan, dir: &Path) -> Result<Option<Plan>, String> {
     }
     let at = dir.join(&key);
     if !is_mount_point(&at, dir) {
+        // A job that keeps changing its image file (a new key each time) would hold a loop
+        // device per version until its end: past a few, its steps mount for themselves.
+        let held = std::fs::read_dir(dir).map_or(0, |d| d.count());
+        if held >= MAX_PER_JOB {
+            return Err(format!(
+                "the job has {held} images mounted on this node already (at most {MAX_PER_JOB})"
+            ));
+        }
         match std::fs::DirBuilder::new().mode(0o755).create(&at) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
