@@ -21,7 +21,8 @@ SLIPWAY_TESTS_MUST_RUN=1 SLIPWAY_LEAK_STEPS=$STEPS SLIPWAY_SOAK_CONCURRENT=$CONC
   >"$LOG" 2>&1 || rc=$?
 grep -E "container steps|test result" "$LOG" || true
 if [ "$rc" -ne 0 ]; then
-  echo "bench/soak.sh: the soak failed; the end of its output:" >&2
+  echo "bench/soak.sh: the soak failed; its assertion and the end of its output:" >&2
+  grep -A25 "panicked" "$LOG" | grep -v "^ *[0-9]*: \|^ *at " >&2 || true
   tail -40 "$LOG" >&2
   exit "$rc"
 fi

@@ -441,12 +441,14 @@ fn containers_in_cluster() {
     assert_nodes_idle(&cluster, 4);
 
     // Many container steps (one batch job, so they are cheap): nothing left on any node.
-    // `-i none`: no stdin to forward. CI once saw one step in 200 aborted by srun ("error
-    // reading header: Connection reset by peer" from a node's slurmstepd, "aborted before step
-    // completely launched"), not reproduced in 800 steps here; most likely srun's stdin EOF
-    // message reaching a slurmstepd that already closed its end after a task this short
-    // (Slurm's I/O race under load, not a leak). The
-    // loop is about what steps leave behind; a failure prints the nodes' logs.
+    // `-i none`: no stdin to forward. Slurm 22.05 has an I/O race with steps this short: now
+    // and then srun aborts one ("_server_read: ... error reading header: Connection reset by
+    // peer", "io error with slurmstepd on node N": a slurmstepd closed its end of the I/O
+    // connection with srun's last message unread). Seen once in 200 steps in CI earlier, and
+    // in two of three 1000-step soaks once each step stopped mounting the image (shorter
+    // steps). The loop is about what steps leave behind: such a step (its own cleanup still
+    // checked below) is run again, at most three times; any other failure fails the test and
+    // prints the nodes' logs.
     let steps: usize = std::env::var("SLIPWAY_LEAK_STEPS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -455,8 +457,14 @@ fn containers_in_cluster() {
         work.join("many.sh"),
         format!(
             "#!/bin/sh\n#SBATCH -N4 -n4\n#SBATCH -o many.out\n\
-             i=0; while [ $i -lt {steps} ]; do srun -i none --container={sif} /bin/probe --read /marker >/dev/null || exit 1; i=$((i+1)); done\n\
-             srun --container=rel.sif /bin/probe >/dev/null || exit 1\necho done {steps}\n"
+             i=0; r=0\n\
+             while [ $i -lt {steps} ]; do\n\
+               if srun -i none --container={sif} /bin/probe --read /marker >/dev/null 2>step.err; then i=$((i+1)); continue; fi\n\
+               cat step.err\n\
+               if grep -q 'io error with slurmstepd' step.err && [ $r -lt 3 ]; then r=$((r+1)); continue; fi\n\
+               exit 1\n\
+             done\n\
+             srun --container=rel.sif /bin/probe >/dev/null || exit 1\necho done {steps} again $r\n"
         ),
     )
     .unwrap();
@@ -470,8 +478,12 @@ fn containers_in_cluster() {
         stderr(&out),
         cluster.log_tails()
     );
-    assert!(text.contains(&format!("done {steps}")), "{text}");
-    eprintln!("{steps} container steps in {:.2?}", t0.elapsed());
+    assert!(text.contains(&format!("done {steps} again")), "{text}");
+    eprintln!(
+        "{steps} container steps in {:.2?} ({})",
+        t0.elapsed(),
+        text.lines().last().unwrap_or_default()
+    );
     assert_nodes_idle(&cluster, 4);
     let after = settled_state(&cluster);
     assert_eq!(before, after, "container steps left something behind");
@@ -489,13 +501,18 @@ fn containers_in_cluster() {
         work.join("soak.sh"),
         format!(
             "#!/bin/sh\n#SBATCH -N4 -n4\n#SBATCH -o soak.out\n\
+             step() {{ srun --overlap -N1 -n1 -r $(($1 % 4)) -i none --container={sif} /bin/probe --read /marker >/dev/null 2>c.$1.err; }}\n\
              i=0; pids=\n\
-             while [ $i -lt {concurrent} ]; do\n\
-               srun --overlap -N1 -n1 -r $((i % 4)) -i none --container={sif} /bin/probe --read /marker >/dev/null &\n\
-               pids=\"$pids $!\"; i=$((i+1))\n\
+             while [ $i -lt {concurrent} ]; do step $i & pids=\"$pids $i:$!\"; i=$((i+1)); done\n\
+             failed=0; r=0\n\
+             for ip in $pids; do\n\
+               wait ${{ip#*:}} && continue\n\
+               cat c.${{ip%%:*}}.err\n\
+               if grep -q 'io error with slurmstepd' c.${{ip%%:*}}.err && [ $r -lt 3 ]; then r=$((r+1)); step ${{ip%%:*}} && continue; fi\n\
+               failed=$((failed+1))\n\
              done\n\
-             failed=0; for p in $pids; do wait $p || failed=$((failed+1)); done\n\
-             echo \"concurrent {concurrent} failed $failed\"\n"
+             rm -f c.*.err\n\
+             echo \"concurrent {concurrent} failed $failed again $r\"\n"
         ),
     )
     .unwrap();
@@ -503,14 +520,15 @@ fn containers_in_cluster() {
     let out = run(&mut cluster.user(&["sbatch", "--wait", "soak.sh"]));
     let text = std::fs::read_to_string(work.join("soak.out")).unwrap_or_default();
     assert!(
-        out.status.success() && text.contains(&format!("concurrent {concurrent} failed 0")),
+        out.status.success() && text.contains(&format!("concurrent {concurrent} failed 0 ")),
         "{}\n{text}\n{}",
         stderr(&out),
         cluster.log_tails()
     );
     eprintln!(
-        "{concurrent} concurrent container steps in {:.2?}",
-        t0.elapsed()
+        "{concurrent} concurrent container steps in {:.2?} ({})",
+        t0.elapsed(),
+        text.lines().last().unwrap_or_default()
     );
     assert_nodes_idle(&cluster, 4);
     assert_eq!(
