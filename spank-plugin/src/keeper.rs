@@ -7,8 +7,9 @@
 //! exits. The keeper is that thread, and waits.
 //!
 //! Protocol over a socketpair: the keeper sends one message, an 8-byte length and a payload,
-//! the mount namespace fd attached (`SCM_RIGHTS`) on success. Payload: `O` then `E<K>=<V>` and
-//! `W<warning>` entries, each NUL-terminated; or `F<error>`. Then it reads until end of file:
+//! the mount namespace fd attached (`SCM_RIGHTS`) on success. Payload: `O` then `T<setup
+//! us>,<container us>`, `E<K>=<V>`, `W<warning>` (for the user) and `N<note>` (for the node's
+//! log) entries, each NUL-terminated; or `F<error>`. Then it reads until end of file:
 //! slurmstepd closes its end in `slurm_spank_exit` (or dies), the keeper tears down (squashfuse
 //! ends; mounts and loop devices go with the namespace) and exits; the plugin reaps it.
 
