@@ -14,11 +14,7 @@ fn containers_in_cluster() {
     }
     let _one = one_cluster();
     let so = plugin_so();
-    let gid = user_with_group();
-    let uid: u32 = run_ok(Command::new("id").args(["-u", TEST_USER]))
-        .trim()
-        .parse()
-        .unwrap();
+    let (uid, gid) = user_with_group();
     let t0 = Instant::now();
     let images = make_images(true);
     eprintln!("images in {:.2?}", t0.elapsed());

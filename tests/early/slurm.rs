@@ -78,11 +78,7 @@ fn an_early_container_is_the_one_user_init_would_build() {
     }
     let _one = one_cluster();
     let so = plugin_so();
-    let gid = user_with_group();
-    let uid: u32 = run_ok(Command::new("id").args(["-u", TEST_USER]))
-        .trim()
-        .parse()
-        .unwrap();
+    let (uid, gid) = user_with_group();
     let images = make_images(false);
     let policy = write_policy(&images, "");
     // The early start is off by default (see docs/scale.md): on here.
@@ -205,11 +201,7 @@ fn an_image_is_mounted_once_per_job_and_node() {
     }
     let _one = one_cluster();
     let so = plugin_so();
-    let gid = user_with_group();
-    let uid: u32 = run_ok(Command::new("id").args(["-u", TEST_USER]))
-        .trim()
-        .parse()
-        .unwrap();
+    let (uid, gid) = user_with_group();
     let images = make_images(false);
     let policy = write_policy(&images, "");
     let cluster = Cluster::up(4, Some((&so, &format!("policy={}", policy.display()))));
