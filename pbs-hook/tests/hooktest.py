@@ -8,6 +8,7 @@ Run: python3 -m unittest discover -s pbs-hook/tests -v
 
 import ast
 import builtins
+import contextlib
 import json
 import os
 import re
@@ -53,9 +54,10 @@ def job(resources=None, variables=None, jobid=JOB, euser="alice"):
     return pbs.Job(id=jobid, euser=euser, resources=resources, variables=variables)
 
 
-def run_event(ev, config=None, run=None):
-    """Runs the hook's handle() on `ev` as PBS would, with `config` as the imported config
-    (a dict, a raw string, or None for no config); returns pbs.outcome(ev)."""
+@contextlib.contextmanager
+def _configured(ev, config):
+    """PBS's state for one event: `config` (a dict, a raw string, or None for no config)
+    written where pbs.hook_config_filename points, and `ev` the current event."""
     path = None
     if config is not None:
         fd, path = tempfile.mkstemp(suffix=".json")
@@ -64,28 +66,28 @@ def run_event(ev, config=None, run=None):
     try:
         pbs.reset(config_filename=path)
         pbs.use_event(ev)
+        yield
+    finally:
+        if path:
+            os.unlink(path)
+
+
+def run_event(ev, config=None, run=None):
+    """Runs the hook's handle() on `ev` as PBS would, with `config` as the imported config
+    (a dict, a raw string, or None for no config); returns pbs.outcome(ev)."""
+    with _configured(ev, config):
         with_run = {} if run is None else {"run": run}
         try:
             hook.handle(pbs, ev, **with_run)
         except SystemExit:
             pass
         return pbs.outcome(ev)
-    finally:
-        if path:
-            os.unlink(path)
 
 
 def run_main(ev, config=None):
     """Runs the hook file as pbs_python does: evaluated in a namespace holding only
     __builtins__, so that its top level calls main()."""
-    path = None
-    if config is not None:
-        fd, path = tempfile.mkstemp(suffix=".json")
-        with os.fdopen(fd, "w") as f:
-            f.write(config if isinstance(config, str) else json.dumps(config))
-    try:
-        pbs.reset(config_filename=path)
-        pbs.use_event(ev)
+    with _configured(ev, config):
         with open(HOOK_FILE) as f:
             code = compile(f.read(), HOOK_FILE, "exec")
         try:
@@ -93,9 +95,6 @@ def run_main(ev, config=None):
         except SystemExit:
             pass
         return pbs.outcome(ev)
-    finally:
-        if path:
-            os.unlink(path)
 
 
 def launch(resources, progname, argv, env=None, config=None, variables=None, **kw):
