@@ -172,6 +172,8 @@ fn an_early_container_is_the_one_user_init_would_build() {
     let again = step("again", &[]);
     assert_inside(&again, 2, uid, gid, &work);
     assert_eq!(how_prepared(&cluster, &job_of(&again)), ["early", "early"]);
+    // Idle nodes: the jobs' epilogs (which take the jobs' image mounts away) are done.
+    assert_nodes_idle(&cluster, 4);
     assert_eq!(
         before,
         settled_state(&cluster),
