@@ -19,7 +19,7 @@
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use slipway_runtime::exec::{creds::FsIdentity, loopdev};
@@ -47,17 +47,11 @@ pub fn bind_job_mount(plan: &Plan, dir: &Path) -> Result<Option<Plan>, String> {
     let id = &plan.identity;
     let file = {
         let _user = FsIdentity::enter(id.uid, id.gid, &id.groups).map_err(|e| e.to_string())?;
-        // Never blocks (a FIFO swapped in since the plan looked): checked to be a file below.
-        std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
-            .open(&plan.image.path)
+        // Never blocks (a FIFO swapped in since the plan looked).
+        slipway_runtime::sif::open_regular(&plan.image.path)
             .map_err(|e| format!("{}: {e}", plan.image.path.display()))?
     };
     let meta = file.metadata().map_err(|e| e.to_string())?;
-    if !meta.is_file() {
-        return Err(format!("{}: not a regular file", plan.image.path.display()));
-    }
     let key = format!(
         "{:x}-{:x}-{}-{}-{}",
         meta.dev(),

@@ -40,7 +40,6 @@ pub use image_files::{
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::CString;
-use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -274,7 +273,8 @@ fn prepare_inner(
     let image_file = match plan.image.mount {
         ImageMount::Directory => None,
         _ => Some(as_user(plan, || {
-            File::open(&plan.image.path).map_err(|e| io_err("open", &plan.image.path, e))
+            crate::sif::open_regular(&plan.image.path)
+                .map_err(|e| io_err("open", &plan.image.path, e))
         })?),
     };
 

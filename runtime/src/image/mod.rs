@@ -179,7 +179,7 @@ impl Image {
             return Ok(());
         };
         let mut sb = [0u8; SUPERBLOCK_LEN];
-        let n = File::open(&self.path)
+        let n = sif::open_regular(&self.path)
             .and_then(|f| read_at_most(&f, &mut sb, span.offset))
             .map_err(|source| ImageError::Io {
                 path: given.to_path_buf(),
@@ -290,7 +290,7 @@ fn read_at_most(f: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize>
 }
 
 fn read_head(path: &Path, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut f = File::open(path)?;
+    let mut f = sif::open_regular(path)?;
     let mut n = 0;
     while n < buf.len() {
         match f.read(&mut buf[n..])? {

@@ -11,7 +11,7 @@ mod write;
 
 use std::path::{Path, PathBuf};
 
-pub use read::{format_uuid, Descriptor, Header, Link, Partition, Sif};
+pub use read::{format_uuid, open_regular, Descriptor, Header, Link, Partition, Sif};
 pub use render::{header_text, list_text, readable_size, GO_ZERO_TIME};
 pub use write::{
     ObjectSpec, SifWriter, DEFAULT_DESCRIPTORS, DEFAULT_LAUNCH_SCRIPT, PARTITION_ALIGN,

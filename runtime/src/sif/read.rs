@@ -295,14 +295,14 @@ pub struct Sif {
 }
 
 impl Sif {
-    /// Opens and validates the SIF file at `path`.
+    /// Opens and validates the SIF file at `path` (a regular file: see [`open_regular`]).
     pub fn open(path: impl AsRef<Path>) -> Result<Sif, SifError> {
         let path = path.as_ref();
         let io = |source| SifError::Io {
             path: path.to_path_buf(),
             source,
         };
-        let mut file = File::open(path).map_err(io)?;
+        let mut file = open_regular(path).map_err(io)?;
         let file_size = file.metadata().map_err(io)?.len();
         let mut hb = [0u8; HEADER_LEN];
         if file_size < HEADER_LEN as u64 {
@@ -534,4 +534,43 @@ fn le_i32(b: &[u8]) -> i32 {
 
 fn le_u32(b: &[u8]) -> u32 {
     u32::from_le_bytes(b.try_into().expect("4 bytes"))
+}
+
+/// Opens `path` for reading if it is a regular file, without ever blocking: a FIFO or a device
+/// put where an image was (by a user, between a check and this open) is refused instead of
+/// holding the reader, which may be root acting for that user.
+pub fn open_regular(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    Ok(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_regular_files_open_and_a_fifo_does_not_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("img.sif");
+        std::fs::write(&file, b"x").unwrap();
+        assert!(open_regular(&file).is_ok());
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        // No writer: a blocking open would wait forever.
+        let e = open_regular(&fifo).unwrap_err();
+        assert_eq!(e.to_string(), "not a regular file");
+        assert!(open_regular(dir.path()).is_err());
+    }
 }
