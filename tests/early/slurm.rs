@@ -66,6 +66,14 @@ fn how_prepared(cluster: &Cluster, job: &str) -> Vec<String> {
     out
 }
 
+/// Replaces `path`'s content at once (a new file renamed over it): a reader sees the old
+/// or the new one, never a truncated one (slurmd's epilog of the last job may be reading it).
+fn replace_file(path: &std::path::Path, content: &str) {
+    let new = path.with_extension("new");
+    std::fs::write(&new, content).unwrap();
+    std::fs::rename(&new, path).unwrap();
+}
+
 /// The job id of the step that wrote `name.0.json` (its `SLURM_JOB_ID`).
 fn job_of(reports: &[Report]) -> String {
     env_of(&reports[0], "SLURM_JOB_ID").unwrap().to_string()
@@ -113,9 +121,10 @@ fn an_early_container_is_the_one_user_init_would_build() {
     // early=no: built in user_init. The same container, task for task.
     let plugstack = cluster.dir.join("etc/plugstack.conf");
     let line = std::fs::read_to_string(&plugstack).unwrap();
-    std::fs::write(&plugstack, line.replace("early=yes", "early=no")).unwrap();
+    replace_file(&plugstack, &line.replace("early=yes", "early=no"));
     let late = step("late", &[]);
-    std::fs::write(&plugstack, &line).unwrap();
+    // The job's epilogs read plugstack.conf as srun returns: never an empty one.
+    replace_file(&plugstack, &line);
     assert_eq!(how_prepared(&cluster, &job_of(&late)), ["here", "here"]);
     for (e, l) in early.iter().zip(&late) {
         assert_eq!(
