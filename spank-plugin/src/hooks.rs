@@ -32,7 +32,8 @@ fn barrier(hook: &str, body: impl FnOnce() -> Result<(), Error>) -> c_int {
     crate::barrier::run(hook, ffi::log_error, body)
 }
 
-/// `slurm_spank_init`: read the plugin arguments; register the options where users give them.
+/// `slurm_spank_init`: read the plugin arguments; register the options where users give them;
+/// in slurmd as it starts, remove image mounts that jobs' epilogs missed.
 ///
 /// # Safety
 /// Called by Slurm: `av` holds `ac` NUL-terminated plugin arguments.
@@ -49,6 +50,10 @@ pub unsafe extern "C" fn slurm_spank_init(sp: spank_t, ac: c_int, av: *mut *mut 
             st.policy = Some(crate::entry::load_policy(&config).map_err(|e| e.to_string()));
             st.spool_dir =
                 crate::entry::spool_dir(&config, ffi::slurmd_spool_dir(), &ffi::short_hostname());
+        }
+        if ffi::context() == Context::Slurmd {
+            // slurmd starting, before it takes requests.
+            remote::slurmd_start(&config);
         }
         st.config = Some(config);
         drop(st);

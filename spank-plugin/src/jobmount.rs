@@ -17,6 +17,7 @@
 //! identity, as for a step's own mount. Anything that fails here leaves the step to mount the
 //! image itself, as before.
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
@@ -185,6 +186,68 @@ pub fn remove(dir: &Path) -> Vec<String> {
     problems
 }
 
+/// The jobs with a step on this node: slurmstepd's sockets in the spool, named
+/// `<node>_<job>.<step>` (the batch and extern steps included). `None` when the spool cannot
+/// be read.
+pub fn jobs_with_steps(spool: &Path) -> Option<BTreeSet<u32>> {
+    use std::os::unix::fs::FileTypeExt;
+    let entries = std::fs::read_dir(spool).ok()?;
+    let mut jobs = BTreeSet::new();
+    for e in entries.filter_map(Result::ok) {
+        if !e.file_type().is_ok_and(|t| t.is_socket()) {
+            continue;
+        }
+        let name = e.file_name();
+        let job = name
+            .to_str()
+            .and_then(|n| n.rsplit_once('_'))
+            .and_then(|(_, rest)| rest.split('.').next())
+            .and_then(|j| j.parse().ok());
+        if let Some(job) = job {
+            jobs.insert(job);
+        }
+    }
+    Some(jobs)
+}
+
+/// At slurmd's start (root, slurmd's namespace, before it takes any request): removes the
+/// image mounts of jobs that have no step on this node, left when a job's epilog ran without
+/// the plugin (a plugstack.conf being edited, the plugin taken out and put back) or never ran.
+/// A running job keeps its mounts; one between steps loses them, and its next step mounts the
+/// image again. Returns what it did and what failed, for slurmd's log.
+pub fn sweep(spool: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let root = spool.join(IMAGES_DIR);
+    let Ok(entries) = std::fs::read_dir(&root) else {
+        return out;
+    };
+    let Some(live) = jobs_with_steps(spool) else {
+        return out;
+    };
+    for e in entries.filter_map(Result::ok) {
+        let name = e.file_name();
+        let Some(job) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("job-"))
+            .and_then(|j| j.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if live.contains(&job) {
+            continue;
+        }
+        let problems = remove(&e.path());
+        if problems.is_empty() {
+            out.push(format!(
+                "removed the image mounts of job {job} (no step of it runs here; its epilog \
+                 did not remove them)"
+            ));
+        }
+        out.extend(problems);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,6 +258,33 @@ mod tests {
             job_dir(Path::new("/var/spool/slurmd"), 42),
             PathBuf::from("/var/spool/slurmd/slipway-images/job-42")
         );
+    }
+
+    #[test]
+    fn live_jobs_are_those_with_a_stepd_socket() {
+        use std::os::unix::net::UnixListener;
+        let dir = std::env::temp_dir().join(format!("slipway-sweep-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // As slurmstepd names them: a step, the batch step, a job with an underscore in its
+        // node's name; a plain file and a directory are no steps.
+        let _a = UnixListener::bind(dir.join("node1_7.0")).unwrap();
+        let _b = UnixListener::bind(dir.join("node1_9.4294967291")).unwrap();
+        let _c = UnixListener::bind(dir.join("gpu_node_12.3")).unwrap();
+        std::fs::write(dir.join("node1_8.0"), "").unwrap();
+        std::fs::create_dir(dir.join("job00010")).unwrap();
+        let jobs = jobs_with_steps(&dir).unwrap();
+        assert_eq!(jobs.into_iter().collect::<Vec<_>>(), [7, 9, 12]);
+
+        // The sweep keeps job 7's directory and removes job 8's (no step).
+        for j in [7, 8] {
+            std::fs::create_dir_all(job_dir(&dir, j).join("key")).unwrap();
+        }
+        let done = sweep(&dir);
+        assert!(job_dir(&dir, 7).join("key").is_dir());
+        assert!(!job_dir(&dir, 8).exists(), "{done:?}");
+        assert_eq!(done.len(), 1, "{done:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

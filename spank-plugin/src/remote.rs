@@ -207,6 +207,17 @@ pub fn job_epilog(sp: Spank) -> Result<(), Error> {
     Ok(())
 }
 
+/// `slurm_spank_init` in slurmd, as it starts (root, before it takes requests): image mounts
+/// of jobs whose epilog missed them go ([`crate::jobmount::sweep`]), noted in slurmd's log.
+pub fn slurmd_start(config: &crate::config::Config) {
+    let spool = entry::spool_dir(config, ffi::slurmd_spool_dir(), &ffi::short_hostname());
+    if let Some(spool) = spool {
+        for line in crate::jobmount::sweep(&spool) {
+            ffi::log_error(&format!("slipway: slurmd start: {line}"));
+        }
+    }
+}
+
 /// Keeps an error for the tasks to report, noting it in the slurmd log (at verbose: the user
 /// sees it once per node, from the tasks).
 fn keep_for_tasks(pending: &mut Option<String>, step: &StepInfo, error: String) {

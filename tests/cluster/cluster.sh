@@ -3,6 +3,9 @@
 #
 #   cluster.sh up [N]   start munged, slurmctld and N slurmd (default 4); wait until all idle
 #   cluster.sh down     stop everything `up` started and remove every trace (idempotent)
+#   cluster.sh restart I  restart node I's slurmd in the namespaces it ran in (a slurmd
+#                       restarted on a real node: the node's mounts and its running jobs'
+#                       slurmstepds are still there); wait until it serves again
 #   cluster.sh status   what runs, what sinfo says
 #   cluster.sh env      `export SLURM_CONF=...` lines for a shell: eval "$(cluster.sh env)"
 #
@@ -366,6 +369,31 @@ cmd_down() {
     fi
 }
 
+cmd_restart() {
+    local i=${1:-}
+    local pidfile=$STATE/nodes/node$i/slurmd.pid log=$STATE/nodes/node$i/slurmd.log
+    [[ $i =~ ^[0-9]+$ && -f $pidfile ]] || die "no node '$i' runs here"
+    # shellcheck disable=SC1091
+    source "$STATE/names"
+    local pid started mnt uts ipc
+    pid=$(cat "$pidfile")
+    started=$(grep -c 'started on' "$log" || true)
+    # Hold the node's namespaces while no slurmd is in them (a job's slurmstepd may not be).
+    exec {mnt}<"/proc/$pid/ns/mnt" {uts}<"/proc/$pid/ns/uts" {ipc}<"/proc/$pid/ns/ipc"
+    kill_pidfiles TERM "$pidfile"
+    while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+    nsenter --net="/run/netns/$NAME-node$i" --mount="/proc/$$/fd/$mnt" \
+        --uts="/proc/$$/fd/$uts" --ipc="/proc/$$/fd/$ipc" \
+        slurmd -f "$STATE/etc/slurm.conf" -N "node$i"
+    exec {mnt}<&- {uts}<&- {ipc}<&-
+    local t0=$SECONDS
+    until (($(grep -c 'started on' "$log" || true) > started)); do
+        ((SECONDS - t0 < TIMEOUT)) || die "node$i's slurmd did not start again in ${TIMEOUT}s"
+        sleep 0.1
+    done
+    log "node$i: slurmd restarted"
+}
+
 cmd_status() {
     [[ -f $STATE/etc/slurm.conf ]] || {
         echo "no cluster in $STATE"
@@ -392,11 +420,12 @@ cmd_env() {
 case ${1:-} in
 up) shift && cmd_up "$@" ;;
 down) cmd_down ;;
+restart) shift && cmd_restart "$@" ;;
 status) cmd_status ;;
 env) cmd_env ;;
 _ns-exec) shift && ns_exec "$@" ;;
 *)
-    echo "usage: $0 up [N] | down | status | env" >&2
+    echo "usage: $0 up [N] | down | restart I | status | env" >&2
     exit 2
     ;;
 esac

@@ -203,8 +203,61 @@ fn job_mounts(cluster: &Cluster, node: u32) -> Vec<String> {
         .collect()
 }
 
+/// Waits (60 s at most) until `file` exists in the work directory, the job's output in the
+/// failure message.
+fn wait_for_file(cluster: &Cluster, file: &str, out: &str) {
+    let work = cluster.workdir();
+    let t0 = Instant::now();
+    while !work.join(file).exists() {
+        assert!(
+            t0.elapsed().as_secs() < 60,
+            "no {file} after 60 s:\n{}\n{}",
+            std::fs::read_to_string(work.join(out)).unwrap_or_default(),
+            cluster.log_tails()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// Waits (60 s at most) until `job` has left the queue: its epilogs are done.
+fn wait_job_gone(cluster: &Cluster, job: &str) {
+    let t0 = Instant::now();
+    loop {
+        let queue = run_ok(&mut cluster.root(&["squeue", "-h", "-j", job]));
+        if queue.trim().is_empty() {
+            return;
+        }
+        assert!(
+            t0.elapsed().as_secs() < 60,
+            "job {job} did not end: {queue}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// Submits `script` (in the work directory) as the test user; the job id.
+fn submit(cluster: &Cluster, script: &str, nodes: &str) -> String {
+    let n = nodes.split(',').count().to_string();
+    let out_file = script.replace(".sh", ".out");
+    let out = run(&mut cluster.user(&[
+        "sbatch",
+        "--parsable",
+        "-N",
+        &n,
+        "-w",
+        nodes,
+        "-o",
+        &out_file,
+        script,
+    ]));
+    assert!(out.status.success(), "sbatch: {}", stderr(&out));
+    stdout(&out).trim().to_string()
+}
+
 /// `mount_per=job` (the default): the steps of a job find their node's mount of the image made
-/// by the first and bind it; the job's epilog takes it away.
+/// by the first and bind it; the job's epilog takes it away. A mount whose epilog missed it (the
+/// plugin not in plugstack.conf as the job ended) goes when slurmd starts again, and a running
+/// job keeps its own.
 #[test]
 fn an_image_is_mounted_once_per_job_and_node() {
     if let Some(why) = cannot_run_containers() {
@@ -219,50 +272,46 @@ fn an_image_is_mounted_once_per_job_and_node() {
     let work = cluster.workdir();
     let before = settled_state(&cluster);
     let sif = images.sif.display().to_string();
-    // The script runs on the node; its two steps in the image, on the same two nodes; then it
-    // waits (for the test to look) until told to end.
-    let step = |name: &str| {
+    let step = |name: &str, nodes: &str| {
         format!(
-            "srun -N2 -n2 -w node1,node2 -o {name}.%t.json --container={sif} /bin/probe --read \
-             /marker || exit 1\n"
+            "srun -N{} -n{} -w {nodes} -o {name}.%t.json --container={sif} /bin/probe --read \
+             /marker || exit 1\n",
+            nodes.split(',').count(),
+            nodes.split(',').count()
         )
     };
-    let script = work.join("two-steps.sh");
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\n{}{}touch steps-done\nwhile [ ! -e end-now ]; do sleep 0.1; done\n",
-            step("first"),
-            step("second")
-        ),
-    )
-    .unwrap();
-    run_ok(Command::new("chown").arg(TEST_USER).arg(&script));
-    for f in ["steps-done", "end-now"] {
+    let wait = |file: &str| format!("while [ ! -e {file} ]; do sleep 0.1; done\n");
+    let flags = [
+        "steps-done",
+        "third-now",
+        "third-done",
+        "end-now",
+        "b-ran",
+        "b-end",
+    ];
+    for f in flags {
         let _ = std::fs::remove_file(work.join(f));
     }
-    let out = run(&mut cluster.user(&[
-        "sbatch",
-        "--parsable",
-        "-N2",
-        "-w",
-        "node1,node2",
-        "-o",
-        "two-steps.out",
-        "two-steps.sh",
-    ]));
-    assert!(out.status.success(), "sbatch: {}", stderr(&out));
-    let job = stdout(&out).trim().to_string();
-    let t0 = Instant::now();
-    while !work.join("steps-done").exists() {
-        assert!(
-            t0.elapsed().as_secs() < 60,
-            "the job's steps did not end:\n{}\n{}",
-            std::fs::read_to_string(work.join("two-steps.out")).unwrap_or_default(),
-            cluster.log_tails()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    let write_script = |name: &str, body: String| {
+        let script = work.join(name);
+        std::fs::write(&script, format!("#!/bin/sh\n{body}")).unwrap();
+        run_ok(Command::new("chown").arg(TEST_USER).arg(&script));
+    };
+    // Job A runs on node1 (its batch step) and node2: two steps in the image, then (told to)
+    // a third, then it waits until told to end.
+    write_script(
+        "job-a.sh",
+        format!(
+            "{}{}touch steps-done\n{}{}touch third-done\n{}",
+            step("first", "node1,node2"),
+            step("second", "node1,node2"),
+            wait("third-now"),
+            step("third", "node1,node2"),
+            wait("end-now")
+        ),
+    );
+    let job = submit(&cluster, "job-a.sh", "node1,node2");
+    wait_for_file(&cluster, "steps-done", "job-a.out");
     for name in ["first", "second"] {
         let r = read_reports(&work, name);
         assert_inside(&r, 2, uid, gid, &work);
@@ -271,28 +320,68 @@ fn an_image_is_mounted_once_per_job_and_node() {
         assert_eq!(env_of(&r[0], "APPTAINER_CONTAINER"), Some(sif.as_str()));
     }
     // While the job runs: one mount of the image on each of its nodes, for this job.
+    let job_a = format!("/slipway-images/job-{job}/");
     for node in [1, 2] {
         let mounts = job_mounts(&cluster, node);
         assert_eq!(mounts.len(), 1, "node{node}: {mounts:?}");
+        assert!(mounts[0].contains(&job_a), "{mounts:?}");
+    }
+
+    // Job B, on node2, ends while plugstack.conf lacks the plugin (an admin editing it): its
+    // epilog runs without the plugin and leaves its mount behind.
+    write_script(
+        "job-b.sh",
+        format!("{}touch b-ran\n{}", step("b", "node2"), wait("b-end")),
+    );
+    let job_b = submit(&cluster, "job-b.sh", "node2");
+    wait_for_file(&cluster, "b-ran", "job-b.out");
+    let plugstack = cluster.dir.join("etc/plugstack.conf");
+    let line = std::fs::read_to_string(&plugstack).unwrap();
+    replace_file(&plugstack, "# the plugin taken out for a while\n");
+    std::fs::write(work.join("b-end"), "").unwrap();
+    wait_job_gone(&cluster, &job_b);
+    replace_file(&plugstack, &line);
+    let leaked = job_mounts(&cluster, 2);
+    assert!(
+        leaked.iter().any(|m| m.contains(&format!("/job-{job_b}/"))),
+        "job {job_b}'s mount should be left on node2 (its epilog ran without the plugin): \
+         {leaked:?}"
+    );
+
+    // slurmd starts again on both nodes (in the same namespaces, as on a real node): job B's
+    // mount goes; job A keeps its mount on node1, where its batch step runs, and loses the
+    // one on node2, where none of its steps runs now.
+    for node in ["1", "2"] {
+        let out = run(script_cmd("restart").arg(node));
+        assert!(out.status.success(), "restart node{node}: {}", stderr(&out));
+    }
+    assert_eq!(job_mounts(&cluster, 2), Vec::<String>::new(), "node2");
+    let kept = job_mounts(&cluster, 1);
+    assert!(
+        kept.len() == 1 && kept[0].contains(&job_a),
+        "node1: {kept:?}"
+    );
+    let b_dir = cluster
+        .dir
+        .join(format!("nodes/node2/spool/slipway-images/job-{job_b}"));
+    assert!(!b_dir.exists(), "{} left", b_dir.display());
+
+    // Job A's next step: node1 binds the job's mount, node2 mounts the image again.
+    std::fs::write(work.join("third-now"), "").unwrap();
+    wait_for_file(&cluster, "third-done", "job-a.out");
+    let r = read_reports(&work, "third");
+    assert_inside(&r, 2, uid, gid, &work);
+    for node in [1, 2] {
+        let mounts = job_mounts(&cluster, node);
         assert!(
-            mounts[0].contains(&format!("/slipway-images/job-{job}/")),
-            "{mounts:?}"
+            mounts.len() == 1 && mounts[0].contains(&job_a),
+            "node{node}: {mounts:?}"
         );
     }
+
     // The job ends; its epilog removes the mounts and their directories.
     std::fs::write(work.join("end-now"), "").unwrap();
-    let t0 = Instant::now();
-    loop {
-        let queue = run_ok(&mut cluster.root(&["squeue", "-h", "-j", &job]));
-        if queue.trim().is_empty() {
-            break;
-        }
-        assert!(
-            t0.elapsed().as_secs() < 60,
-            "job {job} did not end: {queue}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    wait_job_gone(&cluster, &job);
     for node in [1, 2] {
         assert_eq!(
             job_mounts(&cluster, node),
@@ -304,6 +393,7 @@ fn an_image_is_mounted_once_per_job_and_node() {
             .join(format!("nodes/node{node}/spool/slipway-images/job-{job}"));
         assert!(!dir.exists(), "{} left", dir.display());
     }
+    assert_nodes_idle(&cluster, 4);
     assert_eq!(
         before,
         settled_state(&cluster),
