@@ -8,16 +8,21 @@
 //! `docker save`; their layers are checked against the config's `rootfs.diff_ids`. Members are
 //! read in place (offset and size inside the archive), never extracted.
 
-use std::collections::HashMap;
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
+use std::io;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::BuildError;
+
+mod docker;
+mod stream;
+
+use docker::Archive;
+pub use stream::{is_gzip, with_layer, HashingReader};
+use stream::{read_full, GZIP_MAGIC};
 
 /// The kind of a build source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -89,20 +94,6 @@ impl Source {
             tag: None,
         })
     }
-}
-
-const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
-const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
-
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
 }
 
 /// An OS/architecture pair (`linux/amd64`, `linux/arm64/v8`).
@@ -470,147 +461,6 @@ fn pick(
     })
 }
 
-/// A member of a Docker archive: where its bytes are, or the member it links to.
-#[derive(Debug, Clone)]
-enum Member {
-    File { offset: u64, size: u64 },
-    Link(String),
-}
-
-fn clean_member(name: &str) -> String {
-    name.trim_start_matches("./").to_string()
-}
-
-struct Archive<'a> {
-    file: &'a Path,
-    members: HashMap<String, Member>,
-}
-
-impl Archive<'_> {
-    fn open(file: &Path) -> Result<Archive<'_>, BuildError> {
-        let f = File::open(file).map_err(|e| BuildError::io("open", file, e))?;
-        let mut ar = tar::Archive::new(BufReader::new(f));
-        let mut members = HashMap::new();
-        let bad = |e| BuildError::io("read archive", file, e);
-        for e in ar.entries().map_err(bad)? {
-            let e = e.map_err(bad)?;
-            let name = clean_member(&String::from_utf8_lossy(&e.path_bytes()));
-            let m = match e.header().entry_type() {
-                tar::EntryType::Symlink | tar::EntryType::Link => {
-                    let target = e
-                        .link_name_bytes()
-                        .map(|b| String::from_utf8_lossy(&b).into_owned())
-                        .unwrap_or_default();
-                    // Symlinks are relative to the member's directory, hard links to the root.
-                    let target = if e.header().entry_type() == tar::EntryType::Symlink {
-                        let dir = Path::new(&name).parent().unwrap_or(Path::new(""));
-                        normalize(&dir.join(target))
-                    } else {
-                        clean_member(&target)
-                    };
-                    Member::Link(target)
-                }
-                _ => Member::File {
-                    offset: e.raw_file_position(),
-                    size: e.size(),
-                },
-            };
-            members.insert(name, m);
-        }
-        Ok(Archive { file, members })
-    }
-
-    fn locate(&self, name: &str) -> Result<(u64, u64), BuildError> {
-        let mut name = clean_member(name);
-        for _ in 0..8 {
-            match self.members.get(&name) {
-                Some(Member::File { offset, size }) => return Ok((*offset, *size)),
-                Some(Member::Link(t)) => name = t.clone(),
-                None => break,
-            }
-        }
-        Err(BuildError::Source {
-            path: self.file.into(),
-            problem: format!("member {name:?} named by manifest.json is not in the archive"),
-        })
-    }
-
-    fn read(&self, name: &str) -> Result<Vec<u8>, BuildError> {
-        let (offset, size) = self.locate(name)?;
-        let mut f = File::open(self.file).map_err(|e| BuildError::io("open", self.file, e))?;
-        f.seek(SeekFrom::Start(offset))
-            .map_err(|e| BuildError::io("seek", self.file, e))?;
-        let mut buf = Vec::with_capacity(size as usize);
-        f.take(size)
-            .read_to_end(&mut buf)
-            .map_err(|e| BuildError::io("read", self.file, e))?;
-        Ok(buf)
-    }
-
-    fn resolve(&self, want: Option<&Platform>) -> Result<ResolvedImage, BuildError> {
-        let manifest = parse_json(&self.read("manifest.json")?, self.file, "manifest.json")?;
-        let entries = manifest.as_array().cloned().unwrap_or_default();
-        let mut candidates = Vec::new();
-        for e in entries {
-            let cfg_name = e.get("Config").and_then(Value::as_str).unwrap_or("");
-            let config = parse_json(&self.read(cfg_name)?, self.file, cfg_name)?;
-            let platform = Platform::from_json(&config).unwrap_or_else(Platform::host);
-            candidates.push((e, config, platform));
-        }
-        let (entry, config, platform, note) = pick(candidates, want, self.file)?;
-        let diff_ids = strings(config.pointer("/rootfs/diff_ids"));
-        let names = strings(entry.get("Layers"));
-        if !diff_ids.is_empty() && diff_ids.len() != names.len() {
-            return Err(BuildError::Source {
-                path: self.file.into(),
-                problem: format!(
-                    "manifest.json lists {} layers but the config has {} diff_ids",
-                    names.len(),
-                    diff_ids.len()
-                ),
-            });
-        }
-        let mut layers = Vec::new();
-        for (i, name) in names.iter().enumerate() {
-            let (offset, size) = self.locate(name)?;
-            let verify = match diff_ids.get(i) {
-                Some(d) => Verify::Uncompressed(sha256_of(d, self.file)?),
-                None => Verify::Nothing,
-            };
-            layers.push(LayerBlob {
-                label: diff_ids.get(i).cloned().unwrap_or_else(|| name.clone()),
-                file: self.file.into(),
-                offset,
-                size,
-                verify,
-            });
-        }
-        Ok(ResolvedImage {
-            config,
-            platform,
-            layers,
-            note,
-        })
-    }
-}
-
-fn normalize(p: &Path) -> String {
-    let mut out: Vec<&std::ffi::OsStr> = Vec::new();
-    for c in p.components() {
-        match c {
-            std::path::Component::Normal(n) => out.push(n),
-            std::path::Component::ParentDir => {
-                out.pop();
-            }
-            _ => {}
-        }
-    }
-    out.iter()
-        .map(|s| s.to_string_lossy())
-        .collect::<Vec<_>>()
-        .join("/")
-}
-
 /// Finds the image in an OCI layout (`tag` to choose among tagged images) or Docker archive
 /// (`archive` is the uncompressed tar) for `want` (default: this machine).
 pub fn resolve(
@@ -628,159 +478,6 @@ pub fn resolve(
     }
 }
 
-/// Whether a file starts with gzip's magic.
-pub fn is_gzip(path: &Path) -> Result<bool, BuildError> {
-    let mut f = File::open(path).map_err(|e| BuildError::io("open", path, e))?;
-    let mut head = [0u8; 2];
-    let n = read_full(&mut f, &mut head).map_err(|e| BuildError::io("read", path, e))?;
-    Ok(n == 2 && head == GZIP_MAGIC)
-}
-
-/// A reader that hashes what passes through it.
-pub struct HashingReader<R> {
-    inner: R,
-    hasher: Sha256,
-}
-
-impl<R: Read> HashingReader<R> {
-    /// Wraps `inner`.
-    pub fn new(inner: R) -> Self {
-        HashingReader {
-            inner,
-            hasher: Sha256::new(),
-        }
-    }
-
-    /// Reads the rest and returns the sha256 (hex) of everything read.
-    pub fn finish(mut self) -> io::Result<String> {
-        io::copy(&mut self, &mut io::sink())?;
-        Ok(format!("{:x}", self.hasher.finalize()))
-    }
-}
-
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-}
-
-/// The zstd program, for zstd-compressed layers: `$SLIPWAY_ZSTD` or `zstd` on PATH.
-fn zstd_program() -> PathBuf {
-    std::env::var_os("SLIPWAY_ZSTD")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("zstd"))
-}
-
-/// Opens a layer's blob and hands the uncompressed tar stream to `apply`, then checks its
-/// digest (after applying: the stream is read once, and a mismatch throws the staging tree
-/// away anyway). gzip is decoded in process; zstd by the `zstd` program (no zstd crate is
-/// vendored here), fed from a scoped thread.
-pub fn with_layer<T>(
-    blob: &LayerBlob,
-    apply: impl FnOnce(&mut dyn Read) -> Result<T, BuildError>,
-) -> Result<T, BuildError> {
-    let read_err = |e| BuildError::io("read layer", &blob.file, e);
-    let mut f = File::open(&blob.file).map_err(|e| BuildError::io("open layer", &blob.file, e))?;
-    f.seek(SeekFrom::Start(blob.offset))
-        .map_err(|e| BuildError::io("seek", &blob.file, e))?;
-    let mut stored = HashingReader::new(f.take(blob.size));
-    let (result, uncompressed) = {
-        let mut buffered = BufReader::with_capacity(1 << 20, &mut stored);
-        let head = buffered.fill_buf().map_err(read_err)?;
-        if head.starts_with(&ZSTD_MAGIC) {
-            unzstd(blob, buffered, apply)?
-        } else {
-            let mut plain: Box<dyn Read + '_> = if head.starts_with(&GZIP_MAGIC) {
-                Box::new(flate2::read::MultiGzDecoder::new(buffered))
-            } else {
-                Box::new(buffered)
-            };
-            let mut hashed = HashingReader::new(&mut plain);
-            let result = apply(&mut hashed)?;
-            // The gzip trailer is checked here, after the tar's end.
-            let digest = hashed.finish().map_err(|source| BuildError::LayerStream {
-                layer: blob.label.clone(),
-                source,
-            })?;
-            (result, digest)
-        }
-    };
-    let stored = stored.finish().map_err(read_err)?;
-    let (expected, actual) = match &blob.verify {
-        Verify::Stored(hex) => (hex, stored),
-        Verify::Uncompressed(hex) => (hex, uncompressed),
-        Verify::Nothing => return Ok(result),
-    };
-    if *expected != actual {
-        return Err(BuildError::Digest {
-            path: blob.file.clone(),
-            expected: format!("sha256:{expected}"),
-            actual: format!("sha256:{actual}"),
-        });
-    }
-    Ok(result)
-}
-
-/// Decompresses a zstd layer through `zstd -dc`; returns what `apply` returned and the
-/// sha256 of the uncompressed stream.
-fn unzstd<T>(
-    blob: &LayerBlob,
-    mut input: impl Read + Send,
-    apply: impl FnOnce(&mut dyn Read) -> Result<T, BuildError>,
-) -> Result<(T, String), BuildError> {
-    let prog = zstd_program();
-    let mut child = Command::new(&prog)
-        .args(["-d", "-c", "-q"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| BuildError::Source {
-            path: blob.file.clone(),
-            problem: format!(
-                "layer {} is zstd-compressed and {} cannot run ({e}); install zstd",
-                blob.label,
-                prog.display()
-            ),
-        })?;
-    let mut stdin = child.stdin.take().expect("piped stdin");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let (result, digest, fed) = std::thread::scope(|s| {
-        let feeder = s.spawn(move || io::copy(&mut input, &mut stdin).map(|_| ()));
-        let mut hashed = HashingReader::new(stdout);
-        let result = apply(&mut hashed);
-        let digest = if result.is_ok() {
-            hashed.finish()
-        } else {
-            // Stop zstd so that the feeder, blocked on a full pipe, gets EPIPE.
-            let _ = child.kill();
-            Ok(String::new())
-        };
-        (result, digest, feeder.join())
-    });
-    let status = child
-        .wait()
-        .map_err(|e| BuildError::io("wait for zstd", &blob.file, e))?;
-    let result = result?;
-    let digest = digest.map_err(|source| BuildError::LayerStream {
-        layer: blob.label.clone(),
-        source,
-    })?;
-    if !status.success() || !matches!(fed, Ok(Ok(()))) {
-        let mut err = String::new();
-        if let Some(mut e) = child.stderr.take() {
-            let _ = e.read_to_string(&mut err);
-        }
-        return Err(BuildError::LayerStream {
-            layer: blob.label.clone(),
-            source: io::Error::other(format!("zstd failed ({status}): {}", err.trim())),
-        });
-    }
-    Ok((result, digest))
-}
-
 /// The strings of a JSON array (nothing if it is missing or not an array).
 pub(super) fn strings(v: Option<&Value>) -> Vec<String> {
     v.and_then(Value::as_array)
@@ -795,6 +492,7 @@ pub(super) fn strings(v: Option<&Value>) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
 
     #[test]
     fn platforms_parse_and_match() {
