@@ -381,12 +381,17 @@ cmd_restart() {
     # Hold the node's namespaces while no slurmd is in them (a job's slurmstepd may not be).
     exec {mnt}<"/proc/$pid/ns/mnt" {uts}<"/proc/$pid/ns/uts" {ipc}<"/proc/$pid/ns/ipc"
     kill_pidfiles TERM "$pidfile"
-    while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+    # Gone, or a zombie nobody reaps yet (its port and files are closed either way).
+    local t0=$SECONDS
+    while kill -0 "$pid" 2>/dev/null && [[ $(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) != Z ]]; do
+        ((SECONDS - t0 < 10)) || die "node$i's slurmd (pid $pid) did not exit"
+        sleep 0.1
+    done
     nsenter --net="/run/netns/$NAME-node$i" --mount="/proc/$$/fd/$mnt" \
         --uts="/proc/$$/fd/$uts" --ipc="/proc/$$/fd/$ipc" \
         slurmd -f "$STATE/etc/slurm.conf" -N "node$i"
     exec {mnt}<&- {uts}<&- {ipc}<&-
-    local t0=$SECONDS
+    t0=$SECONDS
     until (($(grep -c 'started on' "$log" || true) > started)); do
         ((SECONDS - t0 < TIMEOUT)) || die "node$i's slurmd did not start again in ${TIMEOUT}s"
         sleep 0.1
