@@ -290,10 +290,14 @@ fn read_at_most(f: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize>
 }
 
 fn read_head(path: &Path, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut f = sif::open_regular(path)?;
+    read_full(&mut sif::open_regular(path)?, buf)
+}
+
+/// Reads up to `buf.len()` bytes from `r`; fewer only at its end.
+pub(crate) fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
-        match f.read(&mut buf[n..])? {
+        match r.read(&mut buf[n..])? {
             0 => break,
             k => n += k,
         }

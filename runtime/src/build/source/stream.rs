@@ -10,20 +10,10 @@ use sha2::{Digest, Sha256};
 
 use super::{LayerBlob, Verify};
 use crate::build::BuildError;
+pub(super) use crate::image::read_full;
 
 pub(super) const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 pub(super) const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
-
-pub(super) fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
-}
 
 /// Whether a file starts with gzip's magic.
 pub fn is_gzip(path: &Path) -> Result<bool, BuildError> {
