@@ -350,7 +350,25 @@ fn an_image_is_mounted_once_per_job_and_node() {
 
     // slurmd starts again on both nodes (in the same namespaces, as on a real node): job B's
     // mount goes; job A keeps its mount on node1, where its batch step runs, and loses the
-    // one on node2, where none of its steps runs now.
+    // one on node2, where none of its steps runs now (its last step's slurmstepd may still be
+    // finishing: wait until its socket is gone).
+    let spool2 = cluster.dir.join("nodes/node2/spool");
+    let t0 = Instant::now();
+    while std::fs::read_dir(&spool2)
+        .unwrap()
+        .filter_map(Result::ok)
+        .any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("node2_{job}."))
+        })
+    {
+        assert!(
+            t0.elapsed().as_secs() < 30,
+            "job {job}'s step on node2 did not end"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     for node in ["1", "2"] {
         let out = run(script_cmd("restart").arg(node));
         assert!(out.status.success(), "restart node{node}: {}", stderr(&out));
