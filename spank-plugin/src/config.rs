@@ -88,15 +88,22 @@ impl Config {
                 return Err(ConfigError::Duplicate(key.to_string()));
             }
             seen.push(key);
+            let invalid = |reason: &str| ConfigError::Invalid {
+                arg: arg.to_string(),
+                reason: reason.into(),
+            };
             let absolute = || {
                 if value.starts_with('/') {
                     Ok(PathBuf::from(value))
                 } else {
-                    Err(ConfigError::Invalid {
-                        arg: arg.to_string(),
-                        reason: "not an absolute path".into(),
-                    })
+                    Err(invalid("not an absolute path"))
                 }
+            };
+            // A switch between two words: `on` is true.
+            let either = |on: &str, off: &str| match value {
+                v if v == on => Ok(true),
+                v if v == off => Ok(false),
+                _ => Err(invalid(&format!("expected {on} or {off}"))),
             };
             match key {
                 "policy" => {
@@ -107,38 +114,11 @@ impl Config {
                 "timeout" => {
                     config.timeout = match value.parse::<u64>() {
                         Ok(n) if (1..=86_400).contains(&n) => Duration::from_secs(n),
-                        _ => {
-                            return Err(ConfigError::Invalid {
-                                arg: arg.to_string(),
-                                reason: "not a number of seconds from 1 to 86400".into(),
-                            })
-                        }
+                        _ => return Err(invalid("not a number of seconds from 1 to 86400")),
                     }
                 }
-                "early" => {
-                    config.early = match value {
-                        "yes" => true,
-                        "no" => false,
-                        _ => {
-                            return Err(ConfigError::Invalid {
-                                arg: arg.to_string(),
-                                reason: "expected yes or no".into(),
-                            })
-                        }
-                    }
-                }
-                "mount_per" => {
-                    config.mount_per_job = match value {
-                        "job" => true,
-                        "step" => false,
-                        _ => {
-                            return Err(ConfigError::Invalid {
-                                arg: arg.to_string(),
-                                reason: "expected job or step".into(),
-                            })
-                        }
-                    }
-                }
+                "early" => config.early = either("yes", "no")?,
+                "mount_per" => config.mount_per_job = either("job", "step")?,
                 _ => return Err(ConfigError::Unknown(arg.to_string())),
             }
         }
