@@ -48,8 +48,7 @@ pub unsafe extern "C" fn slurm_spank_init(sp: spank_t, ac: c_int, av: *mut *mut 
             // slurmstepd, still root: the policy is read now, before Slurm takes the user's
             // identity for user_init (a 0600 policy file is readable), and once per step.
             st.policy = Some(crate::entry::load_policy(&config).map_err(|e| e.to_string()));
-            st.spool_dir =
-                crate::entry::spool_dir(&config, ffi::slurmd_spool_dir(), &ffi::short_hostname());
+            st.spool_dir = remote::node_spool_dir(&config);
         }
         if ffi::context() == Context::Slurmd {
             // slurmd starting, before it takes requests.

@@ -43,16 +43,6 @@ pub struct Phases {
     pub container_us: u64,
 }
 
-/// The keeper's answer: the namespace, the container environment, warnings, and the
-/// keeper's own timings (setup, container).
-type Answer = (
-    OwnedFd,
-    BTreeMap<String, String>,
-    Vec<String>,
-    (u64, u64),
-    Vec<String>,
-);
-
 /// A keeper's answer: the container is ready.
 #[derive(Debug)]
 pub struct Ready {
@@ -115,28 +105,16 @@ impl Keeper {
         // A little longer than the keeper's own alarm: normally the alarm ends it first
         // (and its end is the answer); this bound holds even if it could not.
         let wait = timeout + Duration::from_secs(5);
-        match self.receive(wait) {
-            Ok((mnt_ns, env, warnings, (setup_us, container_us), notes)) => Ok(Ready {
-                mnt_ns,
-                env,
-                warnings,
-                notes,
-                phases: Phases {
-                    fork_us,
-                    setup_us,
-                    container_us,
-                },
-            }),
-            Err(e) => {
-                let status = self.kill_and_reap();
-                let by_alarm = status
-                    .is_some_and(|st| libc::WIFSIGNALED(st) && libc::WTERMSIG(st) == libc::SIGALRM);
-                if by_alarm || matches!(e, EntryError::Timeout(_)) {
-                    return Err(EntryError::Timeout(timeout.as_secs()));
-                }
-                Err(e)
+        self.receive(wait, fork_us).map_err(|e| {
+            let status = self.kill_and_reap();
+            let by_alarm = status
+                .is_some_and(|st| libc::WIFSIGNALED(st) && libc::WTERMSIG(st) == libc::SIGALRM);
+            if by_alarm || matches!(e, EntryError::Timeout(_)) {
+                EntryError::Timeout(timeout.as_secs())
+            } else {
+                e
             }
-        }
+        })
     }
 
     /// Gives up on a keeper whose container is no longer wanted: killed and reaped (what it
@@ -145,7 +123,7 @@ impl Keeper {
         self.kill_and_reap();
     }
 
-    fn receive(&mut self, wait: Duration) -> Result<Answer, EntryError> {
+    fn receive(&mut self, wait: Duration, fork_us: u64) -> Result<Ready, EntryError> {
         let sock = self.sock.as_mut().expect("open until stop");
         if !readable_within(sock, wait)? {
             // Whatever the keeper waits on (a FUSE server the user stopped, say), it ends now.
@@ -159,27 +137,34 @@ impl Keeper {
         match payload.first() {
             Some(b'O') => {
                 let fd = fd.ok_or_else(|| EntryError::Keeper("no namespace fd".into()))?;
-                let mut env = BTreeMap::new();
-                let mut warnings = Vec::new();
-                let mut times = (0, 0);
-                let mut notes = Vec::new();
+                let mut ready = Ready {
+                    mnt_ns: fd,
+                    env: BTreeMap::new(),
+                    warnings: Vec::new(),
+                    notes: Vec::new(),
+                    phases: Phases {
+                        fork_us,
+                        ..Phases::default()
+                    },
+                };
                 for entry in payload[1..].split(|b| *b == 0).filter(|e| !e.is_empty()) {
                     let text = String::from_utf8_lossy(&entry[1..]).into_owned();
                     match entry[0] {
                         b'E' => {
                             if let Some((k, v)) = text.split_once('=') {
-                                env.insert(k.to_string(), v.to_string());
+                                ready.env.insert(k.to_string(), v.to_string());
                             }
                         }
-                        b'N' => notes.push(text),
+                        b'N' => ready.notes.push(text),
                         b'T' => {
                             let mut n = text.split(',').map(|x| x.parse().unwrap_or(0));
-                            times = (n.next().unwrap_or(0), n.next().unwrap_or(0));
+                            ready.phases.setup_us = n.next().unwrap_or(0);
+                            ready.phases.container_us = n.next().unwrap_or(0);
                         }
-                        _ => warnings.push(text),
+                        _ => ready.warnings.push(text),
                     }
                 }
-                Ok((fd, env, warnings, times, notes))
+                Ok(ready)
             }
             Some(b'F') => Err(EntryError::Prepare(
                 String::from_utf8_lossy(&payload[1..]).into_owned(),

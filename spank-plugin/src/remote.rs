@@ -198,8 +198,7 @@ pub fn user_init(sp: Spank) -> Result<(), Error> {
 pub fn job_epilog(sp: Spank) -> Result<(), Error> {
     let config = state().config.clone().unwrap_or_default();
     let job = sp.job_id();
-    let spool = entry::spool_dir(&config, ffi::slurmd_spool_dir(), &ffi::short_hostname());
-    if let (Some(spool), true) = (spool, job != 0) {
+    if let (Some(spool), true) = (node_spool_dir(&config), job != 0) {
         for problem in crate::jobmount::remove(&crate::jobmount::job_dir(&spool, job)) {
             ffi::log_error(&format!("slipway: job {job} epilog: {problem}"));
         }
@@ -207,11 +206,16 @@ pub fn job_epilog(sp: Spank) -> Result<(), Error> {
     Ok(())
 }
 
+/// This node's slurmd spool directory ([`entry::spool_dir`] with the daemon's configuration and
+/// this host's name).
+pub fn node_spool_dir(config: &crate::config::Config) -> Option<std::path::PathBuf> {
+    entry::spool_dir(config, ffi::slurmd_spool_dir(), &ffi::short_hostname())
+}
+
 /// `slurm_spank_init` in slurmd, as it starts (root, before it takes requests): image mounts
 /// of jobs whose epilog missed them go ([`crate::jobmount::sweep`]), noted in slurmd's log.
 pub fn slurmd_start(config: &crate::config::Config) {
-    let spool = entry::spool_dir(config, ffi::slurmd_spool_dir(), &ffi::short_hostname());
-    if let Some(spool) = spool {
+    if let Some(spool) = node_spool_dir(config) {
         for line in crate::jobmount::sweep(&spool) {
             ffi::log_error(&format!("slipway: slurmd start: {line}"));
         }
