@@ -11,9 +11,9 @@
 //! predicted at `init_post_opt`: the working directory (slurmstepd changes into it just before
 //! `user_init`; predicted from `PWD`, which srun passes from the user's shell) and the
 //! environment (another plugin may still change it; slurmstepd adds PMIx's variables and takes
-//! the batch step's `SLURM_UMASK` out, which the tasks get from the host anyway). `user_init` compares everything with what it
-//! sees; on any other difference the early container is killed and built again there, as
-//! without the early start ([`Early::mismatch`]).
+//! the batch step's `SLURM_UMASK` out, which the tasks get from the host anyway). `user_init`
+//! compares everything with what it sees; on any other difference the early container is
+//! killed and built again there, as without the early start ([`Early::mismatch`]).
 //!
 //! The plan is built at `init_post_opt`, where slurmstepd is still root, on a thread of its own
 //! that has taken the job user's identity first, as slurmstepd has at `user_init`: root never

@@ -1,6 +1,8 @@
 //! The container started early (issue 16): the SPANK plugin builds a step's container from
 //! `slurm_spank_init_post_opt` on and `user_init` collects it only if it is the one it would
-//! have built. Included into `tests/tests/cluster.rs` (its harness: `super::*`).
+//! have built. And the image mounted once per job and node (`mount_per=job`): bound by the
+//! job's steps, removed by its epilog, or by slurmd's start when an epilog missed it.
+//! Included into `tests/tests/cluster.rs` (its harness: `super::*`).
 //!
 //! What is real: Slurm 22.05's slurmstepd calling the callbacks in its order, with its own
 //! set-up of the step in between (cgroups, I/O, the PMIx plugin making its server directory
